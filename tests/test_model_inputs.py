@@ -1,0 +1,126 @@
+"""Bad inputs and bad checkpoints get clear errors that name the problem."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from minigpt_pixels.config import ImageGPTConfig
+from minigpt_pixels.model import (ImageGPTForCausalImageModeling, ImageGPTForImageClassification, ImageGPTModel,
+                                  KVCache, ModelInputError, WeightsError)
+from minigpt_pixels.weights import load_state_dict, save_file
+
+from .conftest import GOLDEN_DIR
+
+CFG = dict(vocab_size=17, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ImageGPTForCausalImageModeling(ImageGPTConfig(**CFG), seed=0)
+
+
+@pytest.mark.parametrize("ids, message", [
+    (np.zeros((2, 17), np.int64), "more than n_positions 16"),
+    (np.full((1, 4), 17), "token id 17, outside \\[0, vocab_size=17\\)"),
+    (np.full((1, 4), -1), "token id -1"),
+    (np.zeros(5, np.int64), "shape \\(batch, sequence\\).*ids\\[None\\]"),
+    (np.zeros((1, 2, 3), np.int64), "shape \\(batch, sequence\\)"),
+    (np.zeros((1, 4), np.float32), "integer array, got dtype float32"),
+    (np.zeros((1, 0), np.int64), "empty"),
+])
+def test_bad_input_ids(model, ids, message):
+    with pytest.raises(ModelInputError, match=message):
+        model(ids)
+
+
+def test_other_bad_inputs(model):
+    ids = np.zeros((2, 5), np.int64)
+    with pytest.raises(ModelInputError, match="attention_mask has shape \\(2, 4\\)"):
+        model(ids, attention_mask=np.ones((2, 4)))
+    with pytest.raises(ModelInputError, match="position_ids holds 16"):
+        model(ids, position_ids=np.full((2, 5), 16))
+    with pytest.raises(ModelInputError, match="labels holds 16"):
+        model(ids, labels=np.full((2, 5), 16))  # SOS is never a target
+    with pytest.raises(ModelInputError, match="exactly one of input_ids and inputs_embeds"):
+        model()
+    with pytest.raises(ModelInputError, match="add_cross_attention=False"):
+        model(ids, encoder_hidden_states=np.zeros((2, 3, 32), np.float32))
+    with pytest.raises(ModelInputError, match="past_key_values holds batch 3"):
+        model(ids, past_key_values=KVCache(model.config, 3), use_cache=True)
+
+
+def test_cache_overflow_is_named(model):
+    cache = KVCache(model.config, 1)
+    model(np.zeros((1, 10), np.int64), past_key_values=cache, use_cache=True)
+    with pytest.raises(ModelInputError, match="sequence length 17 \\(cached 10 \\+ new 7\\) exceeds n_positions 16"):
+        model(np.zeros((1, 7), np.int64), past_key_values=cache, use_cache=True)
+
+
+def test_inputs_embeds_equal_ids(model):
+    ids = np.array([[16, 3, 5, 7]])
+    emb = model.params["transformer.wte.weight"][ids]
+    np.testing.assert_allclose(model(inputs_embeds=emb).logits, model(ids).logits, atol=1e-6)
+
+
+def test_from_pretrained_file_or_directory_and_prefixes(tmp_path):
+    src = GOLDEN_DIR / "models" / "causal_small"
+    a = ImageGPTForCausalImageModeling.from_pretrained(src)
+    b = ImageGPTForCausalImageModeling.from_pretrained(src / "model.safetensors")
+    with pytest.warns(UserWarning, match="ignoring lm_head.weight"):
+        base = ImageGPTModel.from_pretrained(src)  # strips "transformer.", drops the LM head
+    assert set(base.params) == {k[len("transformer."):] for k in a.params if k.startswith("transformer.")}
+    ids = np.array([[16, 1, 2, 3]])
+    np.testing.assert_array_equal(a(ids).logits, b(ids).logits)
+    # a checkpoint saved without the prefix loads into the head model too
+    d = tmp_path / "noprefix"
+    d.mkdir()
+    shutil.copy(src / "config.json", d)
+    save_file({k.removeprefix("transformer."): v for k, v in load_state_dict(src).items()}, d / "model.safetensors")
+    np.testing.assert_array_equal(ImageGPTForCausalImageModeling.from_pretrained(d)(ids).logits, a(ids).logits)
+
+
+def test_classifier_from_causal_checkpoint_initialises_the_head():
+    with pytest.warns(UserWarning, match="score.weight not in the checkpoint; newly initialised"), \
+            pytest.warns(UserWarning, match="ignoring lm_head.weight"):
+        clf = ImageGPTForImageClassification.from_pretrained(GOLDEN_DIR / "models" / "causal_small", seed=0)
+    assert clf.params["score.weight"].shape == (2, 32)
+
+
+def _broken_copy(tmp_path, edit):
+    src = GOLDEN_DIR / "models" / "causal_small"
+    d = tmp_path / "broken"
+    shutil.copytree(src, d)
+    tensors = dict(load_state_dict(d))
+    tensors = {k: np.array(v) for k, v in tensors.items()}
+    config = json.loads((d / "config.json").read_text())
+    edit(tensors, config)
+    save_file(tensors, d / "model.safetensors")
+    (d / "config.json").write_text(json.dumps(config))
+    return d
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, c: t.pop("transformer.h.1.mlp.c_fc.bias"), "missing tensor\\(s\\) transformer.h.1.mlp.c_fc.bias"),
+    (lambda t, c: t.update({"transformer.h.9.ln_1.weight": np.ones(32, np.float32)}),
+     "unexpected tensor\\(s\\) transformer.h.9.ln_1.weight"),
+    (lambda t, c: t.update({"transformer.wpe.weight": np.zeros((8, 32), np.float32)}),
+     "'transformer.wpe.weight' has shape \\(8, 32\\), but config.json implies \\(24, 32\\)"),
+    (lambda t, c: c.update(n_embd=30), "n_embd \\(30\\) must be divisible by n_head \\(4\\)"),
+    (lambda t, c: c.update(n_layer=3), "missing tensor\\(s\\) transformer.h.2"),
+])
+def test_bad_checkpoints_are_named(tmp_path, edit, message):
+    d = _broken_copy(tmp_path, edit)
+    with pytest.raises(ValueError, match=message) as e:
+        ImageGPTForCausalImageModeling.from_pretrained(d)
+    assert str(d) in str(e.value)
+
+
+def test_missing_directory():
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        ImageGPTForCausalImageModeling.from_pretrained("/nonexistent/model")
+
+
+def test_weights_error_is_a_value_error():
+    assert issubclass(WeightsError, ValueError) and issubclass(ModelInputError, ValueError)
