@@ -54,8 +54,15 @@ def save_png(grid, path, scale):
     os.replace(tmp, path)  # never leave a half-written PNG under the user's name
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad input prints one line (no usage block) and exits with status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="minigpt-pixels-sample", description=__doc__.split("\n\n")[0],
+    p = OneLineErrorParser(prog="minigpt-pixels-sample", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout model directory (with preprocessor_config.json)")
     p.add_argument("--num-samples", type=int, default=16,

@@ -1,0 +1,174 @@
+"""`python -m minigpt_pixels.sample` end to end: the PNG it writes, its options, and its one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import minigpt_pixels
+from minigpt_pixels.config import ImageGPTConfig
+from minigpt_pixels.model import ImageGPTForCausalImageModeling
+from minigpt_pixels.processor import ImageGPTImageProcessor
+from minigpt_pixels.sample import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A random 6x6 model with an 8-grey palette, saved in the HF layout."""
+    d = tmp_path_factory.mktemp("tiny_model")
+    cfg = ImageGPTConfig(vocab_size=9, n_positions=36, n_embd=16, n_layer=1, n_head=2)
+    ImageGPTForCausalImageModeling(cfg, seed=0).save_pretrained(d)
+    greys = np.linspace(-1, 1, 8, dtype=np.float32)
+    ImageGPTImageProcessor(clusters=np.stack([greys] * 3, axis=1), size={"height": 6, "width": 6}).save_pretrained(d)
+    return d
+
+
+def run_main(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_default_run_writes_a_grid_of_samples(tmp_path, monkeypatch, capsys):
+    """No arguments: the shipped default model, samples.png in the current directory."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["--num-samples", "4", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "wrote samples.png" in out and "tokens/s" in out
+    img = np.asarray(Image.open(tmp_path / "samples.png"))
+    proc = ImageGPTImageProcessor.from_pretrained(minigpt_pixels.DEFAULT_MODEL)
+    h = proc.size["height"]
+    assert img.ndim == 3 and img.shape[2] == 3 and img.shape[0] >= 2 * h * 2  # a 2x2 grid, enlarged
+    palette = {tuple(c) for c in proc.decode(np.arange(len(proc.clusters))[None])[0].reshape(-1, 3)}
+    colours = {tuple(c) for c in img.reshape(-1, 3)}
+    assert len(colours - palette - {(255, 255, 255)}) == 0  # only palette colours and the white border
+    assert len(colours & palette) > 2  # not a blank picture
+
+
+def test_default_name_never_replaces_a_file(tmp_path, monkeypatch, capsys, tiny_model_dir):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "samples.png").write_bytes(b"precious")
+    (tmp_path / "samples-1.png").write_bytes(b"also precious")
+    code, out, _ = run_main(["--model", str(tiny_model_dir), "--num-samples", "2", "--no-progress"], capsys)
+    assert code == 0 and "wrote samples-2.png" in out
+    assert (tmp_path / "samples.png").read_bytes() == b"precious"
+    assert (tmp_path / "samples-1.png").read_bytes() == b"also precious"
+    Image.open(tmp_path / "samples-2.png").verify()
+
+
+def test_explicit_out_needs_force_to_replace(tmp_path, capsys, tiny_model_dir):
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"keep me")
+    code, _, err = run_main(["--model", str(tiny_model_dir), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and "exists; pass --force" in err and out.read_bytes() == b"keep me"
+    code, _, err = run_main(["--model", str(tiny_model_dir), "--out", str(out), "--force", "--no-progress"], capsys)
+    assert code == 0, err
+    Image.open(out).verify()
+
+
+def test_same_seed_same_png_other_seed_other_png(tmp_path, capsys, tiny_model_dir):
+    def png(seed, name):
+        argv = ["--model", str(tiny_model_dir), "--seed", str(seed), "--out", str(tmp_path / name), "--no-progress",
+                "--num-samples", "6", "--top-k", "5", "--temperature", "1.2"]
+        assert run_main(argv, capsys)[0] == 0
+        return np.asarray(Image.open(tmp_path / name))
+    a, b, c = png(1, "a.png"), png(1, "b.png"), png(2, "c.png")
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+
+
+def test_completion_grid(tmp_path, capsys, tiny_model_dir):
+    prompt = tmp_path / "prompt.png"
+    Image.fromarray((np.arange(36).reshape(6, 6) * 7).astype(np.uint8)).save(prompt)
+    out = tmp_path / "completions.png"
+    code, stdout, err = run_main(["--model", str(tiny_model_dir), "--prompt", str(prompt), "--prompt-rows", "2",
+                                  "--num-samples", "3", "--out", str(out), "--scale", "1", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "3 completions" in stdout and "top 2 of 6 rows" in stdout
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (1 + 6 + 1, 1 + 5 * 7, 3)  # original, kept rows, three completions
+    cells = [grid[1:7, 1 + 7 * j:7 + 7 * j] for j in range(5)]
+    for completion in cells[2:]:
+        np.testing.assert_array_equal(completion[:2], cells[0][:2])  # the kept rows are kept
+    assert (cells[1][2:] == 128).all()  # the part the model fills in is shown grey
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/nonexistent"], "--model /nonexistent: no such directory"),
+    (["--top-k", "0"], "--top-k must be >= 1"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--prompt-rows", "3"], "--prompt-rows needs --prompt"),
+])
+def test_bad_arguments_one_line_error(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(args + ["--no-progress"], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_bad_model_dirs_and_prompts(tmp_path, capsys, tiny_model_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_main(["--model", str(empty)], capsys)
+    assert code == 2 and "no preprocessor_config.json" in err
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (no_weights / name).write_bytes((tiny_model_dir / name).read_bytes())
+    code, _, err = run_main(["--model", str(no_weights), "--out", str(tmp_path / "x.png")], capsys)
+    assert code == 2 and str(no_weights) in err and len(err.strip().splitlines()) == 1
+    for prompt, rows, message in [(tmp_path / "missing.png", "2", "missing.png"),
+                                  (tiny_model_dir / "config.json", "2", "config.json"),
+                                  (None, "6", "--prompt-rows must be between 1 and 5"),
+                                  (None, "0", "--prompt-rows must be between 1 and 5")]:
+        if prompt is None:
+            prompt = tmp_path / "ok.png"
+            Image.fromarray(np.zeros((6, 6), np.uint8)).save(prompt)
+        code, _, err = run_main(["--model", str(tiny_model_dir), "--prompt", str(prompt), "--prompt-rows", rows,
+                                 "--out", str(tmp_path / "y.png"), "--no-progress"], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "y.png").exists()
+
+
+def test_too_long_for_n_positions(tmp_path, capsys):
+    d = tmp_path / "small_positions"
+    cfg = ImageGPTConfig(vocab_size=9, n_positions=20, n_embd=16, n_layer=1, n_head=2)
+    ImageGPTForCausalImageModeling(cfg, seed=0).save_pretrained(d)
+    greys = np.linspace(-1, 1, 8, dtype=np.float32)
+    ImageGPTImageProcessor(clusters=np.stack([greys] * 3, axis=1), size={"height": 6, "width": 6}).save_pretrained(d)
+    code, _, err = run_main(["--model", str(d), "--out", str(tmp_path / "z.png")], capsys)
+    assert code == 2 and "36 tokens per image, more than the model's n_positions 20" in err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, tiny_model_dir):
+    """Outside the simulator, on a machine without a GPU, --device cuda is a one-line error naming CUDA."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    probe = subprocess.run([sys.executable, "-c", "from numba import cuda; print(cuda.is_available())"],
+                           capture_output=True, text=True, env=env)
+    has_gpu = probe.stdout.strip() == "True"
+    out = tmp_path / "c.png"
+    r = subprocess.run([sys.executable, "-m", "minigpt_pixels.sample", "--model", str(tiny_model_dir), "--device",
+                        "cuda", "--out", str(out), "--no-progress"], capture_output=True, text=True, env=env)
+    if has_gpu:
+        assert r.returncode == 0 and out.exists(), r.stderr
+    else:
+        assert r.returncode == 2 and "CUDA" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_help_shows_defaults_and_console_script():
+    r = subprocess.run([sys.executable, "-m", "minigpt_pixels.sample", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert r.returncode == 0
+    for option in ("--model", "--num-samples", "--temperature", "--top-k", "--top-p", "--seed", "--prompt",
+                   "--prompt-rows", "--out", "--device", "--progress", "(default: 16)", "(default: 1.0)"):
+        assert option in r.stdout, option
