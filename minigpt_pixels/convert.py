@@ -1,0 +1,109 @@
+"""Convert a hub checkpoint's pytorch_model.bin into model.safetensors, without running code from its pickle.
+
+    python -m minigpt_pixels.convert DIR [--out PATH] [--force]
+
+The openai/imagegpt-* checkpoints ship only pytorch_model.bin; load_state_dict reads safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import sys
+import warnings
+import zipfile
+
+import numpy as np
+
+from .weights import SAFE_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, save_file
+
+# Causal-mask buffers that older transformers versions saved; the model rebuilds them, so they are not weights.
+_MASK_BUFFER = re.compile(r"(^|\.)(attn|crossattention)\.(bias|masked_bias)$")
+
+
+class ConvertError(Exception):
+    """Bad input for the converter; main() prints it as one line."""
+
+
+def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Every tensor of a torch.save'd state dict as contiguous float32, mask buffers dropped.
+
+    torch.load runs with weights_only=True: a pickle holding anything but tensors and plain
+    containers is refused before any of its code runs.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise ConvertError("reading pytorch_model.bin needs torch: pip install torch") from None
+    try:
+        with warnings.catch_warnings():  # torch's advice about pickle protocols would break the one-line error
+            warnings.simplefilter("ignore", UserWarning)
+            # mmap works only for torch's zip format; older pickle-only checkpoints are read whole.
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
+        raise ConvertError(f"{path}: torch.load(weights_only=True) refused it: "
+                           f"{reason[1] if reason else str(e).splitlines()[0]}") from None
+    except Exception as e:  # torch reports a damaged file as RuntimeError, EOFError, zipfile errors, ...
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConvertError(f"{path}: cannot read it with torch.load: {first_line}") from None
+    if not isinstance(state, dict):
+        raise ConvertError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    arrays = {}
+    for name, tensor in state.items():
+        if not isinstance(name, str):
+            raise ConvertError(f"{path}: key {name!r} is not a string")
+        if not isinstance(tensor, torch.Tensor):
+            raise ConvertError(f"{path}: entry {name!r} is of type {type(tensor).__name__}, not a tensor")
+        if not _MASK_BUFFER.search(name):
+            # float32 tensors come through without a copy (still backed by the mmap).
+            arrays[name] = tensor.detach().to(torch.float32).contiguous().numpy()
+    return arrays
+
+
+def convert(directory, out=None, force: bool = False) -> tuple[str, dict[str, np.ndarray]]:
+    """Write DIR/pytorch_model.bin as safetensors at `out` (default DIR/model.safetensors); return (out, tensors)."""
+    directory = os.fspath(directory)
+    source = os.path.join(directory, TORCH_WEIGHTS_NAME)
+    out = os.path.join(directory, SAFE_WEIGHTS_NAME) if out is None else os.fspath(out)
+    if not os.path.isdir(directory):
+        raise ConvertError(f"{directory}: no such directory")
+    if not os.path.isfile(source):
+        raise ConvertError(f"{directory}: no {TORCH_WEIGHTS_NAME} in this directory")
+    if os.path.exists(out) and not force:
+        raise ConvertError(f"{out} already exists; pass --force to overwrite it")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise ConvertError(f"{out}: its directory does not exist")
+    arrays = load_torch_state_dict(source)
+    try:
+        save_file(arrays, out, metadata={"format": "pt"})  # transformers 4.x refuses files without "format"
+    except OSError as e:
+        raise ConvertError(f"{out}: cannot write: {e.strerror or e}") from None
+    return out, arrays
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m minigpt_pixels.convert",
+        description="Convert DIR/pytorch_model.bin (a hub ImageGPT checkpoint) into safetensors.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("directory", metavar="DIR", help="checkpoint folder holding pytorch_model.bin")
+    parser.add_argument("--out", metavar="PATH", default=None,
+                        help="output file; %(default)s means DIR/model.safetensors")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    args = parser.parse_args(argv)
+    try:
+        out, arrays = convert(args.directory, args.out, args.force)
+    except ConvertError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    size = sum(a.nbytes for a in arrays.values())
+    print(f"wrote {out}: {len(arrays)} tensors, {size / 1e6:.1f} MB float32")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
