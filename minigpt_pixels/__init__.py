@@ -20,6 +20,9 @@ _LAZY = {  # public name -> module; imported on first use so `import minigpt_pix
     "fit_palette": "palette",
     "quantize": "palette",
     "dequantize": "palette",
+    "load_palette": "palette",
+    "load_image": "processor",
+    "ImageError": "processor",
 }
 
 __all__ = ["DEFAULT_MODEL", *_LAZY]
