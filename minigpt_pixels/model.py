@@ -257,7 +257,7 @@ class ImageGPTPreTrainedModel:
                 encoder_mask = layers.additive_mask(_check_mask(
                     "encoder_attention_mask", encoder_attention_mask, encoder_hidden_states.shape[:2]))
 
-        if self.device == "cuda" and not (output_attentions or attention_mask is not None or
+        if self.device == "cuda" and not (output_attentions or output_hidden_states or attention_mask is not None or
                                           encoder_hidden_states is not None or token_type_ids is not None or
                                           inputs_embeds is not None):
             x = self._cuda.hidden_states(np.asarray(input_ids), np.broadcast_to(position_ids, (B, T)), cache)
