@@ -63,6 +63,9 @@ class KVCache:
     Appending T new positions writes into the buffer (no reallocation, unlike a cache that
     concatenates) and hands attention a view of everything so far. Cross-attention keys and values
     are computed once per layer and kept here too.
+
+    Public attributes: `keys[layer]` and `values[layer]` are the whole C-contiguous buffers (the
+    decode kernels in kernels/ read them directly), `lengths[layer]` how many positions are filled.
     """
 
     def __init__(self, config: ImageGPTConfig, batch_size: int, max_length: int | None = None):
@@ -257,9 +260,9 @@ class ImageGPTPreTrainedModel:
                 encoder_mask = layers.additive_mask(_check_mask(
                     "encoder_attention_mask", encoder_attention_mask, encoder_hidden_states.shape[:2]))
 
-        if self.device == "cuda" and not (output_attentions or output_hidden_states or attention_mask is not None or
-                                          encoder_hidden_states is not None or token_type_ids is not None or
-                                          inputs_embeds is not None):
+        plain = not (output_attentions or output_hidden_states or attention_mask is not None or
+                     encoder_hidden_states is not None or token_type_ids is not None or inputs_embeds is not None)
+        if self.device == "cuda" and plain:  # the GPU runs the plain forward; the rest falls back to NumPy
             x = self._cuda.hidden_states(np.asarray(input_ids), np.broadcast_to(position_ids, (B, T)), cache)
             return ModelOutput(last_hidden_state=x, past_key_values=cache if use_cache else None)
 

@@ -1,0 +1,452 @@
+"""The "cpu" device: layers.transformer_block's maths, faster. Read layers.py first; this file only
+changes how the same numbers are computed.
+
+    matmuls           NumPy `@` (BLAS) on views of the fused qkv buffer: heads are never copied
+    causal attention  query blocks of QUERY_BLOCK rows attend only to the keys up to the block's end, so
+                      the upper triangle is (almost) never computed, and each [rows, keys] score block
+                      (at most 128 x 1024 floats = 512 KiB) stays in L2 between its two BLAS matmuls
+    decode steps      (T <= SMALL_T new positions, usually 1) one Numba loop per query row over the KV
+                      cache: scores, softmax and the weighted sum of values in one pass over the cache
+    elementwise       Numba kernels: layer norm (fused with the residual add before ln_2), bias +
+                      quick_gelu in place on the fc output, the masked softmax of each score block
+    threads           heads (and batch rows, and gelu rows) are shared among numba.get_num_threads()
+                      Python threads that call BLAS single-threaded: see in_parallel for why
+
+Measured on iGPT-S (T = 1024, 1 thread): about 0.5 of transformers' time; see benchmarks/bench_forward.py.
+
+Float32 only: float32 inputs, constants and accumulators, so nothing is promoted to float64 (the tests
+check the compiled kernels' assembly for double-precision instructions). Two liberties, both documented
+where taken: a polynomial exp (`_exp`, 2e-7 relative error) because libm's cannot vectorise, and
+reassociated float sums (`REDUCE`) so that reductions vectorise. Results agree with layers.py to about
+1e-6 on O(1) values.
+
+The kernels compile lazily on first use, about 2 s for all of them (no `cache=True`: it would write
+files into the package directory).
+
+Fast path: causal self-attention with no mask or a padding mask (0 / MASK_MIN per key, as
+layers.additive_mask makes it). Anything else (a general additive mask, query rows that see no
+unmasked key, cross-attention, activations other than quick_gelu) runs the layers.py functions for that
+part, so every option gives the reference's result.
+"""
+
+from __future__ import annotations
+
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from .. import layers
+
+F32 = np.float32
+MASK_MIN = layers.MASK_MIN
+QUERY_BLOCK = 128  # query rows per attention block: 128 x 1024 scores fit in L2 (64 and 256: 3% slower)
+SMALL_T = 8  # at most this many new positions: per-row Numba attention instead of blocks
+PARALLEL_MIN_WORK = 1 << 22  # multiply-adds below which a section runs on one thread (about 0.1 ms)
+
+
+# ---- scalar helpers --------------------------------------------------------------------------------
+# Every kernel uses error_model="numpy": with Numba's default ("python"), each float division checks for
+# a zero divisor and may raise, and that branch stops LLVM from vectorising the loop. NumPy semantics
+# (inf / nan, no exception) are also what the reference does.
+JIT = dict(fastmath=False, nogil=True, error_model="numpy")
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret an int32's bits as a float32 (what `np.int32(...).view(np.float32)` would do)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@njit(**JIT)
+def _exp(x):
+    """exp(x) for float32, branch-free so that loops calling it vectorise: libm's expf is a scalar call
+    LLVM cannot vectorise (Numba would use Intel's SVML if installed; it is not a dependency). Measured
+    0.7 ns instead of 2.7 ns per value.
+
+    Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2^n built from
+    its exponent bits. Relative error <= 2e-7 (libm: 6e-8). x is clamped to [-87.3, 88.3], so exp of
+    anything below gives 1.2e-38 instead of 0 (callers that need an exact 0 select it themselves) and
+    anything above gives 2.2e38 instead of inf.
+    """
+    x = min(max(x, F32(-87.3)), F32(88.3))
+    n = np.floor(x * F32(1.44269504088896341) + F32(0.5))  # round(x / ln2)
+    r = x - n * F32(0.693359375) - n * F32(-2.12194440e-4)  # ln2 split in two for an exact product
+    p = F32(1.9875691500e-4)
+    p = p * r + F32(1.3981999507e-3)
+    p = p * r + F32(8.3334519073e-3)
+    p = p * r + F32(4.1665795894e-2)
+    p = p * r + F32(1.6666665459e-1)
+    p = p * r + F32(5.0000001201e-1)
+    p = p * r * r + r + F32(1.0)
+    return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))  # p * 2^n
+
+
+# Float sums use fastmath={"reassoc"} and nothing else: it lets LLVM split the sum into vector lanes,
+# so the result differs from a sequential sum only in the order of the additions (as BLAS's and NumPy's
+# pairwise sums differ from it too). No other fast-math liberty (no-NaN, contraction, approximate
+# functions) is taken anywhere. Without it a sum waits on each add's latency (4 cycles); with it, it runs
+# several adds per cycle (measured 0.05 ns per value instead of 0.93).
+REDUCE = dict(JIT, fastmath={"reassoc"})
+
+
+@njit(**REDUCE)
+def _dot(a, b, n):
+    """sum(a[:n] * b[:n]) in float32."""
+    total = F32(0)
+    for d in range(n):
+        total += a[d] * b[d]
+    return total
+
+
+@njit(**REDUCE)
+def _sum(a, n):
+    """sum(a[:n]) in float32."""
+    total = F32(0)
+    for j in range(n):
+        total += a[j]
+    return total
+
+
+@njit(**JIT)
+def _max(a, n):
+    """max(a[:n]) (-inf for n = 0). LLVM vectorised no form of this float max reduction (tried with the
+    reassoc, nnan and nsz flags too), so 8 interleaved partial maxima: twice as fast as one chain."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = F32(-np.inf)
+    stop = n - n % 8
+    for j in range(0, stop, 8):
+        a0 = max(a0, a[j])
+        a1 = max(a1, a[j + 1])
+        a2 = max(a2, a[j + 2])
+        a3 = max(a3, a[j + 3])
+        a4 = max(a4, a[j + 4])
+        a5 = max(a5, a[j + 5])
+        a6 = max(a6, a[j + 6])
+        a7 = max(a7, a[j + 7])
+    m = max(max(max(a0, a1), max(a2, a3)), max(max(a4, a5), max(a6, a7)))
+    for j in range(stop, n):
+        m = max(m, a[j])
+    return m
+
+
+@njit(**JIT)
+def _softmax_row(s, n, scale, keep):
+    """In place on a row of scores: s[:n] = softmax over the kept keys of s[:n] * scale (others 0).
+
+    Mirrors `softmax(where(allowed, s * scale, MASK_MIN) + mask)` for a row that sees at least one kept
+    key: a masked score is MASK_MIN below the max, and its exp underflows to exactly 0. Five passes over
+    s[:n] (scale, max, exp, sum, divide), branch-free (selects), all but the max vectorised.
+    """
+    for j in range(n):
+        s[j] = s[j] * scale if keep[j] else F32(-np.inf)
+    m = _max(s, n)
+    for j in range(n):
+        s[j] = _exp(s[j] - m) if keep[j] else F32(0)
+    total = _sum(s, n)
+    for j in range(n):
+        s[j] = s[j] / total
+
+
+# ---- elementwise kernels ---------------------------------------------------------------------------
+@njit(**JIT)
+def layer_norm_kernel(x, w, eps, out):
+    """Mirrors layers.layer_norm: out = x / sqrt(mean(x**2) + eps) * w, row by row.
+
+    x, out [N, C]; w [C]. One pass to sum the squares, one to scale: each row (2 KiB at C = 512) is read
+    twice from L1 and written once.
+    """
+    N, C = x.shape
+    for i in range(N):
+        r = np.sqrt(_dot(x[i], x[i], C) / F32(C) + eps)  # float32: eps is passed as np.float32
+        for c in range(C):
+            out[i, c] = x[i, c] / r * w[c]
+
+
+@njit(**JIT)
+def residual_layer_norm_kernel(x, y, b, w, eps, x_out, ln_out):
+    """x_out = x + (y + b); ln_out = layer_norm(x_out, w). Mirrors `x = x + linear(...)` followed by the
+    next layer_norm, in one pass over the rows instead of three.
+
+    x, y, x_out, ln_out [N, C]; b, w [C]. Reads x and y once, writes x_out and ln_out once.
+    """
+    N, C = x.shape
+    for i in range(N):
+        for c in range(C):
+            x_out[i, c] = x[i, c] + (y[i, c] + b[c])  # the reference's rounding order: bias first
+        r = np.sqrt(_dot(x_out[i], x_out[i], C) / F32(C) + eps)
+        for c in range(C):
+            ln_out[i, c] = x_out[i, c] / r * w[c]
+
+
+@njit(**JIT)
+def bias_quick_gelu_kernel(h, b):
+    """In place: h = quick_gelu(h + b) = y / (1 + exp(-1.702 y)), as layers.mlp computes on the fc output.
+
+    h [N, F], b [F]. One read and one write of h (8 MiB per layer at T = 1024, F = 2048).
+    """
+    N, F = h.shape
+    for i in range(N):
+        for f in range(F):
+            y = h[i, f] + b[f]
+            h[i, f] = y / (F32(1.0) + _exp(F32(-1.702) * y))
+
+
+@njit(**JIT)
+def causal_softmax_kernel(s, scale, pos0, keep):
+    """In place on one score block: the rows of layers.attention's `softmax(where(causal, s * scale,
+    MASK_MIN) + mask)` for queries at absolute positions pos0, pos0 + 1, ...
+
+    s [Q, K]: raw q @ k.T for Q query rows and the K keys up to the block's end; keep [K] (1 = key not
+    padded). Row i sees keys j <= pos0 + i with keep[j]; every other entry becomes 0. The caller
+    guarantees every row sees at least one key (rows that see none take the reference path).
+    Loops rows; per row the five passes of _softmax_row over its visible keys (in L2), then zeroes the
+    rest of the row.
+    """
+    Q, K = s.shape
+    for i in range(Q):
+        n = pos0 + i + 1  # keys this row may see (causal)
+        _softmax_row(s[i], n, scale, keep)
+        for j in range(n, K):  # (explicit loops: Numba's slice assignment is slow to compile)
+            s[i, j] = F32(0)
+
+
+# ---- decode-step attention -------------------------------------------------------------------------
+@njit(**JIT)
+def attention_rows_kernel(q, k, v, S, scale, keep, out, weights, need_weights):
+    """Mirrors layers.attention (causal, padding mask) one query row at a time; for decode steps.
+
+    q [B, H, T, D]: the new positions S - T .. S - 1; k, v [B, H, >= S, D]: keys and values, of which
+    the first S are used (the KV cache's whole buffer can be passed); keep [B, >= S]; out [B, T, H, D]
+    (merged heads); weights [B, H, T, S] when need_weights, else unused. All C-contiguous, so that the
+    loops over D see unit strides and vectorise.
+    Loops b, h, row; per row: scores against the n = S - T + row + 1 visible keys, softmax, then
+    out = sum_j w_j v_j. Reads each visible key and value once per row (for a decode step, the whole
+    cache once: the minimum for attention) and keeps the scores in a [S] scratch row.
+    """
+    B, H, T, D = q.shape
+    s = np.empty(S, np.float32)
+    acc = np.empty(D, np.float32)
+    for b in range(B):
+        for h in range(H):
+            for i in range(T):
+                n = S - T + i + 1
+                for j in range(n):
+                    s[j] = _dot(q[b, h, i], k[b, h, j], D)  # q @ k.T; scaled inside the softmax
+                _softmax_row(s, n, scale, keep[b])
+                for d in range(D):
+                    acc[d] = F32(0)
+                for j in range(n):
+                    if s[j] != F32(0):  # masked keys have weight exactly 0: skip their values
+                        for d in range(D):
+                            acc[d] += s[j] * v[b, h, j, d]
+                for d in range(D):
+                    out[b, i, h, d] = acc[d]
+                if need_weights:  # (explicit loops: Numba's slice assignment is slow to compile)
+                    for j in range(S):
+                        weights[b, h, i, j] = s[j] if j < n else F32(0)
+
+
+# ---- attention drivers -----------------------------------------------------------------------------
+def padding_keep(mask, B, S, past):
+    """The additive mask as a keep-mask [B, S] (uint8) when the fast path can take it, else None.
+
+    The fast path takes no mask, or a [B or 1, 1, 1, S] mask holding only 0 and MASK_MIN (what
+    layers.additive_mask makes) where every query row sees at least one kept key. A row that sees none
+    (left padding) gets transformers' degenerate uniform weights: that is left to layers.attention.
+    """
+    if mask is None:
+        return np.ones((B, S), np.uint8)
+    m = np.asarray(mask)
+    if m.ndim != 4 or m.shape[1:] != (1, 1, S) or m.shape[0] not in (1, B):
+        return None
+    m = m[:, 0, 0, :]  # [B or 1, S]
+    keep = m == 0
+    if not np.all(keep | (m == MASK_MIN)):
+        return None
+    # query row 0 is at absolute position `past`: it must see a kept key among 0..past
+    if not np.all(np.any(keep[:, :past + 1], axis=1)):
+        return None
+    return np.ascontiguousarray(np.broadcast_to(keep, (B, S)), dtype=np.uint8)
+
+
+def blocked_causal_attention(q, k, v, scale, past, keep, out, weights=None, workers=1):
+    """Causal attention in query blocks; writes the merged heads into out [B, T, H, D].
+
+    q [B, H, T, D]; k, v [B, H, S, D] with S = past + T; any strides with unit stride along D (views
+    of the qkv buffer or of the KV cache). For each (b, h) and each block of rows r0:r1, only the keys
+    0 .. past + r1 - 1 are used: about half the work of the full T x S product for T = S.
+    Scores go to `weights[b, h, r0:r1]` when given, else to a scratch block reused for every block.
+    The B * H heads are shared among `workers` threads (see in_parallel).
+    """
+    B, H, T, D = q.shape
+
+    def attend(heads):  # one worker's share of the (b, h) pairs, with its own scratch block
+        scratch = np.empty(min(T, QUERY_BLOCK) * k.shape[2], F32) if weights is None else None
+        for b, h in heads:
+            for r0 in range(0, T, QUERY_BLOCK):
+                r1 = min(r0 + QUERY_BLOCK, T)
+                K = past + r1  # keys visible to the block's last row
+                s = scratch[:(r1 - r0) * K].reshape(r1 - r0, K) if weights is None else weights[b, h, r0:r1, :K]
+                np.matmul(q[b, h, r0:r1], k[b, h, :K].T, out=s)  # [Q, D] @ [D, K] -> [Q, K]
+                causal_softmax_kernel(s, scale, past + r0, keep[b])
+                np.matmul(s, v[b, h, :K], out=out[b, r0:r1, h])  # [Q, K] @ [K, D] -> [Q, D]
+
+    in_parallel(attend, [(b, h) for b in range(B) for h in range(H)], workers)
+
+
+def self_attention(x, w_attn, b_attn, w_proj, n_head, scale, mask=None, cache=None, layer_idx=0,
+                   need_weights=True):
+    """layers.self_attention without the output projection's bias (the caller fuses it with the residual).
+
+    x [B, T, C] -> (merge_heads(attention) @ w_proj as [B*T, C], the weights [B, H, T, S] or None).
+    """
+    B, T, C = x.shape
+    H, D = n_head, C // n_head
+    qkv = x.reshape(B * T, C) @ w_attn  # [B*T, C] -> [B*T, 3C]
+    qkv += b_attn
+    qkv = qkv.reshape(B, T, 3, H, D)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # 3 x [B, H, T, D] views, no copies
+    past = 0
+    if cache is not None:
+        past = cache.get_seq_length(layer_idx)
+        k, v = cache.update(layer_idx, k, v)  # [B, H, S, D] views of the cache's buffers
+    S = past + T
+    keep = padding_keep(mask, B, S, past)
+    if keep is None:  # a mask the fast path does not take: the reference computes this attention
+        o, weights = layers.attention(q, k, v, scale, causal=True, mask=mask)  # [B, H, T, D]
+        return layers.merge_heads(o).reshape(B * T, C) @ w_proj, (weights if need_weights else None)
+
+    out = np.empty((B, T, H, D), F32)
+    weights = np.zeros((B, H, T, S), F32) if need_weights else None  # zeros: blocks skip the upper triangle
+    workers = workers_for(B * H * T * S * D)
+    if T > SMALL_T:
+        blocked_causal_attention(q, k, v, scale, past, keep, out, weights, workers)
+    else:
+        if cache is not None:  # the cache's buffers [B, H, max_length, D] are C-contiguous, its views not
+            k, v = cache.keys[layer_idx], cache.values[layer_idx]
+        q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))  # without a cache: copies of <= SMALL_T rows
+        w = weights if need_weights else np.empty((B, 0, 0, 0), F32)
+
+        def attend(chunks):  # batch slices of C-contiguous arrays stay C-contiguous
+            for b0, b1 in chunks:
+                attention_rows_kernel(q[b0:b1], k[b0:b1], v[b0:b1], S, scale, keep[b0:b1], out[b0:b1],
+                                      w[b0:b1], need_weights)
+
+        in_parallel(attend, split(B, workers), workers)
+    return out.reshape(B * T, C) @ w_proj, weights  # [B*T, C] @ [C, C] -> [B*T, C]
+
+
+# ---- threads -----------------------------------------------------------------------------------------
+def workers_for(work):
+    """Threads for a section of about `work` multiply-adds: numba.get_num_threads() (so
+    numba.set_num_threads(1) makes the whole "cpu" device single-threaded, BLAS aside), or 1 for a
+    section too small to repay starting threads."""
+    return numba.get_num_threads() if work >= PARALLEL_MIN_WORK else 1
+
+
+def split(n, parts):
+    """range(n) as at most `parts` (start, stop) pieces of nearly equal length."""
+    parts = min(parts, n)
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
+def in_parallel(fn, items, workers):
+    """fn(items[w::workers]) for each w < workers, on `workers` threads, each calling BLAS single-threaded.
+
+    Why our threads and not BLAS's: attention is many small matmuls (two per head and query block,
+    128 a layer at T = 1024), and multi-threaded OpenBLAS synchronises its threads inside each one. On
+    a loaded machine every such rendezvous waits for a time slice: one layer's attention took 840 ms
+    instead of 24 ms with 2 BLAS threads while other jobs ran. Splitting the heads between threads
+    needs one join per layer. NumPy's matmul and the @njit(nogil=True) kernels release the GIL.
+    """
+    workers = min(workers, len(items))
+    controller = blas_controller() if workers > 1 else None
+    if controller is None:
+        fn(items)
+        return
+    with controller.limit(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fn, [items[w::workers] for w in range(workers)]))  # list(): re-raises a worker's error
+
+
+@functools.lru_cache(maxsize=1)
+def blas_controller():
+    """threadpoolctl's handle on NumPy's BLAS, found once (finding it takes 1.5 ms, using it 10 us); None
+    without threadpoolctl (a scikit-learn dependency), and then parallel sections run on one thread."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+# ---- the block -------------------------------------------------------------------------------------
+def layer_norm(x, w, eps):
+    """layers.layer_norm through the kernel; x [..., C]."""
+    out = np.empty(x.shape, F32)
+    C = x.shape[-1]
+    layer_norm_kernel(x.reshape(-1, C), w, F32(eps), out.reshape(-1, C))
+    return out
+
+
+def bias_quick_gelu(f, b):
+    """In place on f [N, F]: f = quick_gelu(f + b), rows shared among threads when f is big."""
+    def gelu(chunks):
+        for start, stop in chunks:
+            bias_quick_gelu_kernel(f[start:stop], b)
+
+    workers = workers_for(f.size * 8)  # the exp and division cost about as much as 8 multiply-adds
+    in_parallel(gelu, split(f.shape[0], workers), workers)
+
+
+def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, encoder_hidden_states=None,
+                      encoder_mask=None, need_weights=True):
+    """layers.transformer_block: same arguments, same result. The attention weights are computed only
+    when need_weights; otherwise the tuple holds None in their place (same length)."""
+    eps, H = F32(config.layer_norm_epsilon), config.n_head
+    scale = layers.attention_scale(config.head_dim, config.scale_attn_weights, layer_idx,
+                                   config.scale_attn_by_inverse_layer_idx)
+    x = np.ascontiguousarray(x, dtype=F32)
+    B, T, C = x.shape
+    N = B * T
+
+    # x1 = x + attn(ln_1(x)); h = ln_2(x1), the bias, residual and norm in one kernel
+    a, w_self = self_attention(layer_norm(x, p[prefix + "ln_1.weight"], eps),
+                               p[prefix + "attn.c_attn.weight"], p[prefix + "attn.c_attn.bias"],
+                               p[prefix + "attn.c_proj.weight"], H, scale, mask=mask, cache=cache,
+                               layer_idx=layer_idx, need_weights=need_weights)  # [B*T, C], no bias yet
+    weights = (w_self,)
+    x1, h = np.empty((B, T, C), F32), np.empty((B, T, C), F32)
+    residual_layer_norm_kernel(x.reshape(N, C), a, p[prefix + "attn.c_proj.bias"], p[prefix + "ln_2.weight"],
+                               eps, x1.reshape(N, C), h.reshape(N, C))
+
+    # [x1 = x1 + cross(ln_cross_attn(x1))]: rare, so the reference functions
+    if encoder_hidden_states is not None:
+        c, w_cross = layers.cross_attention(layer_norm(x1, p[prefix + "ln_cross_attn.weight"], eps),
+                                            encoder_hidden_states,
+                                            p[prefix + "crossattention.q_attn.weight"],
+                                            p[prefix + "crossattention.q_attn.bias"],
+                                            p[prefix + "crossattention.c_attn.weight"],
+                                            p[prefix + "crossattention.c_attn.bias"],
+                                            p[prefix + "crossattention.c_proj.weight"],
+                                            p[prefix + "crossattention.c_proj.bias"],
+                                            H, scale, mask=encoder_mask)
+        x1 = (x1 + c).astype(F32, copy=False)  # [B, T, C]
+        h = layer_norm(x1, p[prefix + "ln_2.weight"], eps)
+        weights += (w_cross if need_weights else None,)
+
+    # x1 + mlp(h)
+    f = h.reshape(N, C) @ p[prefix + "mlp.c_fc.weight"]  # [B*T, C] -> [B*T, F]
+    if config.activation_function == "quick_gelu":
+        bias_quick_gelu(f, p[prefix + "mlp.c_fc.bias"])
+    else:
+        f = layers.activation(f + p[prefix + "mlp.c_fc.bias"], config.activation_function)
+    m = f @ p[prefix + "mlp.c_proj.weight"]  # [B*T, F] -> [B*T, C]
+    m += p[prefix + "mlp.c_proj.bias"]
+    m += x1.reshape(N, C)  # x1 + (m + b): the reference's order of additions
+    return m.reshape(B, T, C), weights

@@ -1,0 +1,355 @@
+"""The Numba CPU kernels (kernels/cpu.py) against the NumPy reference (layers.py).
+
+Shapes are deliberately odd: widths that are not multiples of 8 (the vector width), sequence lengths
+that are not multiples of the query block (patched down to 16 so that several blocks run), caches of
+every length from 1 to 70. Every comparison checks shape, then dtype (float32), then values.
+"""
+
+import re
+
+import numpy as np
+import pytest
+from numba import njit
+
+from minigpt_pixels import layers
+from minigpt_pixels.config import ImageGPTConfig
+from minigpt_pixels.kernels import cpu
+from minigpt_pixels.model import ImageGPTForCausalImageModeling, KVCache, init_weights, transformer_shapes
+
+from .conftest import report
+
+F32 = np.float32
+TOL = 1e-5  # kernel vs reference on O(1) float32 values
+BLOCK = 16  # QUERY_BLOCK for these tests: T = 37 gives blocks of 16, 16 and 5 rows
+
+
+def check(name, ours, ref, tol=TOL):
+    assert ours.dtype == np.float32, f"{name}: dtype {ours.dtype}, expected float32"
+    return report(name, ours, ref, tol)
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(cpu, "QUERY_BLOCK", BLOCK)
+
+
+def allowed_keys(T, S):
+    """Reference causal pattern: row t sees keys up to S - T + t."""
+    return np.tri(T, S, k=S - T, dtype=bool)
+
+
+# ---- scalar and elementwise kernels ------------------------------------------------------------------
+@njit
+def _exp_array(x, out):
+    for i in range(x.size):
+        out[i] = cpu._exp(x[i])
+
+
+def test_exp_against_numpy():
+    x = np.concatenate([np.linspace(-87, 88, 20001, dtype=F32), F32([0, -0.0, 1e-30, -1e-30])])
+    out = np.empty_like(x)
+    _exp_array(x, out)
+    ref = np.exp(x.astype(np.float64))
+    rel = float(np.max(np.abs(out / ref - 1)))
+    print(f"[parity] _exp: max relative error {rel:.3g}")
+    assert out.dtype == np.float32 and rel < 3e-7
+    # outside the clamp: tiny and huge instead of 0 and inf (documented; callers select exact zeros)
+    _exp_array(F32([-1000, -np.inf, 1000]), out[:3])
+    assert 0 <= out[0] < 1e-37 and 0 <= out[1] < 1e-37 and 1e38 < out[2] < np.inf
+
+
+def test_layer_norm_kernel(rng):
+    x = rng.normal(size=(37, 45)).astype(F32) * 3
+    w = rng.normal(size=45).astype(F32)
+    out = np.empty_like(x)
+    cpu.layer_norm_kernel(x, w, F32(1e-5), out)
+    check("layer_norm", out, layers.layer_norm(x, w, 1e-5))
+    check("layer_norm wrapper [B, T, C]", cpu.layer_norm(x.reshape(1, 37, 45), w, 1e-5),
+          layers.layer_norm(x, w, 1e-5).reshape(1, 37, 45))
+
+
+def test_residual_layer_norm_kernel(rng):
+    x, y = (rng.normal(size=(37, 45)).astype(F32) for _ in range(2))
+    b, w = (rng.normal(size=45).astype(F32) for _ in range(2))
+    x_out, ln_out = np.empty_like(x), np.empty_like(x)
+    cpu.residual_layer_norm_kernel(x, y, b, w, F32(1e-5), x_out, ln_out)
+    ref = x + (y + b)
+    check("residual", x_out, ref, 0.0)  # same order of additions: bit-identical
+    check("residual layer_norm", ln_out, layers.layer_norm(ref, w, 1e-5))
+
+
+def test_bias_quick_gelu_kernel(rng):
+    h = (rng.normal(size=(37, 45)) * 6).astype(F32)  # both tails of the sigmoid
+    h[0, :4] = [-60, -30, 30, 60]  # exp(-1.702 y) near the ends of float32
+    b = rng.normal(size=45).astype(F32)
+    with np.errstate(over="ignore"):  # exp(-1.702 * -60) overflows to inf: y / inf = -0, as intended
+        ref = layers.quick_gelu(h + b)
+    cpu.bias_quick_gelu_kernel(h, b)
+    check("bias + quick_gelu", h, ref)
+
+
+def test_causal_softmax_kernel(rng):
+    Q, K, scale = 13, 40, F32(0.35)
+    pos0 = K - Q  # the block's first row sees keys 0..27
+    raw = (rng.normal(size=(Q, K)) * 4).astype(F32)
+    keep = np.ones(K, np.uint8)
+    keep[[3, 20, 39]] = 0
+    additive = np.where(keep, F32(0), layers.MASK_MIN)
+    with np.errstate(over="ignore"):
+        ref = layers.softmax(np.where(allowed_keys(Q, K), raw * scale, layers.MASK_MIN) + additive)
+    s = raw.copy()
+    cpu.causal_softmax_kernel(s, scale, pos0, keep)
+    check("causal softmax", s, ref)
+    strided = np.zeros((Q, K + 7), F32)[:, :K]  # rows of a wider array, as when writing into the weights
+    strided[...] = raw
+    cpu.causal_softmax_kernel(strided, scale, pos0, keep)
+    check("causal softmax (strided rows)", strided, ref)
+
+
+# ---- attention ---------------------------------------------------------------------------------------
+def reference_attention(q, k, v, scale, keep):
+    mask = None if keep is None else layers.additive_mask(keep)
+    return layers.attention(q, k, v, scale, causal=True, mask=mask)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_attention_rows_kernel_every_cache_length(rng, T):
+    B, H, D, scale = 2, 3, 12, F32(0.29)
+    for S in range(T, 71):
+        q = rng.normal(size=(B, H, T, D)).astype(F32)
+        k = rng.normal(size=(B, H, S + 5, D)).astype(F32)  # a longer buffer, as the KV cache's
+        v = rng.normal(size=(B, H, S + 5, D)).astype(F32)
+        keep = np.ones((B, S), np.uint8)
+        if S > 2:
+            keep[1, S // 2] = 0  # one padded key in the second sequence
+        out, weights = np.empty((B, T, H, D), F32), np.empty((B, H, T, S), F32)
+        cpu.attention_rows_kernel(q, k, v, S, scale, keep, out, weights, True)
+        ref_out, ref_w = reference_attention(q, k[:, :, :S], v[:, :, :S], scale, keep)
+        assert out.dtype == weights.dtype == np.float32
+        np.testing.assert_allclose(weights, ref_w, rtol=0, atol=TOL, err_msg=f"weights, S={S}")
+        np.testing.assert_allclose(out, ref_out.transpose(0, 2, 1, 3), rtol=0, atol=TOL, err_msg=f"out, S={S}")
+    check(f"attention rows T={T} (S=70)", out.transpose(0, 2, 1, 3), ref_out)
+
+
+@pytest.mark.parametrize("past", [0, 5])
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_blocked_causal_attention(rng, past, need_weights):
+    B, H, T, D, scale = 2, 3, 37, 12, F32(0.29)
+    S = past + T
+    q = rng.normal(size=(B, H, T, D)).astype(F32)
+    k, v = (rng.normal(size=(B, H, S, D)).astype(F32) for _ in range(2))
+    keep = np.ones((B, S), np.uint8)
+    keep[1, -6:] = 0  # right padding
+    keep[0, 2] = 0
+    out = np.empty((B, T, H, D), F32)
+    weights = np.zeros((B, H, T, S), F32) if need_weights else None
+    cpu.blocked_causal_attention(q, k, v, scale, past, keep, out, weights)
+    ref_out, ref_w = reference_attention(q, k, v, scale, keep)
+    check(f"blocked attention past={past} out", out.transpose(0, 2, 1, 3), ref_out)
+    if need_weights:
+        check(f"blocked attention past={past} weights", weights, ref_w)
+
+
+def test_padding_keep_decides_the_fast_path():
+    B, S = 2, 6
+    keep = np.ones((B, S), np.int64)
+    keep[1, -2:] = 0
+    assert np.array_equal(cpu.padding_keep(layers.additive_mask(keep), B, S, 0), keep)
+    assert cpu.padding_keep(None, B, S, 0).all()
+    left = keep.copy()
+    left[0, :2] = 0  # left padding: query 0 sees no kept key -> reference path
+    assert cpu.padding_keep(layers.additive_mask(left), B, S, 0) is None
+    assert cpu.padding_keep(layers.additive_mask(left), B, S, 2) is not None  # row 0 at position 2 sees key 2
+    general = np.zeros((B, 1, 1, S), F32) - 1.5  # not a 0 / MASK_MIN mask
+    assert cpu.padding_keep(general, B, S, 0) is None
+    assert cpu.padding_keep(np.zeros((B, 1, S, S), F32), B, S, 0) is None  # per-query masks: reference path
+
+
+# ---- the block -----------------------------------------------------------------------------------------
+def block_setup(seed=0, **kw):
+    cfg = ImageGPTConfig(**{**dict(vocab_size=17, n_positions=48, n_embd=36, n_layer=3, n_head=3), **kw})
+    params = init_weights(transformer_shapes(cfg), cfg, seed)
+    rng = np.random.default_rng(seed + 1)
+    for name in params:  # well away from the default init: non-uniform attention, norms that matter
+        params[name] = (params[name] + rng.normal(0, 0.1, params[name].shape)).astype(F32)
+    return cfg, params
+
+
+def make_mask(kind, rng, B, T, S):
+    if kind is None:
+        return None
+    keep = np.ones((B, S), np.int64)
+    if kind == "padding":
+        keep[1, -5:] = 0
+    elif kind == "left_padding":  # rows with no visible key: transformers' degenerate weights
+        keep[1, :4] = 0
+    elif kind == "general":
+        return rng.normal(size=(B, 1, T, S)).astype(F32)
+    return layers.additive_mask(keep)
+
+
+BLOCK_CASES = {
+    "plain": dict(),
+    "padding": dict(mask="padding"),
+    "left_padding": dict(mask="left_padding"),
+    "general_mask": dict(mask="general"),
+    "cross_attention": dict(cfg=dict(add_cross_attention=True), cross=True),
+    "gelu_new_inverse_layer_scale": dict(cfg=dict(activation_function="gelu_new",
+                                                  scale_attn_by_inverse_layer_idx=True)),
+    "no_scale": dict(cfg=dict(scale_attn_weights=False), mask="padding"),
+}
+
+
+@pytest.fixture(params=[1, 3], ids=["1thread", "3threads"])
+def threads(request, monkeypatch):
+    """Run the parallel sections (heads, batch rows, gelu rows) on this many threads, however small."""
+    monkeypatch.setattr(cpu, "workers_for", lambda work: request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("case", BLOCK_CASES)
+def test_transformer_block_against_reference(case, need_weights, threads):
+    spec = BLOCK_CASES[case]
+    cfg, p = block_setup(**spec.get("cfg", {}))
+    rng = np.random.default_rng(3)
+    B, T, C = 2, 37, cfg.n_embd
+    x = rng.normal(size=(B, T, C)).astype(F32)
+    mask = make_mask(spec.get("mask"), rng, B, T, T)
+    kw = dict(mask=mask)
+    if spec.get("cross"):
+        enc_keep = np.ones((B, 7), np.int64)
+        enc_keep[0, -2:] = 0
+        kw.update(encoder_hidden_states=rng.normal(size=(B, 7, C)).astype(F32),
+                  encoder_mask=layers.additive_mask(enc_keep))
+    ours, w_ours = cpu.transformer_block(x, p, "h.2.", cfg, 2, need_weights=need_weights, **kw)
+    ref, w_ref = layers.transformer_block(x, p, "h.2.", cfg, 2, **kw)
+    check(f"block {case}", ours, ref)
+    assert len(w_ours) == len(w_ref)
+    for i, (a, b) in enumerate(zip(w_ours, w_ref)):
+        if need_weights:
+            check(f"block {case} weights[{i}]", a, b)
+        else:
+            assert a is None
+
+
+@pytest.mark.parametrize("mask_kind", [None, "padding"])
+def test_kv_cache_decode_equals_full_forward(mask_kind, threads):
+    """Prompt chunks of every kind (rows kernel, blocks from 0, blocks after a past), then single tokens."""
+    cfg, p = block_setup()
+    rng = np.random.default_rng(5)
+    B, T = 2, 45
+    x = rng.normal(size=(B, T, cfg.n_embd)).astype(F32)
+    full_mask = make_mask(mask_kind, rng, B, T, T)
+    full, _ = cpu.transformer_block(x, p, "h.1.", cfg, 1, mask=full_mask, need_weights=False)
+    ref, (w_ref,) = layers.transformer_block(x, p, "h.1.", cfg, 1, mask=full_mask)
+    check("block full forward", full, ref)
+
+    cache = KVCache(cfg, B, max_length=T + 2)
+    chunks = [(0, 5), (5, 25), (25, 36)] + [(t, t + 1) for t in range(36, T)]  # 5 <= SMALL_T < 20, 11
+    outs, weights = [], []
+    for start, stop in chunks:
+        mask = None if full_mask is None else full_mask[..., :stop]  # [B, 1, 1, past + new]
+        o, (w,) = cpu.transformer_block(x[:, start:stop], p, "h.1.", cfg, 1, mask=mask, cache=cache)
+        outs.append(o)
+        weights.append(w)
+    check(f"decode with KV cache ({mask_kind}) vs full forward", np.concatenate(outs, axis=1), ref)
+    for (start, stop), w in zip(chunks, weights):
+        check(f"decode weights rows {start}:{stop}", w, w_ref[:, :, start:stop, :stop])
+
+
+def test_parallel_sections_restore_blas_threads(threads):
+    controller = cpu.blas_controller()
+    before = [lib["num_threads"] for lib in controller.info()]
+    cfg, p = block_setup()
+    x = np.random.default_rng(0).normal(size=(2, 37, cfg.n_embd)).astype(F32)
+    cpu.transformer_block(x, p, "h.0.", cfg, 0)
+    assert [lib["num_threads"] for lib in controller.info()] == before
+
+
+# ---- float32 discipline --------------------------------------------------------------------------------
+FLOAT64_OP = re.compile(r"^\s*v?(add|sub|mul|div|sqrt|max|min|fmadd\w*|cvtss2|cvtsi2|cvtsd2|round)(sd|pd)\b",
+                        re.M)
+
+
+@njit
+def _uses_float64(x):
+    return x * 0.5  # 0.5 is a float64 literal: promotes
+
+
+def test_compiled_kernels_do_no_float64_arithmetic(rng):
+    """The assembly of every compiled kernel holds no double-precision instruction."""
+    assert FLOAT64_OP.search(_asm(_uses_float64, F32(1)))  # the pattern does catch float64 arithmetic
+    cfg, p = block_setup()
+    x = rng.normal(size=(2, 37, cfg.n_embd)).astype(F32)
+    cpu.transformer_block(x, p, "h.0.", cfg, 0, mask=make_mask("padding", rng, 2, 37, 37))  # compile all
+    cache = KVCache(cfg, 2)
+    cpu.transformer_block(x[:, :3], p, "h.0.", cfg, 0, cache=cache)
+    for kernel in (cpu.layer_norm_kernel, cpu.residual_layer_norm_kernel, cpu.bias_quick_gelu_kernel,
+                   cpu.causal_softmax_kernel, cpu.attention_rows_kernel):
+        assert kernel.signatures, kernel.__name__
+        for sig, asm in kernel.inspect_asm().items():
+            found = FLOAT64_OP.findall(asm)
+            assert not found, f"{kernel.__name__}{sig}: float64 instructions {found[:5]}"
+            assert "float64" not in str(sig), f"{kernel.__name__}: float64 argument in {sig}"
+
+
+def _asm(dispatcher, *args):
+    dispatcher(*args)
+    return "\n".join(dispatcher.inspect_asm().values())
+
+
+# ---- the model on "cpu" against "numpy" ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def models():
+    cfg = ImageGPTConfig(vocab_size=17, n_positions=40, n_embd=32, n_layer=2, n_head=4)
+    model = ImageGPTForCausalImageModeling(cfg, seed=0)
+    ref = ImageGPTForCausalImageModeling(cfg, params=model.params).to("numpy")
+    return model.to("cpu"), ref
+
+
+def test_model_cpu_matches_numpy(models, rng):
+    model, ref = models
+    assert model.device == "cpu" and ref.device == "numpy"
+    ids = rng.integers(0, 16, size=(3, 37))
+    ids[:, 0] = 16  # SOS
+    mask = np.ones_like(ids)
+    mask[2, -6:] = 0
+    for kw in (dict(), dict(attention_mask=mask)):
+        ours = model(ids, output_hidden_states=True, output_attentions=True, **kw)
+        theirs = ref(ids, output_hidden_states=True, output_attentions=True, **kw)
+        tag = "masked" if kw else "plain"
+        check(f"model {tag} logits", ours.logits, theirs.logits)
+        for i, (a, b) in enumerate(zip(ours.hidden_states, theirs.hidden_states, strict=True)):
+            check(f"model {tag} hidden_states[{i}]", a, b)
+        for i, (a, b) in enumerate(zip(ours.attentions, theirs.attentions, strict=True)):
+            check(f"model {tag} attentions[{i}]", a, b)
+        fast = model(ids, **kw)  # no weights asked: the path that skips them
+        check(f"model {tag} logits without weights", fast.logits, theirs.logits)
+
+
+def test_model_cpu_decode_with_cache_matches_numpy_forward(models, rng):
+    model, ref = models
+    ids = rng.integers(0, 16, size=(2, 30))
+    full = ref(ids).logits
+    cache = KVCache(model.config, 2)
+    steps = [model(ids[:, :4], past_key_values=cache, use_cache=True).logits]
+    steps += [model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits for t in range(4, 30)]
+    check("model decode logits", np.concatenate(steps, axis=1), full)
+
+
+def test_benchmark_script_runs(capsys):
+    """benchmarks/bench_forward.py end to end on a tiny setting (needs torch and transformers)."""
+    pytest.importorskip("transformers")
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_forward.py"
+    spec = importlib.util.spec_from_file_location("bench_forward", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.forward_flops(1, 1024, 512, 2048, 24, 513) == pytest.approx(181.0e9, rel=1e-3)
+    assert bench.main(["--layers", "1", "--tokens", "12", "--repeats", "1", "--threads", "1",
+                       "--decode-steps", "2", "--peak-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "ratio ours / transformers" in out and "ms/step" in out
