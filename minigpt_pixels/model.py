@@ -8,6 +8,7 @@ HF parameter names, check their inputs, and call the pure functions in layers.py
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, fields
@@ -274,17 +275,21 @@ class ImageGPTPreTrainedModel:
             if token_type_ids is not None:
                 x = x + p[pre + "wte.weight"][token_type_ids]
         x = x.astype(np.float32, copy=False)
-        block = layers.transformer_block if self.device == "numpy" else cpu_kernels.transformer_block
+        if self.device == "numpy":
+            block, threads = layers.transformer_block, contextlib.nullcontext()
+        else:
+            block, threads = cpu_kernels.transformer_block, cpu_kernels.blas_threads_for(B * T)
         all_hidden, all_attn, all_cross = [], [], []
-        for i in range(cfg.n_layer):
-            if output_hidden_states:
-                all_hidden.append(x)
-            x, weights = block(x, p, f"{pre}h.{i}.", cfg, i, mask=mask, cache=cache,
-                           encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
-                           need_weights=output_attentions)
-            all_attn.append(weights[0])
-            if len(weights) > 1:
-                all_cross.append(weights[1])
+        with threads:
+            for i in range(cfg.n_layer):
+                if output_hidden_states:
+                    all_hidden.append(x)
+                x, weights = block(x, p, f"{pre}h.{i}.", cfg, i, mask=mask, cache=cache,
+                                   encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
+                                   need_weights=output_attentions)
+                all_attn.append(weights[0])
+                if len(weights) > 1:
+                    all_cross.append(weights[1])
         x = layers.layer_norm(x, p[pre + "ln_f.weight"], cfg.layer_norm_epsilon)  # [B, T, C]
         if output_hidden_states:
             all_hidden.append(x)  # the last hidden state is after ln_f
