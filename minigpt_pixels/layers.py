@@ -9,6 +9,11 @@ Shape legend, used in every comment below:
 Weights are float32 and stored as transformers stores them: Conv1D weights are [in, out], so a
 linear layer is `x @ w + b`. Everything stays float32: constants are float32 so NumPy never
 promotes a hot path to float64.
+
+Training, llm.c-style: beside each forward function `f` sits a pair `f_forward(...) -> (out, cache)`
+and `f_backward(dout, cache) -> gradients`. The forward computes exactly what `f` computes and keeps
+the few arrays its backward needs; the backward takes the gradient of the loss with respect to the
+output and returns the gradients with respect to the inputs and weights, in argument order.
 """
 
 from __future__ import annotations
@@ -28,6 +33,44 @@ def embedding(input_ids, wte, wpe, position_ids, token_type_ids=None):
     return x
 
 
+def embedding_forward(input_ids, wte, wpe, position_ids, token_type_ids=None):
+    out = embedding(input_ids, wte, wpe, position_ids, token_type_ids)  # [B, T, C]
+    return out, (input_ids, position_ids, token_type_ids, wte.shape, wpe.shape)
+
+
+def embedding_backward(dout, cache):
+    """-> dwte [V+1, C], dwpe [n_positions, C]: each row sums the gradients of the positions that read it."""
+    input_ids, position_ids, token_type_ids, wte_shape, wpe_shape = cache
+    B, T, C = dout.shape
+    flat = dout.reshape(B * T, C)  # [B*T, C]
+    dwte = np.zeros(wte_shape, F32)
+    np.add.at(dwte, np.asarray(input_ids).reshape(-1), flat)  # a token can repeat: add, not assign
+    if token_type_ids is not None:
+        np.add.at(dwte, np.asarray(token_type_ids).reshape(-1), flat)
+    dwpe = np.zeros(wpe_shape, F32)
+    position_ids = np.broadcast_to(position_ids, (B, T))
+    if np.array_equal(position_ids, np.broadcast_to(np.arange(position_ids[0, 0], position_ids[0, 0] + T), (B, T))):
+        dwpe[position_ids[0, 0]:position_ids[0, 0] + T] = dout.sum(axis=0)  # the usual 0..T-1: one sum
+    else:
+        np.add.at(dwpe, position_ids.reshape(-1), flat)
+    return dwte, dwpe
+
+
+# ---- dropout (training only) ---------------------------------------------------------------------
+def dropout_forward(x, p, rng):
+    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p), as torch does.
+    The identity (and no mask) when p == 0 or rng is None: inference never drops anything."""
+    if rng is None or p == 0:
+        return x, None
+    keep = rng.random(x.shape, dtype=F32) >= F32(p)  # [...] True with probability 1 - p
+    mask = np.multiply(keep, F32(1.0 / (1.0 - p)), dtype=F32)  # [...] 0 or 1/(1-p)
+    return x * mask, mask
+
+
+def dropout_backward(dout, mask):
+    return dout if mask is None else dout * mask
+
+
 # ---- normalisation and activation ----------------------------------------------------------------
 def layer_norm(x, weight, eps=1e-5):
     """ImageGPT's layer norm: divide by the root mean square. No mean subtraction, no bias."""
@@ -35,9 +78,45 @@ def layer_norm(x, weight, eps=1e-5):
     return x / np.sqrt(ms + F32(eps)) * weight  # [..., C]
 
 
+def layer_norm_forward(x, weight, eps=1e-5):
+    ms = np.mean(np.square(x), axis=-1, keepdims=True)  # [..., C] -> [..., 1]
+    rms = np.sqrt(ms + F32(eps))  # [..., 1]
+    n = x / rms  # [..., C] the normalised input
+    return n * weight, (n, weight, rms)  # the same operations as layer_norm, so the same bits
+
+
+def layer_norm_backward(dout, cache):
+    """y = x / r * w with r = sqrt(mean(x^2) + eps). With n = x / r and g = dy * w,
+    dx = (g - n * mean(g * n)) / r: the gradient minus its component along n (no mean term: no centring).
+    -> dx [..., C], dweight [C]."""
+    n, weight, rms = cache
+    dweight = np.sum((dout * n).reshape(-1, n.shape[-1]), axis=0)  # [C]
+    g = dout * weight  # [..., C]
+    dx = (g - n * np.mean(g * n, axis=-1, keepdims=True)) / rms  # [..., C]
+    return dx, dweight
+
+
 def quick_gelu(x):
     """x * sigmoid(1.702 x): OpenAI's "gelu2", not the exact erf GELU."""
     return x / (F32(1.0) + np.exp(F32(-1.702) * x))  # [...]
+
+
+def quick_gelu_forward(x):
+    e = F32(1.0) + np.exp(F32(-1.702) * x)  # [...] 1 / sigmoid(1.702 x)
+    return x / e, (x, e)  # the same operations as quick_gelu, so the same bits
+
+
+def quick_gelu_backward(dout, cache):
+    """d/dx x s(1.702 x) = s (1 + 1.702 x (1 - s)), with s the sigmoid."""
+    x, e = cache
+    s = F32(1.0) / e  # [...]
+    d = F32(1.0) - s  # in place from here on: this runs on the MLP's widest tensor [B, T, F]
+    d *= x
+    d *= F32(1.702)
+    d += F32(1.0)
+    d *= s
+    d *= dout
+    return d
 
 
 def activation(x, name):
@@ -53,6 +132,33 @@ def activation(x, name):
         return F32(0.5) * x * (F32(1.0) + np.tanh(c * (x + F32(0.044715) * x * x * x)))
     if name == "gelu":  # exact GELU; erf through a float32-accurate rational approximation
         return F32(0.5) * x * (F32(1.0) + _erf(x * F32(1 / np.sqrt(2.0))))
+    raise ValueError(f"unknown activation_function {name!r}")
+
+
+def activation_forward(x, name):
+    if name == "quick_gelu":
+        out, cache = quick_gelu_forward(x)
+        return out, (cache, name)
+    return activation(x, name), (x, name)
+
+
+def activation_backward(dout, cache):
+    x, name = cache
+    if name == "quick_gelu":
+        return quick_gelu_backward(dout, x)
+    if name == "relu":
+        return dout * (x > 0)
+    if name == "tanh":
+        return dout * (F32(1.0) - np.square(np.tanh(x)))
+    if name == "gelu_new":  # 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)
+        c = F32(np.sqrt(2.0 / np.pi))
+        t = np.tanh(c * (x + F32(0.044715) * x * x * x))
+        du = c * (F32(1.0) + F32(3 * 0.044715) * x * x)
+        return dout * (F32(0.5) * (F32(1.0) + t) + F32(0.5) * x * (F32(1.0) - t * t) * du)
+    if name == "gelu":  # Phi(x) + x phi(x): the exact derivative (the forward's erf is accurate to 1.5e-7)
+        cdf = F32(0.5) * (F32(1.0) + _erf(x * F32(1 / np.sqrt(2.0))))
+        pdf = np.exp(F32(-0.5) * x * x) * F32(1 / np.sqrt(2 * np.pi))
+        return dout * (cdf + x * pdf)
     raise ValueError(f"unknown activation_function {name!r}")
 
 
@@ -73,9 +179,40 @@ def linear(x, w, b=None):
     return y if b is None else y + b
 
 
+def linear_forward(x, w, b=None):
+    return linear(x, w, b), (x, w, b is not None)
+
+
+def linear_backward(dout, cache):
+    """-> dx [..., in], dw [in, out], db [out] (None without a bias)."""
+    x, w, has_bias = cache
+    dout2 = dout.reshape(-1, w.shape[1])  # [N, out], N = every leading position
+    dw = x.reshape(-1, w.shape[0]).T @ dout2  # [in, N] @ [N, out] -> [in, out]
+    db = np.sum(dout2, axis=0) if has_bias else None  # [out]
+    return dout @ w.T, dw, db  # [..., out] @ [out, in] -> [..., in]
+
+
 def mlp(x, w_fc, b_fc, w_proj, b_proj, act="quick_gelu"):
     h = activation(linear(x, w_fc, b_fc), act)  # [B, T, C] -> [B, T, F]
     return linear(h, w_proj, b_proj)  # [B, T, F] -> [B, T, C]
+
+
+def mlp_forward(x, w_fc, b_fc, w_proj, b_proj, act="quick_gelu", dropout_p=0.0, rng=None):
+    """mlp plus transformers' residual dropout on its output (training only)."""
+    a, fc_cache = linear_forward(x, w_fc, b_fc)  # [B, T, C] -> [B, T, F]
+    h, act_cache = activation_forward(a, act)  # [B, T, F]
+    y, proj_cache = linear_forward(h, w_proj, b_proj)  # [B, T, F] -> [B, T, C]
+    y, drop = dropout_forward(y, dropout_p, rng)
+    return y, (fc_cache, act_cache, proj_cache, drop)
+
+
+def mlp_backward(dout, cache):
+    """-> dx, dw_fc, db_fc, dw_proj, db_proj."""
+    fc_cache, act_cache, proj_cache, drop = cache
+    dh, dw_proj, db_proj = linear_backward(dropout_backward(dout, drop), proj_cache)  # [B, T, F]
+    da = activation_backward(dh, act_cache)  # [B, T, F]
+    dx, dw_fc, db_fc = linear_backward(da, fc_cache)  # [B, T, C]
+    return dx, dw_fc, db_fc, dw_proj, db_proj
 
 
 # ---- attention -----------------------------------------------------------------------------------
@@ -110,6 +247,12 @@ def attention(q, k, v, scale, causal=True, mask=None):
     The causal mask lets query t (at absolute position P + t) see keys 0..P + t. `mask` is additive,
     broadcastable to [B, H, T, S]: 0 where allowed, MASK_MIN where masked, as transformers builds it.
     """
+    weights = attention_weights(q, k, scale, causal, mask)  # [B, H, T, S]
+    return weights @ v, weights  # [B, H, T, S] @ [B, H, S, D] -> [B, H, T, D]
+
+
+def attention_weights(q, k, scale, causal=True, mask=None):
+    """softmax(scale q k^T + masks): [B, H, T, S], each row summing to 1 over the keys it may see."""
     T, S = q.shape[-2], k.shape[-2]
     scores = (q @ k.transpose(0, 1, 3, 2)) * scale  # [B, H, T, D] @ [B, H, D, S] -> [B, H, T, S]
     if causal:
@@ -118,8 +261,29 @@ def attention(q, k, v, scale, causal=True, mask=None):
     if mask is not None:
         with np.errstate(over="ignore"):  # MASK_MIN + MASK_MIN is -inf: still weight 0, as in torch
             scores = scores + mask  # [B, H, T, S]
-    weights = softmax(scores)  # [B, H, T, S]
-    return weights @ v, weights  # [B, H, T, S] @ [B, H, S, D] -> [B, H, T, D]
+    return softmax(scores)  # [B, H, T, S]
+
+
+def attention_forward(q, k, v, scale, causal=True, mask=None, dropout_p=0.0, rng=None):
+    """attention, plus transformers' dropout on the weights (training only). -> out, cache."""
+    weights = attention_weights(q, k, scale, causal, mask)  # [B, H, T, S]
+    dropped, drop = dropout_forward(weights, dropout_p, rng)  # [B, H, T, S]; the weights when not training
+    return dropped @ v, (q, k, v, scale, weights, dropped, drop)  # [B, H, T, S] @ [B, H, S, D] -> [B, H, T, D]
+
+
+def attention_backward(dout, cache):
+    """-> dq, dk, dv. Masked scores (causal or padding) have weight 0, so the softmax backward sends
+    them no gradient; the additive mask is a constant and needs none."""
+    q, k, v, scale, weights, dropped, drop = cache
+    dv = dropped.transpose(0, 1, 3, 2) @ dout  # [B, H, S, T] @ [B, H, T, D] -> [B, H, S, D]
+    dweights = dropout_backward(dout @ v.transpose(0, 1, 3, 2), drop)  # [B, H, T, D] @ [B, H, D, S] -> [B, H, T, S]
+    # softmax backward: ds = w * (dw - sum(dw * w)) along the keys, then the scale; in place on [B, H, T, S]
+    dscores = dweights - np.sum(dweights * weights, axis=-1, keepdims=True)  # [B, H, T, S]
+    dscores *= weights
+    dscores *= scale
+    dq = dscores @ k  # [B, H, T, S] @ [B, H, S, D] -> [B, H, T, D]
+    dk = dscores.transpose(0, 1, 3, 2) @ q  # [B, H, S, T] @ [B, H, T, D] -> [B, H, S, D]
+    return dq, dk, dv
 
 
 def additive_mask(attention_mask):
@@ -140,6 +304,30 @@ def self_attention(x, w_attn, b_attn, w_proj, b_proj, n_head, scale, mask=None, 
     return linear(merge_heads(out), w_proj, b_proj), weights  # [B, T, C]
 
 
+def self_attention_forward(x, w_attn, b_attn, w_proj, b_proj, n_head, scale, mask=None, attn_pdrop=0.0,
+                           resid_pdrop=0.0, rng=None):
+    """self_attention over a whole sequence (no KV cache: training sees every position at once), with
+    transformers' two dropouts when rng is given. -> out [B, T, C], cache."""
+    C = x.shape[-1]
+    qkv, qkv_cache = linear_forward(x, w_attn, b_attn)  # [B, T, C] -> [B, T, 3C]
+    q, k, v = (split_heads(qkv[..., i * C:(i + 1) * C], n_head) for i in range(3))  # 3 x [B, H, T, D]
+    out, attn_cache = attention_forward(q, k, v, scale, True, mask, attn_pdrop, rng)  # [B, H, T, D]
+    y, proj_cache = linear_forward(merge_heads(out), w_proj, b_proj)  # [B, T, C]
+    y, drop = dropout_forward(y, resid_pdrop, rng)
+    return y, (qkv_cache, attn_cache, proj_cache, drop)
+
+
+def self_attention_backward(dout, cache):
+    """-> dx, dw_attn, db_attn, dw_proj, db_proj."""
+    qkv_cache, attn_cache, proj_cache, drop = cache
+    dmerged, dw_proj, db_proj = linear_backward(dropout_backward(dout, drop), proj_cache)  # [B, T, C]
+    n_head = attn_cache[0].shape[1]
+    dq, dk, dv = attention_backward(split_heads(dmerged, n_head), attn_cache)  # 3 x [B, H, T, D]
+    dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # [B, T, 3C]
+    dx, dw_attn, db_attn = linear_backward(dqkv, qkv_cache)  # [B, T, C]
+    return dx, dw_attn, db_attn, dw_proj, db_proj
+
+
 def cross_attention(x, enc, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head, scale, mask=None):
     """Attention from x [B, T, C] to encoder states enc [B, S, C]; no causal mask."""
     C = x.shape[-1]
@@ -148,6 +336,31 @@ def cross_attention(x, enc, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head, scale,
     k, v = split_heads(kv[..., :C], n_head), split_heads(kv[..., C:], n_head)  # 2 x [B, H, S, D]
     out, weights = attention(q, k, v, scale, causal=False, mask=mask)  # [B, H, T, D]
     return linear(merge_heads(out), w_proj, b_proj), weights  # [B, T, C]
+
+
+def cross_attention_forward(x, enc, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head, scale, mask=None,
+                            attn_pdrop=0.0, resid_pdrop=0.0, rng=None):
+    C = x.shape[-1]
+    qx, q_cache = linear_forward(x, w_q, b_q)  # [B, T, C]
+    kv, kv_cache = linear_forward(enc, w_kv, b_kv)  # [B, S, C] -> [B, S, 2C]
+    q = split_heads(qx, n_head)  # [B, H, T, D]
+    k, v = split_heads(kv[..., :C], n_head), split_heads(kv[..., C:], n_head)  # 2 x [B, H, S, D]
+    out, attn_cache = attention_forward(q, k, v, scale, False, mask, attn_pdrop, rng)  # [B, H, T, D]
+    y, proj_cache = linear_forward(merge_heads(out), w_proj, b_proj)  # [B, T, C]
+    y, drop = dropout_forward(y, resid_pdrop, rng)
+    return y, (q_cache, kv_cache, attn_cache, proj_cache, drop)
+
+
+def cross_attention_backward(dout, cache):
+    """-> dx, denc, dw_q, db_q, dw_kv, db_kv, dw_proj, db_proj."""
+    q_cache, kv_cache, attn_cache, proj_cache, drop = cache
+    dmerged, dw_proj, db_proj = linear_backward(dropout_backward(dout, drop), proj_cache)  # [B, T, C]
+    n_head = attn_cache[0].shape[1]
+    dq, dk, dv = attention_backward(split_heads(dmerged, n_head), attn_cache)
+    dx, dw_q, db_q = linear_backward(merge_heads(dq), q_cache)  # [B, T, C]
+    dkv = np.concatenate([merge_heads(dk), merge_heads(dv)], axis=-1)  # [B, S, 2C]
+    denc, dw_kv, db_kv = linear_backward(dkv, kv_cache)  # [B, S, C]
+    return dx, denc, dw_q, db_q, dw_kv, db_kv, dw_proj, db_proj
 
 
 # ---- the block -----------------------------------------------------------------------------------
@@ -185,16 +398,97 @@ def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, en
     return x + m, weights  # [B, T, C]
 
 
+def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encoder_hidden_states=None,
+                              encoder_mask=None, rng=None):
+    """transformer_block over a whole sequence, keeping what the backward needs. With an rng, the
+    config's dropouts are applied where transformers applies them (attention weights, and each
+    branch's output before it joins the residual). -> out [B, T, C], cache."""
+    eps, H, act = config.layer_norm_epsilon, config.n_head, config.activation_function
+    pa, pr = (config.attn_pdrop, config.resid_pdrop) if rng is not None else (0.0, 0.0)
+    scale = attention_scale(config.head_dim, config.scale_attn_weights, layer_idx,
+                            config.scale_attn_by_inverse_layer_idx)
+    h, ln1 = layer_norm_forward(x, p[prefix + "ln_1.weight"], eps)  # [B, T, C]
+    a, attn = self_attention_forward(h, p[prefix + "attn.c_attn.weight"], p[prefix + "attn.c_attn.bias"],
+                                     p[prefix + "attn.c_proj.weight"], p[prefix + "attn.c_proj.bias"],
+                                     H, scale, mask, pa, pr, rng)  # [B, T, C]
+    x = x + a  # [B, T, C]
+    cross = None
+    if encoder_hidden_states is not None:
+        h, ln_cross = layer_norm_forward(x, p[prefix + "ln_cross_attn.weight"], eps)
+        c, cross_attn = cross_attention_forward(h, encoder_hidden_states,
+                                                p[prefix + "crossattention.q_attn.weight"],
+                                                p[prefix + "crossattention.q_attn.bias"],
+                                                p[prefix + "crossattention.c_attn.weight"],
+                                                p[prefix + "crossattention.c_attn.bias"],
+                                                p[prefix + "crossattention.c_proj.weight"],
+                                                p[prefix + "crossattention.c_proj.bias"],
+                                                H, scale, encoder_mask, pa, pr, rng)
+        x = x + c  # [B, T, C]
+        cross = (ln_cross, cross_attn)
+    h, ln2 = layer_norm_forward(x, p[prefix + "ln_2.weight"], eps)
+    m, mlp_cache = mlp_forward(h, p[prefix + "mlp.c_fc.weight"], p[prefix + "mlp.c_fc.bias"],
+                               p[prefix + "mlp.c_proj.weight"], p[prefix + "mlp.c_proj.bias"], act, pr, rng)
+    return x + m, (prefix, ln1, attn, cross, ln2, mlp_cache)  # [B, T, C]
+
+
+def transformer_block_backward(dout, cache):
+    """The block's forward read in reverse; each residual adds its branch's gradient to the skip's.
+    -> dx [B, T, C], the weights' gradients keyed by HF name, and denc (None without cross-attention)."""
+    prefix, ln1, attn, cross, ln2, mlp_cache = cache
+    g = {}
+    dh, g["mlp.c_fc.weight"], g["mlp.c_fc.bias"], g["mlp.c_proj.weight"], g["mlp.c_proj.bias"] = \
+        mlp_backward(dout, mlp_cache)
+    dx_ln, g["ln_2.weight"] = layer_norm_backward(dh, ln2)
+    dx = dout + dx_ln  # [B, T, C] x + m: the skip and the MLP branch
+    denc = None
+    if cross is not None:
+        ln_cross, cross_attn = cross
+        (dh, denc, g["crossattention.q_attn.weight"], g["crossattention.q_attn.bias"],
+         g["crossattention.c_attn.weight"], g["crossattention.c_attn.bias"],
+         g["crossattention.c_proj.weight"], g["crossattention.c_proj.bias"]) = cross_attention_backward(dx, cross_attn)
+        dx_ln, g["ln_cross_attn.weight"] = layer_norm_backward(dh, ln_cross)
+        dx = dx + dx_ln
+    dh, g["attn.c_attn.weight"], g["attn.c_attn.bias"], g["attn.c_proj.weight"], g["attn.c_proj.bias"] = \
+        self_attention_backward(dx, attn)
+    dx_ln, g["ln_1.weight"] = layer_norm_backward(dh, ln1)
+    return dx + dx_ln, {prefix + k: v for k, v in g.items()}, denc
+
+
 # ---- heads and losses ----------------------------------------------------------------------------
 def lm_head(h, w):
     """Next-token logits over the palette. w is [V, C] (nn.Linear, no bias): there is no SOS row."""
     return h @ w.T  # [B, T, C] -> [B, T, V]
 
 
+def lm_head_forward(h, w):
+    return lm_head(h, w), (h, w)
+
+
+def lm_head_backward(dlogits, cache):
+    """-> dh [B, T, C], dw [V, C]."""
+    h, w = cache
+    V, C = w.shape
+    dw = dlogits.reshape(-1, V).T @ h.reshape(-1, C)  # [V, B*T] @ [B*T, C] -> [V, C]
+    return dlogits @ w, dw  # [B, T, V] @ [V, C] -> [B, T, C]
+
+
 def classification_head(h, w):
     """Mean-pool over every position (transformers ignores attention_mask here), then a linear layer
     without bias. w is [L, C]."""
     return np.mean(h, axis=1) @ w.T  # [B, T, C] -> [B, C] -> [B, L]
+
+
+def classification_head_forward(h, w):
+    pooled = np.mean(h, axis=1)  # [B, T, C] -> [B, C]
+    return pooled @ w.T, (h.shape, pooled, w)  # [B, L]
+
+
+def classification_head_backward(dlogits, cache):
+    """-> dh [B, T, C] (every position gets 1/T of the pooled gradient), dw [L, C]."""
+    (B, T, C), pooled, w = cache
+    dpooled = dlogits @ w  # [B, L] @ [L, C] -> [B, C]
+    dh = np.repeat(dpooled[:, None, :] / F32(T), T, axis=1)  # [B, C] -> [B, T, C]
+    return dh, dlogits.T @ pooled  # [L, B] @ [B, C] -> [L, C]
 
 
 def log_softmax(x, axis=-1):
@@ -211,10 +505,49 @@ def cross_entropy(logits, labels, ignore_index=-100):
     return F32(-np.mean(picked)) if picked.size else F32(np.nan)
 
 
+def cross_entropy_forward(logits, labels, ignore_index=-100):
+    loss = cross_entropy(logits, labels, ignore_index)
+    return loss, (logits, labels, labels != ignore_index)
+
+
+def cross_entropy_backward(dloss, cache):
+    """d mean(-log softmax(z)[y]) / dz = (softmax(z) - onehot(y)) / n on kept rows, 0 on ignored ones.
+    -> dlogits [N, K] (all zero when every label is ignored: the loss is NaN, its gradient has no rows)."""
+    logits, labels, keep = cache
+    dlogits = np.zeros_like(logits)  # [N, K]
+    n = int(np.count_nonzero(keep))
+    if n:
+        prob = np.exp(log_softmax(logits[keep]))  # [n, K]
+        prob[np.arange(n), labels[keep]] -= F32(1.0)
+        dlogits[keep] = prob * F32(dloss / n)
+    return dlogits
+
+
 def lm_loss(logits, labels):
     """Shifted LM loss: logits at position t predict labels at t + 1; -100 is ignored."""
     V = logits.shape[-1]
     return cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1))  # [B*(T-1), V]
+
+
+def lm_loss_forward(logits, labels, shift=True):
+    """lm_loss and its cache. shift=False takes labels already aligned with the logits (labels[:, t] is
+    the target of position t, OpenAI's form): it reaches the last position, which a shift cannot."""
+    B, T, V = logits.shape
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]  # [B, T-1, V], [B, T-1]
+    loss, ce = cross_entropy_forward(logits.reshape(-1, V), labels.reshape(-1))  # [B*(T-1), V]
+    return loss, (ce, (B, T, V), shift)
+
+
+def lm_loss_backward(dloss, cache):
+    """-> dlogits [B, T, V]; with the shift, the last position predicts nothing and gets zero."""
+    ce, (B, T, V), shift = cache
+    d = cross_entropy_backward(dloss, ce)  # [B*(T-1), V]
+    if not shift:
+        return d.reshape(B, T, V)
+    dlogits = np.zeros((B, T, V), F32)
+    dlogits[:, :-1] = d.reshape(B, T - 1, V)
+    return dlogits
 
 
 def classification_problem_type(config, labels):
@@ -238,3 +571,21 @@ def classification_loss(logits, labels, problem_type):
         return cross_entropy(logits, labels.reshape(-1))
     y = labels.astype(F32)  # multi-label: binary cross-entropy with logits, averaged over every entry
     return F32(np.mean(np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))))
+
+
+def classification_loss_forward(logits, labels, problem_type):
+    return classification_loss(logits, labels, problem_type), (logits, labels, problem_type)
+
+
+def classification_loss_backward(dloss, cache):
+    """-> dlogits [B, L] for each of transformers' three problem types."""
+    logits, labels, problem_type = cache
+    if problem_type == "regression":  # mean((z - y)^2): 2 (z - y) / count
+        diff = logits - np.reshape(labels, logits.shape).astype(F32) if logits.shape[-1] == 1 \
+            else logits - labels.astype(F32)
+        return diff * F32(2.0 * dloss / diff.size)
+    if problem_type == "single_label_classification":
+        return cross_entropy_backward(dloss, (logits, labels.reshape(-1), labels.reshape(-1) != -100))
+    y = labels.astype(F32)  # binary cross-entropy with logits: (sigmoid(z) - y) / count
+    sigmoid = F32(0.5) * (F32(1.0) + np.tanh(F32(0.5) * logits))  # overflow-free logistic
+    return (sigmoid - y) * F32(dloss / logits.size)
