@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto warns in Jupyter without ipywidgets
 
 from .model import KVCache, ModelInputError
 

@@ -175,7 +175,8 @@ def _erf(x):
 # ---- linear layers and the MLP -------------------------------------------------------------------
 def linear(x, w, b=None):
     """Conv1D as transformers stores it: w is [in, out]."""
-    y = x @ w  # [..., in] -> [..., out]
+    # one 2-D matmul: NumPy runs a 3-D @ 2-D product as many small ones, off the fast BLAS path
+    y = (x.reshape(-1, w.shape[0]) @ w).reshape(*x.shape[:-1], w.shape[1])  # [..., in] -> [..., out]
     return y if b is None else y + b
 
 
@@ -189,7 +190,8 @@ def linear_backward(dout, cache):
     dout2 = dout.reshape(-1, w.shape[1])  # [N, out], N = every leading position
     dw = x.reshape(-1, w.shape[0]).T @ dout2  # [in, N] @ [N, out] -> [in, out]
     db = np.sum(dout2, axis=0) if has_bias else None  # [out]
-    return dout @ w.T, dw, db  # [..., out] @ [out, in] -> [..., in]
+    dx = (dout2 @ w.T).reshape(x.shape)  # [N, out] @ [out, in] -> [..., in]
+    return dx, dw, db
 
 
 def mlp(x, w_fc, b_fc, w_proj, b_proj, act="quick_gelu"):
@@ -457,7 +459,7 @@ def transformer_block_backward(dout, cache):
 # ---- heads and losses ----------------------------------------------------------------------------
 def lm_head(h, w):
     """Next-token logits over the palette. w is [V, C] (nn.Linear, no bias): there is no SOS row."""
-    return h @ w.T  # [B, T, C] -> [B, T, V]
+    return linear(h, w.T)  # [B, T, C] -> [B, T, V]
 
 
 def lm_head_forward(h, w):
@@ -469,7 +471,7 @@ def lm_head_backward(dlogits, cache):
     h, w = cache
     V, C = w.shape
     dw = dlogits.reshape(-1, V).T @ h.reshape(-1, C)  # [V, B*T] @ [B*T, C] -> [V, C]
-    return dlogits @ w, dw  # [B, T, V] @ [V, C] -> [B, T, C]
+    return linear(dlogits, w), dw  # [B, T, V] @ [V, C] -> [B, T, C]
 
 
 def classification_head(h, w):

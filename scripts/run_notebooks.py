@@ -1,0 +1,169 @@
+"""Execute the notebooks with nbclient and keep their outputs: `python scripts/run_notebooks.py`.
+
+    python scripts/run_notebooks.py                 # rebuild every notebook, run it, write it back with outputs
+    python scripts/run_notebooks.py notebooks/03_sampling.ipynb    # rebuild and run just that one
+    python scripts/run_notebooks.py --no-write      # run them all as they are, write nothing (what the tests do)
+    python scripts/run_notebooks.py --no-build notebooks/exercises/some_student.ipynb   # run one as it is
+
+By default the notebooks are first rebuilt from scripts/build_notebooks.py, then each runs in a fresh
+kernel in its own folder (so relative paths such as ../tests/golden work) and is written back with its
+outputs, pictures included: what people see when browsing the repository is what the code makes
+today. Each notebook gets `--timeout` seconds in all; a cell that raises or runs past that fails the
+run with the notebook and cell named. The check results printed by the exercise notebooks are
+listed at the end (a teacher can run a student's notebook this way to see where it stands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+import sys
+import time
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+TIMEOUT_S = 600  # per notebook
+THREADS = 1  # BLAS/OpenMP threads per kernel: the notebooks' matrices are small, and one thread is the
+# fastest there and keeps the timings they print steady on shared machines (measured 8x faster training
+# steps on 2 busy cores than the libraries' default of one thread per core)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+RESULT_MARKS = ("\u2705", "\u274c", "\u23f3")  # how exercises.CheckResult starts: passed, failed, not done
+
+
+class NotebookError(Exception):
+    """A notebook that raised or ran out of time; the message names it and the cell."""
+
+
+def notebook_paths(root=NOTEBOOK_DIR):
+    """Every notebook we ship, in reading order: the walkthroughs, the exercises, their solutions."""
+    return (sorted(root.glob("[0-9]*.ipynb")) + sorted((root / "exercises").glob("*.ipynb"))
+            + sorted((root / "exercises" / "solutions").glob("*.ipynb")))
+
+
+def execute(path, timeout=TIMEOUT_S, kernel_name="python3", threads=THREADS):
+    """Run the notebook at `path` top to bottom in its own folder. -> (executed notebook, seconds).
+    Raises NotebookError naming the cell that failed or ran past the notebook's `timeout`. The kernel
+    gets `threads` BLAS/OpenMP threads (None: the libraries' defaults)."""
+    path = pathlib.Path(path)
+    nb = nbformat.read(path, as_version=4)
+    deadline = time.monotonic() + timeout
+    client = NotebookClient(
+        nb, kernel_name=kernel_name, timeout=timeout, record_timing=False,
+        timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),  # what is left of the notebook's budget
+        resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    try:
+        with _thread_env(threads):  # the kernel process inherits these
+            client.execute()
+    except CellTimeoutError as e:
+        raise NotebookError(f"{_name(path)}: ran past its {timeout} s budget\n{_plain(e)}") from None
+    except CellExecutionError as e:
+        raise NotebookError(f"{_name(path)}: a cell raised\n{_plain(e)}") from None
+    except DeadKernelError as e:
+        raise NotebookError(f"{_name(path)}: the kernel died ({e})") from None
+    return nb, time.perf_counter() - start
+
+
+class _thread_env:
+    def __init__(self, threads):
+        self.threads, self.saved = threads, {}
+
+    def __enter__(self):
+        if self.threads is not None:
+            self.saved = {k: os.environ.get(k) for k in THREAD_VARS}
+            os.environ.update({k: str(self.threads) for k in THREAD_VARS})
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _plain(error):
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # no terminal colour codes in the report
+
+
+def check_results(nb):
+    """The exercise check results a notebook printed or displayed, as text lines."""
+    found = []
+    for c in nb.cells:
+        for out in c.get("outputs", []):
+            text = out.get("text") or out.get("data", {}).get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            found += [line for line in text.splitlines() if line.startswith(RESULT_MARKS)]
+    return found
+
+
+def _name(path):
+    try:
+        return str(pathlib.Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def write(path, nb):
+    tmp = pathlib.Path(f"{path}.tmp-{os.getpid()}")
+    tmp.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("paths", nargs="*", type=pathlib.Path,
+                    help="notebooks to run (default: every notebook under notebooks/)")
+    ap.add_argument("--no-write", action="store_true", help="execute only; leave the files as they are")
+    ap.add_argument("--no-build", action="store_true",
+                    help="run the files as they are, without rebuilding them from scripts/build_notebooks.py")
+    ap.add_argument("--timeout", type=int, default=TIMEOUT_S, help="seconds allowed per notebook")
+    ap.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="BLAS/OpenMP threads per kernel (0: the libraries' defaults)")
+    args = ap.parse_args(argv)
+
+    built = {}
+    if not args.no_build and not args.no_write:  # fresh cells from the builder for the notebooks it makes
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import build_notebooks
+
+        built = {(ROOT / k).resolve(): (k, nb) for k, nb in build_notebooks.all_notebooks().items()}
+        for k, nb in built.values():
+            if not (ROOT / k).exists():
+                build_notebooks.write(k, nb)
+    paths = args.paths or notebook_paths()
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        ap.exit(2, f"{ap.prog}: error: no such notebook: {missing[0]}\n")
+    failures, total = [], 0.0
+    for path in paths:
+        if path.resolve() in built:
+            build_notebooks.write(*built[path.resolve()])  # only the ones about to run lose their old outputs
+        try:
+            nb, seconds = execute(path, args.timeout, args.kernel, args.threads or None)
+        except NotebookError as e:
+            print(f"FAILED {e}", file=sys.stderr)
+            failures.append(_name(path))
+            continue
+        total += seconds
+        print(f"{seconds:6.1f} s  {_name(path)}", flush=True)
+        for line in check_results(nb):
+            print(f"          {line}")
+        if not args.no_write:
+            write(path, nb)
+    print(f"{total:6.1f} s  in all, {len(paths) - len(failures)} of {len(paths)} notebooks ran")
+    if failures:
+        print("failed: " + ", ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""The classroom grader: the package's own functions pass, a student's correct version passes, every
+classic mistake fails with its hint, and nothing a student hands in makes `check` raise."""
+
+import numpy as np
+import pytest
+
+from minigpt_pixels import exercises
+from minigpt_pixels.exercises import EXERCISES, CheckResult, check
+
+F32 = np.float32
+ALL_MISTAKES = [(name, m) for name, ex in EXERCISES.items() for m in ex.mistakes]
+
+
+def test_the_issue_s_exercises_are_all_there():
+    assert {"layer_norm", "quick_gelu", "causal_attention", "kv_cache_step", "top_k_filter", "top_k_sample",
+            "kmeans_step", "layer_norm_backward"} <= set(EXERCISES)
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_reference_passes(name):
+    result = check(name, EXERCISES[name].reference)
+    assert result.passed, result.message
+    assert result.status == "passed" and bool(result)
+    assert "passed all" in result.message
+
+
+@pytest.mark.parametrize("name,mistake", ALL_MISTAKES, ids=[f"{n}-{m.name}" for n, m in ALL_MISTAKES])
+def test_each_classic_mistake_fails_with_its_hint(name, mistake):
+    result = check(name, mistake.fn)
+    assert result.status == "failed", f"{name}/{mistake.name} was not caught: {result.message}"
+    assert (mistake.expect or mistake.hint) in result.message, result.message
+    assert "Likely mistake" in result.message
+
+
+def test_the_named_classic_mistakes_of_the_issue_are_covered():
+    names = {(n, m.name) for n, m in ALL_MISTAKES}
+    for pair in [("layer_norm", "mean_centred"), ("layer_norm", "weight_added"), ("quick_gelu", "exact_gelu"),
+                 ("quick_gelu", "tanh_gelu"), ("causal_attention", "no_mask"),
+                 ("causal_attention", "mask_excludes_diagonal"), ("causal_attention", "no_scale"),
+                 ("causal_attention", "softmax_wrong_axis"), ("kv_cache_step", "not_appended"),
+                 ("kv_cache_step", "wrong_position"), ("top_k_filter", "keeps_k_plus_1"),
+                 ("top_k_sample", "no_renormalise"), ("kmeans_step", "l1_distance"), ("kmeans_step", "empty_nan"),
+                 ("layer_norm_backward", "missing_projection")]:
+        assert pair in names
+
+
+def test_mistake_messages_name_the_case_and_show_values():
+    result = check("layer_norm", lambda x, w, eps=1e-5: (x - x.mean(-1, keepdims=True))
+                   / np.sqrt(x.var(-1, keepdims=True) + eps) * w)
+    assert result.mistake == "mean_centred" and result.case
+    assert "subtracted the mean" in result.message
+    assert "first differing values" in result.message and "expected vs yours" in result.message
+
+
+# ---- students' own correct versions, written the way students write them --------------------------
+def student_layer_norm(x, weight, eps=1e-5):
+    rms = np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + eps)
+    return weight * (x / rms)
+
+
+def student_quick_gelu(x):
+    return x * (1 / (1 + np.exp(-1.702 * x)))
+
+
+def student_attention(q, k, v, scale):
+    T, S = q.shape[-2], k.shape[-2]
+    scores = q @ k.swapaxes(-1, -2) * scale
+    scores = np.where(np.triu(np.ones((T, S), bool), 1), -np.inf, scores)
+    scores = scores - scores.max(-1, keepdims=True)
+    w = np.exp(scores)
+    w /= w.sum(-1, keepdims=True)
+    return w @ v, w
+
+
+def student_kv_step(q, k, v, past_k, past_v, scale):
+    keys, values = np.concatenate([past_k, k], axis=2), np.concatenate([past_v, v], axis=2)
+    T, S = q.shape[2], keys.shape[2]
+    s = q @ keys.transpose(0, 1, 3, 2) * scale
+    s = np.where(np.arange(S)[None, :] <= np.arange(S - T, S)[:, None], s, -1e9)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    return (w / w.sum(-1, keepdims=True)) @ values, keys, values
+
+
+def student_top_k_filter(logits, k):
+    kth = np.partition(logits, -k, axis=-1)[:, -k][:, None]
+    out = logits.copy()
+    out[out < kth] = -np.inf
+    return out
+
+
+def student_top_k_sample(logits, k, rng):
+    ids = []
+    for row in logits:
+        top = np.argsort(row)[::-1][:k]
+        p = np.exp(row[top] - row[top].max())
+        ids.append(top[rng.choice(k, p=p / p.sum())])
+    return np.array(ids)
+
+
+def student_kmeans_step(pixels, centres):
+    d = ((pixels[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    ids = d.argmin(1)
+    new = centres.copy()
+    for j in range(len(centres)):
+        if np.any(ids == j):
+            new[j] = pixels[ids == j].mean(0)
+        else:
+            new[j] = pixels[d[np.arange(len(pixels)), ids].argmax()]
+    return new
+
+
+def student_layer_norm_backward(dout, cache):
+    n, weight, rms = cache
+    g = dout * weight
+    dx = g / rms - n * (g * n).mean(-1, keepdims=True) / rms
+    return dx, (dout * n).reshape(-1, n.shape[-1]).sum(0)
+
+
+STUDENTS = {"layer_norm": student_layer_norm, "quick_gelu": student_quick_gelu,
+            "causal_attention": student_attention, "kv_cache_step": student_kv_step,
+            "top_k_filter": student_top_k_filter, "top_k_sample": student_top_k_sample,
+            "kmeans_step": student_kmeans_step, "layer_norm_backward": student_layer_norm_backward}
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_a_student_s_correct_version_passes(name):
+    result = check(name, STUDENTS[name])
+    assert result.passed, result.message
+
+
+def test_attention_may_return_the_output_alone():
+    assert check("causal_attention", lambda q, k, v, s: student_attention(q, k, v, s)[0]).passed
+
+
+def test_the_documented_layer_norm_cache_is_the_package_s():
+    """The exercise (and its notebook) tell students cache = (n, weight, rms) with n = x / rms."""
+    from minigpt_pixels import layers
+    x = np.random.default_rng(0).normal(size=(2, 5)).astype(F32)
+    w = np.full(5, 2.0, F32)
+    n, weight, rms = layers.layer_norm_forward(x, w)[1]
+    assert rms.shape == (2, 1) and weight is w
+    np.testing.assert_allclose(n, x / rms, rtol=1e-6)
+    assert "(n, weight, rms)" in EXERCISES["layer_norm_backward"].returns
+
+
+# ---- bad functions: failed results with a message, never an exception --------------------------
+def raises(x, weight, eps=1e-5):
+    return x @ np.ones((3, 3))  # shapes do not match
+
+
+def test_function_that_raises():
+    result = check("layer_norm", raises)
+    assert result.status == "failed"
+    assert "raised ValueError" in result.message
+    assert "x @ np.ones((3, 3))" in result.message  # the student's line
+
+
+def test_unfilled_skeleton_is_not_done():
+    def layer_norm(x, weight, eps=1e-5):
+        # YOUR CODE HERE
+        raise NotImplementedError
+    result = check("layer_norm", layer_norm)
+    assert result.status == "not done" and not result.passed
+    assert "not done yet" in result.message
+
+
+def test_returns_none():
+    result = check("quick_gelu", lambda x: None)
+    assert result.status == "failed" and "returned None" in result.message and "return" in result.message
+
+
+def test_returns_a_list():
+    result = check("quick_gelu", lambda x: (x / (1 + np.exp(-1.702 * x))).tolist())
+    assert result.status == "failed" and "list" in result.message and "NumPy array" in result.message
+
+
+def test_wrong_shape():
+    result = check("layer_norm", lambda x, w, eps=1e-5: np.mean(x, axis=-1))
+    assert result.status == "failed" and "expected shape" in result.message and "got shape" in result.message
+
+
+def test_wrong_dtype_with_right_values():
+    result = check("quick_gelu", lambda x: (x / (1 + np.exp(-1.702 * x))).astype(np.float64))
+    assert result.status == "failed"
+    assert "dtype float32, got float64" in result.message and "values are right" in result.message
+
+
+def test_nan_output():
+    result = check("quick_gelu", lambda x: np.full_like(x, np.nan))
+    assert result.status == "failed" and "NaN" in result.message
+
+
+def test_function_that_takes_forever():
+    def forever(x):
+        while True:
+            pass
+    result = check("quick_gelu", forever, timeout=0.3)
+    assert result.status == "failed" and "longer than" in result.message
+
+
+def test_swallowing_exceptions_does_not_defeat_the_time_limit():
+    def stubborn(x):
+        while True:
+            try:
+                while True:
+                    pass
+            except Exception:
+                pass
+    assert "longer than" in check("quick_gelu", stubborn, timeout=0.3).message
+
+
+def test_wrong_number_of_arguments():
+    result = check("layer_norm", lambda x: x)
+    assert result.status == "failed" and "cannot be called as layer_norm(x, weight, eps=1e-5)" in result.message
+
+
+def test_changes_its_input_in_place():
+    def in_place(x, weight, eps=1e-5):
+        x /= np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+        x *= weight
+        return x
+    result = check("layer_norm", in_place)
+    assert result.status == "failed" and "in place" in result.message
+
+
+def test_not_a_function_and_unknown_exercise():
+    assert "expected a function" in check("layer_norm", 3).message
+    result = check("layer_nrom", student_layer_norm)
+    assert result.status == "failed" and "no exercise named" in result.message and "layer_norm" in result.message
+
+
+def test_wrong_tuple_for_several_outputs():
+    result = check("kv_cache_step", lambda q, k, v, pk, pv, s: q)
+    assert result.status == "failed" and "tuple of 3 arrays" in result.message
+
+
+def test_sampling_must_draw_from_the_rng_it_is_given():
+    def own_rng(logits, k, rng):
+        return student_top_k_sample(logits, k, np.random.default_rng())
+    result = check("top_k_sample", own_rng)
+    assert result.status == "failed" and "same seed" in result.message
+
+
+def test_sampling_bad_returns():
+    assert "integers" in check("top_k_sample", lambda lg, k, rng: np.zeros(len(lg))).message
+    assert "shape" in check("top_k_sample", lambda lg, k, rng: np.zeros((len(lg), 1), int)).message
+    assert "outside [0, 10)" in check("top_k_sample", lambda lg, k, rng: np.full(len(lg), 99)).message
+
+
+class Weird:
+    def __array__(self, *a, **k):
+        raise RuntimeError("no")
+
+
+WEIRD_RETURNS = [None, 3, 2.5, "text", [1, 2], (), {}, object(), Weird(), np.zeros(0), np.array(np.nan),
+                 np.array(["a", "b"]), np.zeros((2, 2), dtype=object), (x for x in range(3)), np.float32(1.0),
+                 np.array([np.inf, -np.inf]), (np.zeros(3), np.zeros(3), np.zeros(3)), (None, None)]
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_check_never_raises_whatever_is_returned(name):
+    for value in WEIRD_RETURNS:
+        result = check(name, lambda *args, value=value: value)
+        assert isinstance(result, CheckResult)
+        assert result.status == "failed", (name, value, result.message)
+        assert result.message and "grader itself failed" not in result.message, (name, value, result.message)
+
+
+@pytest.mark.parametrize("error", [ZeroDivisionError, KeyError, IndexError, TypeError, MemoryError, RecursionError,
+                                   SystemExit, AssertionError])
+def test_check_never_raises_whatever_is_raised(error):
+    def fn(*args):
+        raise error("boom")
+    result = check("quick_gelu", fn)
+    assert result.status == "failed" and error.__name__ in result.message
+
+
+def test_result_displays():
+    passed, failed = check("quick_gelu", student_quick_gelu), check("quick_gelu", lambda x: np.maximum(x, 0))
+    assert str(passed).startswith("\u2705 quick_gelu: passed")
+    assert repr(failed).startswith("\u274c quick_gelu: failed")
+    html = failed._repr_html_()
+    assert "<b>quick_gelu</b>" in html and "ReLU" in html
+    assert "<script>" not in check("layer_norm", lambda x, w, eps=1e-5: 1 / 0)._repr_html_()
+
+
+def test_describe_lists_signature_and_cases():
+    text = exercises.describe("kv_cache_step")
+    assert "kv_cache_step(q, k, v, past_k, past_v, scale)" in text and "P=4, T=1" in text
+    assert "no exercise named" in exercises.describe("nope")
+
+
+def test_inputs_are_seeded_and_small():
+    for ex in EXERCISES.values():
+        for i, case in enumerate(ex.cases):
+            a = case.make(np.random.default_rng(exercises.SEED + i))
+            b = case.make(np.random.default_rng(exercises.SEED + i))
+            arrays = [x for x in a if isinstance(x, np.ndarray)]
+            assert all(np.array_equal(x, y) for x, y in zip(arrays, b))
+            assert sum(x.size for x in arrays) <= 100_000

@@ -1,0 +1,162 @@
+"""The linear probe: features are transformers' hidden states mean-pooled, the probe is scikit-learn's
+logistic regression scored on held-out data, and on the default model it reads the digits."""
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+import minigpt_pixels
+from minigpt_pixels.config import ImageGPTConfig
+from minigpt_pixels.model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification, ImageGPTModel
+from minigpt_pixels.probe import ProbeResult, extract_features, linear_probe, probe_by_layer, with_sos
+
+from .conftest import GOLDEN_DIR, report
+
+TOL = 1e-4  # as the golden model tests
+MODELS = GOLDEN_DIR / "models"
+PROBE_JSON = pathlib.Path(__file__).resolve().parents[1] / "docs" / "images" / "probe.json"
+
+
+@pytest.mark.parametrize("name,cls", [("causal_small", ImageGPTForCausalImageModeling),
+                                      ("classify_3", ImageGPTForImageClassification)])
+def test_features_are_transformers_hidden_states_mean_pooled(name, cls):
+    model = cls.from_pretrained(MODELS / name)
+    g = np.load(MODELS / name / "outputs.npz")
+    n_states = model.config.n_layer + 1
+    for layer in range(n_states):
+        feats = extract_features(model, g["input_ids"], layer)
+        assert feats.dtype == np.float32 and feats.shape == (len(g["input_ids"]), model.config.n_embd)
+        report(f"{name} layer {layer} features", feats, g[f"hidden_states.{layer}"].mean(axis=1), TOL)
+    # the last entry is after ln_f: the classifier's own pooled input
+    if cls is ImageGPTForImageClassification:
+        logits = extract_features(model, g["input_ids"], -1) @ model.params["score.weight"].T
+        report(f"{name} pooled last layer @ score", logits, g["logits"], TOL)
+
+
+def test_many_layers_at_once_batches_and_negative_layers():
+    model = ImageGPTForCausalImageModeling.from_pretrained(MODELS / "causal_small")
+    ids = np.load(MODELS / "causal_small" / "outputs.npz")["input_ids"]
+    ids = np.concatenate([ids, ids[:, ::-1]])  # 4 sequences
+    stacked = extract_features(model, ids, [0, 2, -1], batch_size=3)
+    assert stacked.shape == (3, 4, model.config.n_embd)
+    np.testing.assert_array_equal(stacked[0], extract_features(model, ids, 0))
+    np.testing.assert_allclose(stacked[1], extract_features(model, ids, 2), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(stacked[1], stacked[2])  # -1 is the last of n_layer + 1 = 3 entries
+
+
+def test_bare_model_works_too():
+    cfg = ImageGPTConfig(vocab_size=9, n_positions=12, n_embd=16, n_layer=2, n_head=2)
+    ids = np.random.default_rng(0).integers(0, 9, (5, 12))
+    feats = extract_features(ImageGPTModel(cfg, seed=0), ids, 1)
+    assert feats.shape == (5, 16) and np.all(np.isfinite(feats))
+
+
+def test_with_sos_prepends_and_cuts_to_n_positions():
+    cfg = ImageGPTConfig(vocab_size=17, n_positions=4, n_embd=8, n_layer=1, n_head=2)
+    ids = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    np.testing.assert_array_equal(with_sos(ids, cfg), [[16, 1, 2, 3], [16, 5, 6, 7]])  # the last pixel is only a target
+    np.testing.assert_array_equal(with_sos(ids[:, :2], cfg), [[16, 1, 2], [16, 5, 6]])
+    model = ImageGPTForCausalImageModeling(cfg, seed=0)
+    np.testing.assert_array_equal(extract_features(model, ids, 1, add_sos=True),
+                                  extract_features(model, with_sos(ids, cfg), 1))
+
+
+@pytest.mark.parametrize("layer", [3, -4, 1.0, "1", True, None])
+def test_bad_layer_is_a_clear_error(layer):
+    model = ImageGPTForCausalImageModeling.from_pretrained(MODELS / "causal_small")
+    with pytest.raises(ValueError, match="layer must be an integer in \\[-3, 2\\]"):
+        extract_features(model, np.zeros((1, 4), np.int64), layer)
+
+
+def test_bad_inputs_are_clear_errors():
+    model = ImageGPTForCausalImageModeling.from_pretrained(MODELS / "causal_small")
+    with pytest.raises(ValueError, match="input_ids must have shape"):
+        extract_features(model, np.zeros(4, np.int64), 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_features(model, np.zeros((1, 4), np.int64), 0, batch_size=0)
+
+
+# ---- the probe -----------------------------------------------------------------------------------
+def blobs(n=300, d=6, seed=0):
+    """Three well-separated classes: a linear probe must get them all."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    return rng.normal(size=(n, d)) + 6 * np.eye(d)[y], y
+
+
+def test_separable_classes_are_read_perfectly():
+    x, y = blobs()
+    result = linear_probe(x, y)
+    assert isinstance(result, ProbeResult)
+    assert result.accuracy == 1.0 and result.train_accuracy == 1.0
+    assert result.n_train == 240 and result.n_test == 60  # test_size 0.2, stratified
+    assert "accuracy=1.0000" in repr(result)
+    assert result.classifier.predict(x[:3]).tolist() == y[:3].tolist()
+
+
+def test_random_labels_are_read_at_chance():
+    x, _ = blobs(n=600)
+    y = np.random.default_rng(1).integers(0, 3, 600)
+    assert linear_probe(x, y).accuracy < 0.5
+
+
+def test_explicit_test_set_and_seeded_split():
+    x, y = blobs()
+    a = linear_probe(x[:200], y[:200], x[200:], y[200:])
+    assert a.n_train == 200 and a.n_test == 100 and a.accuracy == 1.0
+    r1, r2 = linear_probe(x, y, seed=3, test_size=0.5), linear_probe(x, y, seed=3, test_size=0.5)
+    assert r1.n_test == 150 and r1.accuracy == r2.accuracy
+
+
+@pytest.mark.parametrize("args,match", [
+    ((np.zeros(5), np.zeros(5)), "2-D array"),
+    ((np.zeros((5, 2)), np.zeros(4)), "labels must have shape"),
+    ((np.full((4, 2), np.nan), np.arange(4)), "NaN"),
+    ((np.zeros((10, 2)), np.zeros(10, int), np.zeros((2, 2))), "both test_features and test_labels"),
+    ((np.zeros((4, 2)), np.zeros(4, int), np.zeros((2, 3)), np.zeros(2, int)), "do not match"),
+    ((np.random.rand(6, 2), np.zeros(6, int), np.random.rand(2, 2), np.zeros(2, int)), "single class"),
+])
+def test_probe_bad_inputs(args, match):
+    with pytest.raises(ValueError, match=match):
+        linear_probe(*args)
+
+
+def test_probe_by_layer_on_a_random_model():
+    cfg = ImageGPTConfig(vocab_size=9, n_positions=10, n_embd=16, n_layer=2, n_head=2)
+    model = ImageGPTForCausalImageModeling(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    y = np.arange(90) % 2
+    ids = rng.integers(0, 4, (90, 10)) + 4 * y[:, None]  # class 1 uses colours 4..7: easy to read
+    results = probe_by_layer(model, ids, y)
+    assert list(results) == [0, 1, 2]
+    assert all(r.accuracy > 0.9 for r in results.values())
+    assert list(probe_by_layer(model, ids, y, layers=[-1])) == [-1]
+
+
+# ---- the default model on the digits (the numbers of notebook 4 and the README) -------------------
+@pytest.mark.skipif(not os.path.isdir(minigpt_pixels.DEFAULT_MODEL), reason="the default model is not built yet")
+def test_default_model_probe_reads_the_digits():
+    from minigpt_pixels.processor import ImageGPTImageProcessor
+    from minigpt_pixels.train import load_digits_data, split
+
+    model = ImageGPTForCausalImageModeling.from_pretrained(minigpt_pixels.DEFAULT_MODEL)
+    processor = ImageGPTImageProcessor.from_pretrained(minigpt_pixels.DEFAULT_MODEL)
+    data = load_digits_data()
+    train_idx, held_out = split(len(data.images), 0.1, seed=0)
+    ids = processor(data.images)["input_ids"]
+    results = probe_by_layer(model, ids[train_idx], data.labels[train_idx], add_sos=True,
+                             test_input_ids=ids[held_out], test_labels=data.labels[held_out])
+    acc = [r.accuracy for r in results.values()]
+    print("probe accuracy by layer:", np.round(acc, 3))
+    assert len(acc) == model.config.n_layer + 1
+    assert max(acc[1:]) > 0.6  # far above the 0.1 of chance: the blocks learned what digits are
+    assert max(acc[1:]) > acc[0]  # and more than the pooled embeddings (a colour histogram) hold
+
+    # the README's numbers (docs/images/probe.json) are these: regenerate them when the model changes
+    stored = json.loads(PROBE_JSON.read_text())
+    one_image = 1 / len(held_out)  # another BLAS may flip an image on the boundary, no more
+    assert [float(v) for v in stored["layers"].values()] == pytest.approx(acc, abs=one_image + 1e-9), \
+        "run python scripts/make_readme_images.py (and scripts/run_notebooks.py)"
