@@ -365,6 +365,12 @@ def cross_attention_backward(dout, cache):
     return dx, denc, dw_q, db_q, dw_kv, db_kv, dw_proj, db_proj
 
 
+def cross_attention_weights(p, prefix):
+    """One block's six cross-attention arrays, in cross_attention's argument order (w_q .. b_proj)."""
+    names = ("q_attn.weight", "q_attn.bias", "c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")
+    return tuple(p[f"{prefix}crossattention.{name}"] for name in names)
+
+
 # ---- the block -----------------------------------------------------------------------------------
 def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, encoder_hidden_states=None,
                       encoder_mask=None, need_weights=True):
@@ -385,13 +391,7 @@ def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, en
     weights = (w_self,)
     if encoder_hidden_states is not None:
         c, w_cross = cross_attention(layer_norm(x, p[prefix + "ln_cross_attn.weight"], eps), encoder_hidden_states,
-                                     p[prefix + "crossattention.q_attn.weight"],
-                                     p[prefix + "crossattention.q_attn.bias"],
-                                     p[prefix + "crossattention.c_attn.weight"],
-                                     p[prefix + "crossattention.c_attn.bias"],
-                                     p[prefix + "crossattention.c_proj.weight"],
-                                     p[prefix + "crossattention.c_proj.bias"],
-                                     H, scale, mask=encoder_mask)
+                                     *cross_attention_weights(p, prefix), H, scale, mask=encoder_mask)
         x = x + c  # [B, T, C]
         weights += (w_cross,)
     m = mlp(layer_norm(x, p[prefix + "ln_2.weight"], eps),
@@ -417,13 +417,7 @@ def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encode
     cross = None
     if encoder_hidden_states is not None:
         h, ln_cross = layer_norm_forward(x, p[prefix + "ln_cross_attn.weight"], eps)
-        c, cross_attn = cross_attention_forward(h, encoder_hidden_states,
-                                                p[prefix + "crossattention.q_attn.weight"],
-                                                p[prefix + "crossattention.q_attn.bias"],
-                                                p[prefix + "crossattention.c_attn.weight"],
-                                                p[prefix + "crossattention.c_attn.bias"],
-                                                p[prefix + "crossattention.c_proj.weight"],
-                                                p[prefix + "crossattention.c_proj.bias"],
+        c, cross_attn = cross_attention_forward(h, encoder_hidden_states, *cross_attention_weights(p, prefix),
                                                 H, scale, encoder_mask, pa, pr, rng)
         x = x + c  # [B, T, C]
         cross = (ln_cross, cross_attn)

@@ -235,17 +235,19 @@ def attention_rows_kernel(q, k, v, S, scale, keep, out, weights, need_weights):
     acc = np.empty(D, np.float32)
     for b in range(B):
         for h in range(H):
+            kb, vb = k[b, h], v[b, h]  # [>= S, D] each: row views hoisted out of the loops
             for i in range(T):
                 n = S - T + i + 1
+                qi = q[b, h, i]
                 for j in range(n):
-                    s[j] = _dot(q[b, h, i], k[b, h, j], D)  # q @ k.T; scaled inside the softmax
+                    s[j] = _dot(qi, kb[j], D)  # q @ k.T; scaled inside the softmax
                 _softmax_row(s, n, scale, keep[b])
                 for d in range(D):
                     acc[d] = F32(0)
-                for j in range(n):
-                    if s[j] != F32(0):  # masked keys have weight exactly 0: skip their values
-                        for d in range(D):
-                            acc[d] += s[j] * v[b, h, j, d]
+                for j in range(n):  # masked keys have weight exactly 0, as in weights @ v
+                    wj, vj = s[j], vb[j]
+                    for d in range(D):
+                        acc[d] += wj * vj[d]
                 for d in range(D):
                     out[b, i, h, d] = acc[d]
                 if need_weights:  # (explicit loops: Numba's slice assignment is slow to compile)
@@ -446,13 +448,7 @@ def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, en
     if encoder_hidden_states is not None:
         c, w_cross = layers.cross_attention(layer_norm(x1, p[prefix + "ln_cross_attn.weight"], eps),
                                             encoder_hidden_states,
-                                            p[prefix + "crossattention.q_attn.weight"],
-                                            p[prefix + "crossattention.q_attn.bias"],
-                                            p[prefix + "crossattention.c_attn.weight"],
-                                            p[prefix + "crossattention.c_attn.bias"],
-                                            p[prefix + "crossattention.c_proj.weight"],
-                                            p[prefix + "crossattention.c_proj.bias"],
-                                            H, scale, mask=encoder_mask)
+                                            *layers.cross_attention_weights(p, prefix), H, scale, mask=encoder_mask)
         x1 = (x1 + c).astype(F32, copy=False)  # [B, T, C]
         h = layer_norm(x1, p[prefix + "ln_2.weight"], eps)
         weights += (w_cross if need_weights else None,)
