@@ -96,7 +96,7 @@ class KVCache:
         return self.keys[layer_idx][:, :, :start + T], self.values[layer_idx][:, :, :start + T]
 
     def select(self, index):
-        """Keep only the sequences in `index` (for batched beam-free sampling that drops finished rows)."""
+        """Keep only the sequences in `index` (e.g. to drop finished rows from a batch)."""
         self.keys = [k[index] for k in self.keys]
         self.values = [v[index] for v in self.values]
         self.batch_size = self.keys[0].shape[0]
@@ -147,9 +147,6 @@ def init_weights(shapes: dict[str, tuple], config: ImageGPTConfig, seed=None) ->
 
 # ---- the models ----------------------------------------------------------------------------------
 class ImageGPTPreTrainedModel:
-    base_prefix = "transformer."  # where the body's weights live in the head models' state dicts
-    head_shapes_fn = None
-
     def __init__(self, config: ImageGPTConfig, params: dict[str, np.ndarray] | None = None, seed=None):
         if not isinstance(config, ImageGPTConfig):
             raise TypeError(f"config must be an ImageGPTConfig, got {type(config).__name__}")
@@ -161,7 +158,7 @@ class ImageGPTPreTrainedModel:
             params = init_weights(shapes, config, seed)
         self.params = check_weights(params, shapes, source="params")
 
-    # subclasses say where the body lives and which extra head weights they have
+    # subclasses say where the body's weights live ("transformer." in the head models) and which head they add
     prefix = ""
 
     def head_shapes(self) -> dict[str, tuple]:
