@@ -2,7 +2,6 @@
 logistic regression scored on held-out data, and on the default model it reads the digits."""
 
 import json
-import os
 import pathlib
 
 import numpy as np
@@ -137,7 +136,6 @@ def test_probe_by_layer_on_a_random_model():
 
 
 # ---- the default model on the digits (the numbers of notebook 4 and the README) -------------------
-@pytest.mark.skipif(not os.path.isdir(minigpt_pixels.DEFAULT_MODEL), reason="the default model is not built yet")
 def test_default_model_probe_reads_the_digits():
     from minigpt_pixels.processor import ImageGPTImageProcessor
     from minigpt_pixels.train import load_digits_data, split
