@@ -41,19 +41,23 @@ def check_grads(name, ours, theirs, tol):
 
 
 # ---- tier 1: finite differences ------------------------------------------------------------------
+def central_difference(f, x, i, eps=FD_EPS):
+    """d f / d x[i]; x[i] is perturbed in place and restored."""
+    old = x[i]
+    x[i] = old + eps
+    up = f()
+    x[i] = old - eps
+    down = f()
+    x[i] = old
+    return (up - down) / (2 * eps)
+
+
 def numeric_grad(f, x, eps=FD_EPS):
-    """d f / d x by central differences, every element; x is perturbed in place and restored."""
+    """d f / d x by central differences, every element."""
     g = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"])
     for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + eps
-        up = f()
-        x[i] = old - eps
-        down = f()
-        x[i] = old
-        g[i] = (up - down) / (2 * eps)
+        g[it.multi_index] = central_difference(f, x, it.multi_index, eps)
     return g
 
 
@@ -350,13 +354,7 @@ def test_model_fd_with_dropout(r, kind):
     for name, w in model.params.items():  # a few elements of every tensor
         for _ in range(3):
             i = tuple(pick.integers(0, s) for s in w.shape)
-            old = w[i]
-            w[i] = old + FD_EPS
-            up = loss64()
-            w[i] = old - FD_EPS
-            down = loss64()
-            w[i] = old
-            num = (up - down) / (2 * FD_EPS)
+            num = central_difference(loss64, w, i)
             assert abs(grads[name][i] - num) <= 1e-6 * max(1.0, abs(num)), f"{name}{i}: {grads[name][i]} vs {num}"
 
 
