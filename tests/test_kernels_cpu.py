@@ -267,6 +267,20 @@ def test_parallel_sections_restore_blas_threads(threads):
     assert [lib["num_threads"] for lib in controller.info()] == before
 
 
+def test_blas_threads_policy_single_row_steps_only():
+    """One-row decode steps run BLAS on one thread; batches and big forwards keep BLAS's own count."""
+    controller = cpu.blas_controller()
+    blas = [lib for lib in controller.info() if lib["user_api"] == "blas"]
+    assert blas, "NumPy's BLAS not found by threadpoolctl"
+    before = [lib["num_threads"] for lib in blas]
+    with cpu.blas_threads_for(1):
+        assert all(lib["num_threads"] == 1 for lib in controller.info() if lib["user_api"] == "blas")
+    for rows in (cpu.DECODE_ROWS + 1, 8, 1024):
+        with cpu.blas_threads_for(rows):
+            assert [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"] == before
+    assert [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"] == before
+
+
 # ---- float32 discipline --------------------------------------------------------------------------------
 FLOAT64_OP = re.compile(r"^\s*v?(add|sub|mul|div|sqrt|max|min|fmadd\w*|cvtss2|cvtsi2|cvtsd2|round)(sd|pd)\b",
                         re.M)

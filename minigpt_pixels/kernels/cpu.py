@@ -388,17 +388,20 @@ def blas_controller():
     return ThreadpoolController()
 
 
-DECODE_ROWS = 16  # at most this many new rows (batch x new positions): a decode step, weight-bandwidth bound
+DECODE_ROWS = 1  # at most this many new rows (batch x new positions): single-threaded BLAS
 
 
 def blas_threads_for(rows):
-    """Single-threaded BLAS for decode steps, the default otherwise; a context manager.
+    """Single-threaded BLAS for one-row steps (decoding a single sequence), the default otherwise; a
+    context manager.
 
-    A decode step is a chain of matrix-vector products that stream every weight once. Two OpenBLAS
-    threads meet at a barrier inside each of the ~100 products a step; on a machine where another
-    job holds a core, each meeting waits for a time slice: a 24-layer iGPT-S step took 190 ms with 2
-    BLAS threads under load and 48 ms with one. Big forwards keep BLAS's threads (one barrier per
-    large matmul is cheap).
+    A one-row step is a chain of matrix-vector products that stream every weight once, bound by memory
+    bandwidth, so a second thread gains little; and two OpenBLAS threads meet at a barrier inside each
+    of the ~100 products a step: on a machine where another job held a core, a 24-layer iGPT-S step
+    took 190 ms with 2 BLAS threads and 48 ms with one. From two rows on, BLAS runs a small-M GEMM,
+    which is compute bound: measured on iGPT-S, a batch-8 step took 28 ms with 2 threads and 40 ms
+    with one on an idle machine, and about the same either way with one core busy (66 vs 67 ms);
+    batch 2 took 30 vs 36 ms.
     """
     controller = blas_controller() if rows <= DECODE_ROWS else None
     return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
