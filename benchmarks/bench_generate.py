@@ -4,8 +4,9 @@
     python benchmarks/bench_generate.py --tokens 128 --batch 1   # a quick look
 
 Same random iGPT-S-shaped weights in both, same sampling settings (multinomial sampling at
-temperature 1, no top-k), same thread count, runs interleaved (ours, theirs, ours, ...), medians
-reported. Prints each time, the ratio ours / transformers, and the fraction of the memory-bandwidth
+temperature 1, no top-k), same thread count (torch's, BLAS's and Numba's), runs interleaved (ours,
+theirs, ours, ...), medians reported. Each side first samples 4 untimed tokens at each batch size:
+that compiles our Numba kernels (the time is printed) and warms transformers up the same way. Prints each time, the ratio ours / transformers, and the fraction of the memory-bandwidth
 floor reached: every step must read all the weights once (plus the KV cache so far), so a step
 cannot beat bytes / bandwidth; bandwidth is measured here with a large array copy.
 """
@@ -16,6 +17,7 @@ import argparse
 import statistics
 import time
 
+import numba
 import numpy as np
 import torch
 import transformers
@@ -71,6 +73,7 @@ def main(argv=None):
     ours.to(args.device)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     gbs = bandwidth_gbs()
     print(f"iGPT-S shape with {args.layers} layers, {ours.num_parameters / 1e6:.1f}M parameters; "
           f"{threads} threads; copy bandwidth {gbs:.1f} GB/s; transformers {transformers.__version__}, "
@@ -78,15 +81,24 @@ def main(argv=None):
     with threadpool_limits(threads):
         for batch in args.batch:
             prompt = np.full((batch, 1), ours.config.sos_token_id, np.int64)
+
+            def run_ours(tokens, seed):
+                return _timed(lambda: generate(ours, prompt, max_new_tokens=tokens, do_sample=True, seed=seed))
+
+            def run_hf(tokens):
+                with torch.no_grad():
+                    return _timed(lambda: hf.generate(
+                        torch.tensor(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+                        do_sample=True, top_k=0, max_new_tokens=tokens, min_new_tokens=tokens,
+                        pad_token_id=0, use_cache=True))
+
+            warm = min(4, args.tokens)
+            print(f"batch {batch}: warm-up ({warm} tokens, untimed below): ours {run_ours(warm, 0):.2f} s "
+                  f"(compiling the kernels it uses the first time), transformers {run_hf(warm):.2f} s")
             t_ours, t_hf = [], []
             for r in range(args.repeats):
-                t_ours.append(_timed(lambda: generate(ours, prompt, max_new_tokens=args.tokens, do_sample=True,
-                                                      seed=r)))
-                with torch.no_grad():
-                    t_hf.append(_timed(lambda: hf.generate(
-                        torch.tensor(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
-                        do_sample=True, top_k=0, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
-                        pad_token_id=0, use_cache=True)))
+                t_ours.append(run_ours(args.tokens, r))
+                t_hf.append(run_hf(args.tokens))
             mo, mh = statistics.median(t_ours), statistics.median(t_hf)
             floor = floor_seconds(ours, batch, args.tokens, gbs)
             print(f"batch {batch}: ours {mo:.2f} s, transformers {mh:.2f} s, ratio {mo / mh:.2f}; "

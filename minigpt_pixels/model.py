@@ -330,7 +330,11 @@ class ImageGPTForCausalImageModeling(ImageGPTPreTrainedModel):
         if self.device == "cuda" and out.hidden_states is None and out.attentions is None:
             out.logits = self._cuda.lm_logits(out.last_hidden_state)
         else:
-            out.logits = layers.lm_head(out.last_hidden_state, self.params["lm_head.weight"])  # [B, T, V]
+            h = out.last_hidden_state
+            threads = cpu_kernels.blas_threads_for(h.shape[0] * h.shape[1]) if self.device == "cpu" else \
+                contextlib.nullcontext()  # as for the blocks: a decode step keeps BLAS off its Numba threads
+            with threads:
+                out.logits = layers.lm_head(h, self.params["lm_head.weight"])  # [B, T, V]
         if labels is not None:
             labels = _check_labels_like_ids(labels, out.logits.shape[:2], self.config.vocab_size)
             out.loss = layers.lm_loss(out.logits, labels)

@@ -7,6 +7,7 @@ every length from 1 to 70. Every comparison checks shape, then dtype (float32), 
 
 import re
 
+import numba
 import numpy as np
 import pytest
 from numba import njit
@@ -202,8 +203,10 @@ BLOCK_CASES = {
 
 @pytest.fixture(params=[1, 3], ids=["1thread", "3threads"])
 def threads(request, monkeypatch):
-    """Run the parallel sections (heads, batch rows, gelu rows) on this many threads, however small."""
+    """Run the parallel sections (heads, batch rows, gelu rows; decode steps' matmuls and attention) on
+    this many threads, however small."""
     monkeypatch.setattr(cpu, "workers_for", lambda work: request.param)
+    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: request.param)
     return request.param
 
 
@@ -267,18 +270,65 @@ def test_parallel_sections_restore_blas_threads(threads):
     assert [lib["num_threads"] for lib in controller.info()] == before
 
 
-def test_blas_threads_policy_single_row_steps_only():
-    """One-row decode steps run BLAS on one thread; batches and big forwards keep BLAS's own count."""
+def test_blas_threads_policy_decode_steps():
+    """Decode steps (up to SMALL_ROWS rows) run BLAS on one thread: their matmuls run on Numba's threads
+    (simd.small_matmul), and BLAS's own threads would spin beside them. Bigger forwards keep BLAS's own
+    count. Numba's threads: one for a one-row step, all of them for a batch."""
     controller = cpu.blas_controller()
     blas = [lib for lib in controller.info() if lib["user_api"] == "blas"]
     assert blas, "NumPy's BLAS not found by threadpoolctl"
     before = [lib["num_threads"] for lib in blas]
-    with cpu.blas_threads_for(1):
-        assert all(lib["num_threads"] == 1 for lib in controller.info() if lib["user_api"] == "blas")
-    for rows in (cpu.DECODE_ROWS + 1, 8, 1024):
+    for rows in (1, 8, cpu.SMALL_ROWS):
+        with cpu.blas_threads_for(rows):
+            assert all(lib["num_threads"] == 1 for lib in controller.info() if lib["user_api"] == "blas")
+    for rows in (cpu.SMALL_ROWS + 1, 1024):
         with cpu.blas_threads_for(rows):
             assert [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"] == before
     assert [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"] == before
+    big = cpu.DECODE_PARALLEL_MIN_WORK
+    assert cpu.decode_threads(1, 100 * big) == 1  # a single sequence: one thread however big
+    assert cpu.decode_threads(cpu.DECODE_ROWS + 1, big - 1) == 1  # too small to repay a parallel launch
+    assert cpu.decode_threads(cpu.DECODE_ROWS + 1, big) == numba.get_num_threads()
+
+
+def test_linear_takes_the_small_matmul_for_decode_steps(monkeypatch, rng):
+    """2 .. SMALL_ROWS rows with work enough for threads go to simd.small_matmul; one row, small work and
+    bigger inputs to BLAS; the same numbers either way."""
+    calls = []
+    real = cpu.simd.small_matmul
+    monkeypatch.setattr(cpu.simd, "small_matmul",
+                        lambda a, w, threads: calls.append((a.shape[0], threads)) or real(a, w, threads))
+    monkeypatch.setattr(cpu.numba, "get_num_threads", lambda: 2)  # as on a 2-core machine, whatever this one has
+    monkeypatch.setattr(cpu, "DECODE_PARALLEL_MIN_WORK", 36 * 44 * 2)
+    w = rng.normal(size=(36, 44)).astype(F32)
+    for rows in (1, 2, 9, cpu.SMALL_ROWS, cpu.SMALL_ROWS + 1, 100):
+        a = rng.normal(size=(rows, 36)).astype(F32)
+        out = cpu.linear(a, w)
+        assert out.shape == (rows, 44) and out.dtype == np.float32
+        np.testing.assert_allclose(out, a @ w, rtol=1e-5, atol=1e-5)
+    assert calls == [(2, 2), (9, 2), (cpu.SMALL_ROWS, 2)]
+    calls.clear()
+    monkeypatch.setattr(cpu, "DECODE_PARALLEL_MIN_WORK", 36 * 44 * 3)
+    cpu.linear(rng.normal(size=(2, 36)).astype(F32), w)  # 2 rows, less work than the threshold
+    assert calls == []
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_attention_rows_parallel_equals_serial(rng, T):
+    B, H, D, S, scale = 3, 5, 12, 40, F32(0.29)
+    q = rng.normal(size=(B, H, T, D)).astype(F32)
+    k, v = (rng.normal(size=(B, H, S + 4, D)).astype(F32) for _ in range(2))
+    keep = np.ones((B, S), np.uint8)
+    keep[2, 7] = 0
+    results = []
+    for kernel in (cpu.attention_rows_kernel, cpu.attention_rows_parallel):
+        out, weights = np.empty((B, T, H, D), F32), np.empty((B, H, T, S), F32)
+        kernel(q, k, v, S, scale, keep, out, weights, True)
+        results.append((out, weights))
+    np.testing.assert_array_equal(results[1][0], results[0][0])  # same loops per (b, h): same numbers
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    ref_out, _ = reference_attention(q, k[:, :, :S], v[:, :, :S], scale, keep)
+    check("parallel attention rows", results[1][0].transpose(0, 2, 1, 3), ref_out)
 
 
 # ---- float32 discipline --------------------------------------------------------------------------------
@@ -299,8 +349,11 @@ def test_compiled_kernels_do_no_float64_arithmetic(rng):
     cpu.transformer_block(x, p, "h.0.", cfg, 0, mask=make_mask("padding", rng, 2, 37, 37))  # compile all
     cache = KVCache(cfg, 2)
     cpu.transformer_block(x[:, :3], p, "h.0.", cfg, 0, cache=cache)
+    cpu.attention_rows_parallel(*(np.ascontiguousarray(a) for a in (x[:, None, :3], x[:, None], x[:, None])), 3,
+                                F32(0.5), np.ones((2, 37), np.uint8), np.empty((2, 3, 1, 36), F32),
+                                np.empty((2, 1, 3, 3), F32), True)
     for kernel in (cpu.layer_norm_kernel, cpu.residual_layer_norm_kernel, cpu.bias_quick_gelu_kernel,
-                   cpu.causal_softmax_kernel, cpu.attention_rows_kernel):
+                   cpu.causal_softmax_kernel, cpu.attention_rows_kernel, cpu.attention_rows_parallel):
         assert kernel.signatures, kernel.__name__
         for sig, asm in kernel.inspect_asm().items():
             found = FLOAT64_OP.findall(asm)

@@ -6,10 +6,12 @@ changes how the same numbers are computed.
                       the upper triangle is (almost) never computed, and each [rows, keys] score block
                       (at most 128 x 1024 floats = 512 KiB) stays in L2 between its two BLAS matmuls
     decode steps      (T <= SMALL_T new positions, usually 1) one Numba loop per query row over the KV
-                      cache: scores, softmax and the weighted sum of values in one pass over the cache
+                      cache: scores, softmax and the weighted sum of values in one pass over the cache;
+                      for a batch (2 to SMALL_ROWS rows) the matmuls are simd.small_matmul and the
+                      (row, head) pairs are shared out, both on Numba's threads (see decode_threads)
     elementwise       Numba kernels: layer norm (fused with the residual add before ln_2), bias +
                       quick_gelu in place on the fc output, the masked softmax of each score block
-    threads           heads (and batch rows, and gelu rows) are shared among numba.get_num_threads()
+    threads           in full forwards, heads (and gelu rows) are shared among numba.get_num_threads()
                       Python threads that call BLAS single-threaded: see in_parallel for why
 
 Measured on iGPT-S (T = 1024, 1 thread): about 0.5 of transformers' time; see benchmarks/bench_forward.py.
@@ -20,8 +22,9 @@ where taken: a polynomial exp (`_exp`, 2e-7 relative error) because libm's canno
 reassociated float sums (`REDUCE`) so that reductions vectorise. Results agree with layers.py to about
 1e-6 on O(1) values.
 
-The kernels compile lazily on first use, about 2 s for all of them (no `cache=True`: it would write
-files into the package directory).
+The kernels compile lazily on first use: about 2 s for a forward's, about 5 s more the first time a
+batch is decoded on several threads (parallel kernels compile slowly). No `cache=True`: it would write
+files into the package directory.
 
 Fast path: causal self-attention with no mask or a padding mask (0 / MASK_MIN per key, as
 layers.additive_mask makes it). Anything else (a general additive mask, query rows that see no
@@ -38,10 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .. import layers
+from . import simd
 
 F32 = np.float32
 MASK_MIN = layers.MASK_MIN
@@ -219,6 +223,30 @@ def causal_softmax_kernel(s, scale, pos0, keep):
 
 # ---- decode-step attention -------------------------------------------------------------------------
 @njit(**JIT)
+def _attend_rows(q, k, v, S, scale, keep, out, weights, need_weights, b, h, s, acc):
+    """attention_rows_kernel's work for one (batch row b, head h); s [>= S] and acc [D] are scratch."""
+    T, D = q.shape[2], q.shape[3]
+    kb, vb = k[b, h], v[b, h]  # [>= S, D] each: row views hoisted out of the loops
+    for i in range(T):
+        n = S - T + i + 1
+        qi = q[b, h, i]
+        for j in range(n):
+            s[j] = _dot(qi, kb[j], D)  # q @ k.T; scaled inside the softmax
+        _softmax_row(s, n, scale, keep[b])
+        for d in range(D):
+            acc[d] = F32(0)
+        for j in range(n):  # masked keys have weight exactly 0, as in weights @ v
+            wj, vj = s[j], vb[j]
+            for d in range(D):
+                acc[d] += wj * vj[d]
+        for d in range(D):
+            out[b, i, h, d] = acc[d]
+        if need_weights:  # (explicit loops: Numba's slice assignment is slow to compile)
+            for j in range(S):
+                weights[b, h, i, j] = s[j] if j < n else F32(0)
+
+
+@njit(**JIT)
 def attention_rows_kernel(q, k, v, S, scale, keep, out, weights, need_weights):
     """Mirrors layers.attention (causal, padding mask) one query row at a time; for decode steps.
 
@@ -235,24 +263,16 @@ def attention_rows_kernel(q, k, v, S, scale, keep, out, weights, need_weights):
     acc = np.empty(D, np.float32)
     for b in range(B):
         for h in range(H):
-            kb, vb = k[b, h], v[b, h]  # [>= S, D] each: row views hoisted out of the loops
-            for i in range(T):
-                n = S - T + i + 1
-                qi = q[b, h, i]
-                for j in range(n):
-                    s[j] = _dot(qi, kb[j], D)  # q @ k.T; scaled inside the softmax
-                _softmax_row(s, n, scale, keep[b])
-                for d in range(D):
-                    acc[d] = F32(0)
-                for j in range(n):  # masked keys have weight exactly 0, as in weights @ v
-                    wj, vj = s[j], vb[j]
-                    for d in range(D):
-                        acc[d] += wj * vj[d]
-                for d in range(D):
-                    out[b, i, h, d] = acc[d]
-                if need_weights:  # (explicit loops: Numba's slice assignment is slow to compile)
-                    for j in range(S):
-                        weights[b, h, i, j] = s[j] if j < n else F32(0)
+            _attend_rows(q, k, v, S, scale, keep, out, weights, need_weights, b, h, s, acc)
+
+
+@njit(parallel=True, **JIT)
+def attention_rows_parallel(q, k, v, S, scale, keep, out, weights, need_weights):
+    """attention_rows_kernel with the B * H (batch row, head) pairs shared among Numba's threads."""
+    B, H, T, D = q.shape
+    for bh in prange(B * H):
+        _attend_rows(q, k, v, S, scale, keep, out, weights, need_weights, bh // H, bh % H,
+                     np.empty(S, np.float32), np.empty(D, np.float32))
 
 
 # ---- attention drivers -----------------------------------------------------------------------------
@@ -311,7 +331,7 @@ def self_attention(x, w_attn, b_attn, w_proj, n_head, scale, mask=None, cache=No
     """
     B, T, C = x.shape
     H, D = n_head, C // n_head
-    qkv = x.reshape(B * T, C) @ w_attn  # [B*T, C] -> [B*T, 3C]
+    qkv = linear(x.reshape(B * T, C), w_attn)  # [B*T, C] -> [B*T, 3C]
     qkv += b_attn
     qkv = qkv.reshape(B, T, 3, H, D)
     q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # 3 x [B, H, T, D] views, no copies
@@ -335,14 +355,10 @@ def self_attention(x, w_attn, b_attn, w_proj, n_head, scale, mask=None, cache=No
             k, v = cache.keys[layer_idx], cache.values[layer_idx]
         q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))  # without a cache: copies of <= SMALL_T rows
         w = weights if need_weights else np.empty((B, 0, 0, 0), F32)
-
-        def attend(chunks):  # batch slices of C-contiguous arrays stay C-contiguous
-            for b0, b1 in chunks:
-                attention_rows_kernel(q[b0:b1], k[b0:b1], v[b0:b1], S, scale, keep[b0:b1], out[b0:b1],
-                                      w[b0:b1], need_weights)
-
-        in_parallel(attend, split(B, workers), workers)
-    return out.reshape(B * T, C) @ w_proj, weights  # [B*T, C] @ [C, C] -> [B*T, C]
+        parallel = decode_threads(B * T, B * H * T * S * D) > 1
+        kernel = attention_rows_parallel if parallel else attention_rows_kernel
+        kernel(q, k, v, S, scale, keep, out, w, need_weights)
+    return linear(out.reshape(B * T, C), w_proj), weights  # [B*T, C] @ [C, C] -> [B*T, C]
 
 
 # ---- threads -----------------------------------------------------------------------------------------
@@ -388,23 +404,50 @@ def blas_controller():
     return ThreadpoolController()
 
 
-DECODE_ROWS = 1  # at most this many new rows (batch x new positions): single-threaded BLAS
+# ---- decode steps ----------------------------------------------------------------------------------
+# A decode step feeds few rows (batch x new positions) through every weight. For those steps the
+# matmuls and the attention run on Numba's threads (simd.small_matmul, attention_rows_parallel) and BLAS
+# is held to one thread: multi-threaded OpenBLAS keeps its threads spinning between calls, and beside
+# Numba's threads that made a batch-8 iGPT-S step 2 to 4 times slower. One threading runtime for the
+# whole step is what lets the attention use every core: batch-8 steps went from 31/58/77 ms to
+# 28/33/47 ms at cache lengths 64/512/1000 (2 cores).
+DECODE_ROWS = 1  # at most this many rows: everything on one thread (a single sequence; see blas_threads_for)
+SMALL_ROWS = 16  # at most this many rows: a decode step (BLAS on one thread; Numba's threads when worth it)
+DECODE_PARALLEL_MIN_WORK = 1 << 20  # multiply-adds below which a decode section stays on one thread
 
 
 def blas_threads_for(rows):
-    """Single-threaded BLAS for one-row steps (decoding a single sequence), the default otherwise; a
-    context manager.
+    """Single-threaded BLAS for decode steps (at most SMALL_ROWS rows), the default otherwise; a context
+    manager.
 
     A one-row step is a chain of matrix-vector products that stream every weight once, bound by memory
     bandwidth, so a second thread gains little; and two OpenBLAS threads meet at a barrier inside each
     of the ~100 products a step: on a machine where another job held a core, a 24-layer iGPT-S step
-    took 190 ms with 2 BLAS threads and 48 ms with one. From two rows on, BLAS runs a small-M GEMM,
-    which is compute bound: measured on iGPT-S, a batch-8 step took 28 ms with 2 threads and 40 ms
-    with one on an idle machine, and about the same either way with one core busy (66 vs 67 ms);
-    batch 2 took 30 vs 36 ms.
+    took 190 ms with 2 BLAS threads and 48 ms with one. Steps of 2 to SMALL_ROWS rows share out their
+    work on Numba's threads instead (see decode_threads).
     """
-    controller = blas_controller() if rows <= DECODE_ROWS else None
+    controller = blas_controller() if rows <= SMALL_ROWS else None
     return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
+
+
+def decode_threads(rows, work):
+    """Numba threads for a decode-step section of about `work` multiply-adds: one for a one-row step (as
+    for BLAS: a single sequence is bandwidth bound, and a second thread stalls whenever another job holds
+    a core) or a small section (a parallel launch costs about 10 us), else numba.get_num_threads()."""
+    if rows <= DECODE_ROWS or work < DECODE_PARALLEL_MIN_WORK:
+        return 1
+    return numba.get_num_threads()
+
+
+def linear(a, w):
+    """a @ w for a [N, K] and w [K, Out] float32. BLAS, except in a decode step worth threads: there
+    simd.small_matmul shares the columns out among Numba's threads (see simd.py for why not BLAS)."""
+    (N, K), Out = a.shape, w.shape[1]
+    if N <= SMALL_ROWS and w.flags.c_contiguous and w.dtype == F32:
+        threads = decode_threads(N, N * K * Out)
+        if threads > 1:
+            return simd.small_matmul(a, w, threads)
+    return a @ w
 
 
 # ---- the block -------------------------------------------------------------------------------------
@@ -457,12 +500,12 @@ def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, en
         weights += (w_cross if need_weights else None,)
 
     # x1 + mlp(h)
-    f = h.reshape(N, C) @ p[prefix + "mlp.c_fc.weight"]  # [B*T, C] -> [B*T, F]
+    f = linear(h.reshape(N, C), p[prefix + "mlp.c_fc.weight"])  # [B*T, C] -> [B*T, F]
     if config.activation_function == "quick_gelu":
         bias_quick_gelu(f, p[prefix + "mlp.c_fc.bias"])
     else:
         f = layers.activation(f + p[prefix + "mlp.c_fc.bias"], config.activation_function)
-    m = f @ p[prefix + "mlp.c_proj.weight"]  # [B*T, F] -> [B*T, C]
+    m = linear(f, p[prefix + "mlp.c_proj.weight"])  # [B*T, F] -> [B*T, C]
     m += p[prefix + "mlp.c_proj.bias"]
     m += x1.reshape(N, C)  # x1 + (m + b): the reference's order of additions
     return m.reshape(B, T, C), weights
