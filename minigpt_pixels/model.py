@@ -224,6 +224,12 @@ class ImageGPTPreTrainedModel:
         return self
 
     # ---- the forward pass -------------------------------------------------------------------
+    def _blas_threads(self, rows):
+        """BLAS's thread count for a pass over `rows` new positions: the Numba kernels' policy (one thread
+        for a decode step, whose work runs on Numba's threads; see kernels/cpu.py), unchanged for the
+        pure-NumPy reference."""
+        return contextlib.nullcontext() if self.device == "numpy" else cpu_kernels.blas_threads_for(rows)
+
     def transformer(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                     inputs_embeds=None, past_key_values=None, use_cache=False, output_attentions=False,
                     output_hidden_states=False, encoder_hidden_states=None, encoder_attention_mask=None):
@@ -272,12 +278,9 @@ class ImageGPTPreTrainedModel:
             if token_type_ids is not None:
                 x = x + p[pre + "wte.weight"][token_type_ids]
         x = x.astype(np.float32, copy=False)
-        if self.device == "numpy":
-            block, threads = layers.transformer_block, contextlib.nullcontext()
-        else:
-            block, threads = cpu_kernels.transformer_block, cpu_kernels.blas_threads_for(B * T)
+        block = layers.transformer_block if self.device == "numpy" else cpu_kernels.transformer_block
         all_hidden, all_attn, all_cross = [], [], []
-        with threads:
+        with self._blas_threads(B * T):
             for i in range(cfg.n_layer):
                 if output_hidden_states:
                     all_hidden.append(x)
@@ -331,9 +334,7 @@ class ImageGPTForCausalImageModeling(ImageGPTPreTrainedModel):
             out.logits = self._cuda.lm_logits(out.last_hidden_state)
         else:
             h = out.last_hidden_state
-            threads = cpu_kernels.blas_threads_for(h.shape[0] * h.shape[1]) if self.device == "cpu" else \
-                contextlib.nullcontext()  # as for the blocks: a decode step keeps BLAS off its Numba threads
-            with threads:
+            with self._blas_threads(h.shape[0] * h.shape[1]):  # as for the blocks
                 out.logits = layers.lm_head(h, self.params["lm_head.weight"])  # [B, T, V]
         if labels is not None:
             labels = _check_labels_like_ids(labels, out.logits.shape[:2], self.config.vocab_size)

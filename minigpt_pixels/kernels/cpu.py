@@ -347,9 +347,8 @@ def self_attention(x, w_attn, b_attn, w_proj, n_head, scale, mask=None, cache=No
 
     out = np.empty((B, T, H, D), F32)
     weights = np.zeros((B, H, T, S), F32) if need_weights else None  # zeros: blocks skip the upper triangle
-    workers = workers_for(B * H * T * S * D)
     if T > SMALL_T:
-        blocked_causal_attention(q, k, v, scale, past, keep, out, weights, workers)
+        blocked_causal_attention(q, k, v, scale, past, keep, out, weights, workers_for(B * H * T * S * D))
     else:
         if cache is not None:  # the cache's buffers [B, H, max_length, D] are C-contiguous, its views not
             k, v = cache.keys[layer_idx], cache.values[layer_idx]
