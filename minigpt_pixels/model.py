@@ -84,15 +84,22 @@ class KVCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx]
 
-    def update(self, layer_idx, k, v):
-        """Append k, v [B, H, T, D] for one layer; return views of all cached keys and values [B, H, S, D]."""
-        start, T = self.lengths[layer_idx], k.shape[2]
+    def claim(self, layer_idx, T):
+        """Count T more positions of one layer as filled and return the first: for a kernel that writes
+        them into keys[layer_idx] and values[layer_idx] itself (update() for everyone else)."""
+        start = self.lengths[layer_idx]
         if start + T > self.max_length:
             raise ModelInputError(f"KV cache is full: {start} cached + {T} new positions > max_length "
                                   f"{self.max_length}")
+        self.lengths[layer_idx] = start + T
+        return start
+
+    def update(self, layer_idx, k, v):
+        """Append k, v [B, H, T, D] for one layer; return views of all cached keys and values [B, H, S, D]."""
+        T = k.shape[2]
+        start = self.claim(layer_idx, T)
         self.keys[layer_idx][:, :, start:start + T] = k
         self.values[layer_idx][:, :, start:start + T] = v
-        self.lengths[layer_idx] = start + T
         return self.keys[layer_idx][:, :, :start + T], self.values[layer_idx][:, :, :start + T]
 
     def select(self, index):
@@ -230,6 +237,17 @@ class ImageGPTPreTrainedModel:
         pure-NumPy reference."""
         return contextlib.nullcontext() if self.device == "numpy" else cpu_kernels.blas_threads_for(rows)
 
+    def _decode_all_blocks(self, x, mask, cache):
+        """All n_layer blocks of a batch's decode step in one compiled call on "cpu" (kernels/cpu.py,
+        decode_layers), or None where that does not apply; the blocks then run one by one."""
+        cfg = self.config
+        if self.device != "cpu" or cache is None:
+            return None
+        scales = [layers.attention_scale(cfg.head_dim, cfg.scale_attn_weights, i, cfg.scale_attn_by_inverse_layer_idx)
+                  for i in range(cfg.n_layer)]
+        return cpu_kernels.decode_layers(x, self.params, [f"{self.prefix}h.{i}." for i in range(cfg.n_layer)],
+                                         range(cfg.n_layer), cfg, mask, cache, scales)
+
     def transformer(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                     inputs_embeds=None, past_key_values=None, use_cache=False, output_attentions=False,
                     output_hidden_states=False, encoder_hidden_states=None, encoder_attention_mask=None):
@@ -281,7 +299,12 @@ class ImageGPTPreTrainedModel:
         block = layers.transformer_block if self.device == "numpy" else cpu_kernels.transformer_block
         all_hidden, all_attn, all_cross = [], [], []
         with self._blas_threads(B * T):
-            for i in range(cfg.n_layer):
+            fused = None
+            if not (output_attentions or output_hidden_states or encoder_hidden_states is not None):
+                fused = self._decode_all_blocks(x, mask, cache)  # a batch's decode step: one call
+            if fused is not None:
+                x = fused
+            for i in range(cfg.n_layer) if fused is None else ():
                 if output_hidden_states:
                     all_hidden.append(x)
                 x, weights = block(x, p, f"{pre}h.{i}.", cfg, i, mask=mask, cache=cache,

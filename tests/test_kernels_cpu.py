@@ -15,7 +15,8 @@ from numba import njit
 from minigpt_pixels import layers
 from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.kernels import cpu
-from minigpt_pixels.model import ImageGPTForCausalImageModeling, KVCache, init_weights, transformer_shapes
+from minigpt_pixels.model import (ImageGPTForCausalImageModeling, KVCache, ModelInputError, init_weights,
+                                  transformer_shapes)
 
 from .conftest import report
 
@@ -261,6 +262,84 @@ def test_kv_cache_decode_equals_full_forward(mask_kind, threads):
         check(f"decode weights rows {start}:{stop}", w, w_ref[:, :, start:stop, :stop])
 
 
+@pytest.mark.parametrize("B", [2, 5])
+@pytest.mark.parametrize("mask_kind", [None, "padding"])
+def test_decode_block_kernel_equals_python_path(B, mask_kind, threads, monkeypatch):
+    """Decode steps through decode_block_kernel (when the step runs on threads) give the Python path's
+    bits, outputs and cache alike, and the reference's values."""
+    cfg, p = block_setup()
+    rng = np.random.default_rng(8)
+    T = 10
+    x = rng.normal(size=(B, T, cfg.n_embd)).astype(F32)
+    full_mask = make_mask(mask_kind, rng, B, T, T)
+    ref, _ = layers.transformer_block(x, p, "h.2.", cfg, 2, mask=full_mask)
+    calls = []
+    real_kernel, real_decode_layers = cpu.decode_layers_kernel, cpu.decode_layers
+    monkeypatch.setattr(cpu, "decode_layers_kernel", lambda *a: calls.append(a[0].shape) or real_kernel(*a))
+
+    def decode(fused):
+        monkeypatch.setattr(cpu, "decode_layers", real_decode_layers if fused else lambda *a: None)
+        cache = KVCache(cfg, B, max_length=T)
+        outs = []
+        for start, stop in [(0, 6)] + [(t, t + 1) for t in range(6, T)]:
+            mask = None if full_mask is None else full_mask[..., :stop]
+            o, (w,) = cpu.transformer_block(x[:, start:stop], p, "h.2.", cfg, 2, mask=mask, cache=cache,
+                                            need_weights=False)
+            assert w is None
+            outs.append(o)
+        return np.concatenate(outs, axis=1), cache
+
+    fused, fused_cache = decode(True)
+    assert calls == ([(B, cfg.n_embd)] * 4 if threads > 1 else [])  # the 4 one-position steps
+    plain, plain_cache = decode(False)
+    check(f"decode_block_kernel B={B} {mask_kind} vs reference", fused, ref)
+    np.testing.assert_array_equal(fused, plain)
+    assert fused_cache.lengths == plain_cache.lengths
+    for a, b in zip(fused_cache.keys + fused_cache.values, plain_cache.keys + plain_cache.values):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_decode_block_declines_what_it_does_not_take(monkeypatch):
+    """decode_layers returns None, and leaves the cache as it was, for every case its kernel does not
+    take; transformer_block then runs the Python path."""
+    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    rng = np.random.default_rng(9)
+
+    def attempt(B=2, T=1, mask=None, cfg_kw=None, weights=None):
+        cfg, p = block_setup(**(cfg_kw or {}))
+        p.update(weights or {})
+        cache = KVCache(cfg, B)
+        cache.claim(0, 4)  # 4 positions already cached
+        x = rng.normal(size=(B, T, cfg.n_embd)).astype(F32)
+        out = cpu.decode_layers(x, p, ["h.0."], [0], cfg, mask, cache, [0.25])
+        return out, cache.lengths[0]
+
+    out, length = attempt()
+    assert out.shape == (2, 1, 36) and length == 5  # taken: one position appended
+    general = np.zeros((2, 1, 1, 5), F32)
+    general[0, ..., 1] = -3.0  # an additive mask that is neither 0 nor MASK_MIN
+    _, p = block_setup()
+    for case in (dict(T=2), dict(B=cpu.SMALL_ROWS + 1), dict(mask=general),
+                 dict(cfg_kw=dict(activation_function="gelu_new")),
+                 dict(weights={"h.0.mlp.c_fc.weight": np.asfortranarray(p["h.0.mlp.c_fc.weight"])}),
+                 dict(weights={"h.0.attn.c_attn.bias": p["h.0.attn.c_attn.bias"].astype(np.float64)})):
+        out, length = attempt(**case)
+        assert out is None and length == 4, case
+    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 1)  # one thread: the Python path
+    out, length = attempt()
+    assert out is None and length == 4
+
+
+def test_kv_cache_claim_checks_room():
+    cfg, _ = block_setup()
+    cache = KVCache(cfg, 2, max_length=5)
+    assert cache.claim(1, 3) == 0 and cache.claim(1, 2) == 3
+    assert cache.lengths == [0, 5, 0]
+    with pytest.raises(ModelInputError, match="KV cache is full: 5 cached \\+ 1 new positions > max_length 5"):
+        cache.claim(1, 1)
+    assert cache.lengths == [0, 5, 0]
+
+
 def test_parallel_sections_restore_blas_threads(threads):
     controller = cpu.blas_controller()
     before = [lib["num_threads"] for lib in controller.info()]
@@ -352,8 +431,13 @@ def test_compiled_kernels_do_no_float64_arithmetic(rng):
     cpu.attention_rows_parallel(*(np.ascontiguousarray(a) for a in (x[:, None, :3], x[:, None], x[:, None])), 3,
                                 F32(0.5), np.ones((2, 37), np.uint8), np.empty((2, 3, 1, 36), F32),
                                 np.empty((2, 1, 3, 3), F32), True)
+    keys = np.zeros((2, 3, 8, 12), F32)
+    layer = (*(p["h.0." + name] for name in cpu.DECODE_BLOCK_WEIGHTS), keys, np.zeros_like(keys))
+    cpu.decode_layers_kernel(x[:, 0], *((a, a) for a in layer), 3, np.ones((2, 8), np.uint8), F32(1e-5),
+                             np.ones(2, F32))
     for kernel in (cpu.layer_norm_kernel, cpu.residual_layer_norm_kernel, cpu.bias_quick_gelu_kernel,
-                   cpu.causal_softmax_kernel, cpu.attention_rows_kernel, cpu.attention_rows_parallel):
+                   cpu.causal_softmax_kernel, cpu.attention_rows_kernel, cpu.attention_rows_parallel,
+                   cpu.decode_block_kernel, cpu.decode_layers_kernel):
         assert kernel.signatures, kernel.__name__
         for sig, asm in kernel.inspect_asm().items():
             found = FLOAT64_OP.findall(asm)
@@ -403,6 +487,48 @@ def test_model_cpu_decode_with_cache_matches_numpy_forward(models, rng):
     steps = [model(ids[:, :4], past_key_values=cache, use_cache=True).logits]
     steps += [model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits for t in range(4, 30)]
     check("model decode logits", np.concatenate(steps, axis=1), full)
+
+
+def test_model_decode_step_runs_every_block_in_one_call(models, rng, monkeypatch):
+    """A batch's decode step whose sections run on threads goes through decode_layers_kernel once, with
+    every layer; asking for hidden states runs the blocks one by one instead. Same logits, to the bit,
+    and the numpy forward's."""
+    model, ref = models
+    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    layer_counts = []
+    real = cpu.decode_layers_kernel
+    monkeypatch.setattr(cpu, "decode_layers_kernel",
+                        lambda x, ln_1, *a: layer_counts.append(len(ln_1)) or real(x, ln_1, *a))
+    ids = rng.integers(0, 16, size=(3, 12))
+    ids[:, 0] = 16
+    whole, one_by_one = KVCache(model.config, 3), KVCache(model.config, 3)
+    model(ids[:, :4], past_key_values=whole, use_cache=True)
+    model(ids[:, :4], past_key_values=one_by_one, use_cache=True)
+    assert layer_counts == []  # a 4-position prompt is no decode step
+    steps, steps_blocks = [], []
+    for t in range(4, 12):
+        steps.append(model(ids[:, t:t + 1], past_key_values=whole, use_cache=True).logits)
+        assert layer_counts == [model.config.n_layer]
+        out = model(ids[:, t:t + 1], past_key_values=one_by_one, use_cache=True, output_hidden_states=True)
+        assert layer_counts == [model.config.n_layer] + [1] * model.config.n_layer
+        steps_blocks.append(out.logits)
+        layer_counts.clear()
+    np.testing.assert_array_equal(np.concatenate(steps, axis=1), np.concatenate(steps_blocks, axis=1))
+    check("model decode steps in one call", np.concatenate(steps, axis=1), ref(ids).logits[:, 4:])
+
+
+def test_generate_through_one_call_steps_equals_numpy(models, monkeypatch):
+    """Greedy generate on "cpu" with its batch steps in one decode_layers_kernel call each gives the
+    pure-NumPy reference's tokens."""
+    model, ref = models
+    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    steps = []
+    real = cpu.decode_layers_kernel
+    monkeypatch.setattr(cpu, "decode_layers_kernel", lambda *a: steps.append(1) or real(*a))
+    prompt = np.full((3, 1), 16)
+    ours = model.generate(prompt, max_new_tokens=25)
+    assert len(steps) == 25  # SOS alone (one position), then 24 tokens fed back (the last never is)
+    np.testing.assert_array_equal(ours, ref.generate(prompt, max_new_tokens=25))
 
 
 def test_benchmark_script_runs(capsys):

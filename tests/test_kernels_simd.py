@@ -101,7 +101,7 @@ FLOAT64_OP = re.compile(r"^\s*v?(add|sub|mul|div|sqrt|max|min|fmadd\w*|cvtss2|cv
 
 def test_small_matmul_does_no_float64_arithmetic(rng):
     simd.small_matmul(rng.normal(size=(3, 9)).astype(F32), rng.normal(size=(9, 20)).astype(F32), 2)
-    for kernel in (simd.matmul_columns_kernel, simd._matmul_parallel):
+    for kernel in (simd.matmul_columns_kernel, simd.matmul_parallel):
         assert kernel.signatures, kernel.__name__
         for sig, asm in kernel.inspect_asm().items():
             found = FLOAT64_OP.findall(asm)

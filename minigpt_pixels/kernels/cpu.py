@@ -8,7 +8,8 @@ changes how the same numbers are computed.
     decode steps      (T <= SMALL_T new positions, usually 1) one Numba loop per query row over the KV
                       cache: scores, softmax and the weighted sum of values in one pass over the cache;
                       for a batch (2 to SMALL_ROWS rows) the matmuls are simd.small_matmul and the
-                      (row, head) pairs are shared out, both on Numba's threads (see decode_threads)
+                      (row, head) pairs are shared out, both on Numba's threads (see decode_threads),
+                      and the model runs all its blocks in one compiled call (decode_layers)
     elementwise       Numba kernels: layer norm (fused with the residual add before ln_2), bias +
                       quick_gelu in place on the fc output, the masked softmax of each score block
     threads           in full forwards, heads (and gelu rows) are shared among numba.get_num_threads()
@@ -22,7 +23,7 @@ where taken: a polynomial exp (`_exp`, 2e-7 relative error) because libm's canno
 reassociated float sums (`REDUCE`) so that reductions vectorise. Results agree with layers.py to about
 1e-6 on O(1) values.
 
-The kernels compile lazily on first use: about 2 s for a forward's, about 5 s more the first time a
+The kernels compile lazily on first use: about 2 s for a forward's, about 10 s more the first time a
 batch is decoded on several threads (parallel kernels compile slowly). No `cache=True`: it would write
 files into the package directory.
 
@@ -222,6 +223,19 @@ def causal_softmax_kernel(s, scale, pos0, keep):
 
 
 # ---- decode-step attention -------------------------------------------------------------------------
+PREFETCH_KEYS = 4  # how many keys (value rows) ahead the decode attention asks for the cache lines of:
+# 5-10% faster at batch 8 (1, 2, 6, 8, 16, 32: less), as the CPU's own prefetcher stops at each 4 KiB
+# page (16 keys of iGPT-S)
+
+
+@njit(**JIT)
+def _prefetch_row(x, j):
+    """Hint the cache lines of row min(j, last) of x [rows, D] (64-byte lines: 16 floats each)."""
+    j = min(j, x.shape[0] - 1)
+    for d in range(0, x.shape[1], 16):
+        simd.vprefetch(x, j, d)
+
+
 @njit(**JIT)
 def _attend_rows(q, k, v, S, scale, keep, out, weights, need_weights, b, h, s, acc):
     """attention_rows_kernel's work for one (batch row b, head h); s [>= S] and acc [D] are scratch."""
@@ -231,11 +245,13 @@ def _attend_rows(q, k, v, S, scale, keep, out, weights, need_weights, b, h, s, a
         n = S - T + i + 1
         qi = q[b, h, i]
         for j in range(n):
+            _prefetch_row(kb, j + PREFETCH_KEYS)
             s[j] = _dot(qi, kb[j], D)  # q @ k.T; scaled inside the softmax
         _softmax_row(s, n, scale, keep[b])
         for d in range(D):
             acc[d] = F32(0)
         for j in range(n):  # masked keys have weight exactly 0, as in weights @ v
+            _prefetch_row(vb, j + PREFETCH_KEYS)
             wj, vj = s[j], vb[j]
             for d in range(D):
                 acc[d] += wj * vj[d]
@@ -449,6 +465,115 @@ def linear(a, w):
     return a @ w
 
 
+# ---- every block of a decode step, in one call -------------------------------------------------------
+# Between its ~20 kernels, a block run from Python spent 100-150 us in the interpreter (views, small
+# allocations, dispatch), and more in refilling the caches the kernels had swept. So when a decode
+# step's sections run on Numba's threads, a block is one compiled function (decode_block_kernel) and the
+# model calls it for all its layers from one more (decode_layers_kernel). Batch-8 iGPT-S steps at cache
+# length 64 / 512 / 1000, interleaved A/B: block by block from Python 25.3 / 36.4 / 50.2 ms, one call
+# per block 23.5 / 35.0 / 47.9, one call per step 21.6 / 32.9 / 46.9.
+@njit(**JIT)
+def _matmul_threads(a, w):
+    """simd.small_matmul on all of Numba's threads, callable from compiled code."""
+    out = np.empty((a.shape[0], w.shape[1]), F32)
+    simd.matmul_parallel(a, w, out, numba.get_num_threads())
+    return out
+
+
+@njit(**JIT)
+def decode_block_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_fc, w_out, b_out, keys, values,
+                        past, keep, eps, scale):
+    """Mirrors layers.transformer_block for one new position per row (quick_gelu, no cross-attention, no
+    weights returned): x [B, C] -> [B, C]. Writes the new keys and values at position `past` of keys,
+    values [B, H, >= past + 1, D] (a KVCache's buffers); keep [B, >= past + 1] as padding_keep makes it.
+    The kernels and the order of operations of transformer_block's decode path, so the same bits."""
+    B, C = x.shape
+    H, D = keys.shape[1], keys.shape[3]
+    h = np.empty((B, C), F32)
+    layer_norm_kernel(x, ln_1, eps, h)
+    qkv = _matmul_threads(h, w_attn)  # [B, 3C]: q, k, v side by side, D columns per head in each
+    q = np.empty((B, H, 1, D), F32)
+    for b in range(B):  # + bias; q into its own array, k and v into the cache
+        for hh in range(H):
+            for d in range(D):
+                i = hh * D + d
+                q[b, hh, 0, d] = qkv[b, i] + b_attn[i]
+                keys[b, hh, past, d] = qkv[b, C + i] + b_attn[C + i]
+                values[b, hh, past, d] = qkv[b, 2 * C + i] + b_attn[2 * C + i]
+    o = np.empty((B, 1, H, D), F32)  # merged heads
+    attention_rows_parallel(q, keys, values, past + 1, scale, keep, o, np.empty((B, 0, 0, 0), F32), False)
+    merged = np.empty((B, C), F32)
+    for b in range(B):  # o as [B, C] (not o.reshape: Numba's reshape compares sizes in float64)
+        for hh in range(H):
+            for d in range(D):
+                merged[b, hh * D + d] = o[b, 0, hh, d]
+    a = _matmul_threads(merged, w_proj)
+    x1 = np.empty((B, C), F32)
+    residual_layer_norm_kernel(x, a, b_proj, ln_2, eps, x1, h)  # x1 = x + (a + b); h = ln_2(x1)
+    f = _matmul_threads(h, w_fc)  # [B, F]
+    bias_quick_gelu_kernel(f, b_fc)
+    m = _matmul_threads(f, w_out)  # [B, C]
+    for b in range(B):
+        for c in range(C):
+            m[b, c] = x1[b, c] + (m[b, c] + b_out[c])  # the reference's order of additions
+    return m
+
+
+@njit(**JIT)
+def decode_layers_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_fc, w_out, b_out, keys, values,
+                         past, keep, eps, scales):
+    """decode_block_kernel through several layers in turn. Each argument from ln_1 to values is a tuple
+    with one entry per layer (in DECODE_BLOCK_WEIGHTS' order, then the KV cache buffers); scales[l] is
+    layer l's attention scale. One call for a whole step: each return to Python between layers cost
+    about 70 us, mostly the interpreter refilling the caches the kernels had swept."""
+    for l in range(len(scales)):
+        x = decode_block_kernel(x, ln_1[l], w_attn[l], b_attn[l], w_proj[l], b_proj[l], ln_2[l], w_fc[l], b_fc[l],
+                                w_out[l], b_out[l], keys[l], values[l], past, keep, eps, scales[l])
+    return x
+
+
+DECODE_BLOCK_WEIGHTS = ("ln_1.weight", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                        "attn.c_proj.bias", "ln_2.weight", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                        "mlp.c_proj.weight", "mlp.c_proj.bias")
+
+
+def decode_layers(x, p, prefixes, layer_ids, config, mask, cache, scales):
+    """transformer_block through the layers `prefixes` (cache layers `layer_ids`, attention scales
+    `scales`) in turn, for a decode step, in one call of decode_layers_kernel; or None where that does not
+    apply: it takes one new position per row, a step whose sections run on Numba's threads (see
+    decode_threads: not a single sequence, nor a small model), quick_gelu, a mask the fast path takes,
+    C-contiguous float32 weights (what simd's vload reads; the model's always are) and layers cached to
+    the same length. x [B, 1, C] -> [B, 1, C]; appends one position to each layer's cache."""
+    B, T, C = x.shape
+    weights = [[p[prefix + name] for name in DECODE_BLOCK_WEIGHTS] for prefix in prefixes]
+    biggest = B * C * max(3 * C, weights[0][6].shape[1])  # multiply-adds of the largest matmul
+    if T != 1 or B > SMALL_ROWS or decode_threads(B, biggest) == 1 or config.activation_function != "quick_gelu":
+        return None
+    if not all(w.dtype == F32 and w.flags.c_contiguous for layer in weights for w in layer):
+        return None
+    past = cache.get_seq_length(layer_ids[0])
+    keep = padding_keep(mask, B, past + 1, past)
+    if keep is None or any(cache.get_seq_length(i) != past for i in layer_ids):
+        return None
+    per_name = [tuple(layer[j] for layer in weights) for j in range(len(DECODE_BLOCK_WEIGHTS))]
+    keys, values = tuple(cache.keys[i] for i in layer_ids), tuple(cache.values[i] for i in layer_ids)
+    if not all(_same_array_type(arrays) for arrays in (*per_name, keys, values)):
+        return None
+    for i in layer_ids:
+        cache.claim(i, 1)
+    out = decode_layers_kernel(np.ascontiguousarray(x.reshape(B, C), dtype=F32), *per_name, keys, values, past, keep,
+                               F32(config.layer_norm_epsilon), np.array(scales, F32))
+    return out.reshape(B, 1, C)
+
+
+def _same_array_type(arrays):
+    """Whether Numba types these float32 C-contiguous arrays alike (a tuple of them is then uniform and
+    indexable by a loop variable): same ndim, all writable or all read-only, all aligned or not."""
+    a = arrays[0]
+    return all((b.ndim, b.flags.writeable, b.flags.aligned) == (a.ndim, a.flags.writeable, a.flags.aligned)
+               for b in arrays)
+
+
 # ---- the block -------------------------------------------------------------------------------------
 def layer_norm(x, w, eps):
     """layers.layer_norm through the kernel; x [..., C]."""
@@ -478,6 +603,10 @@ def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, en
     x = np.ascontiguousarray(x, dtype=F32)
     B, T, C = x.shape
     N = B * T
+    if cache is not None and encoder_hidden_states is None and not need_weights:
+        out = decode_layers(x, p, [prefix], [layer_idx], config, mask, cache, [scale])
+        if out is not None:
+            return out, (None,)
 
     # x1 = x + attn(ln_1(x)); h = ln_2(x1), the bias, residual and norm in one kernel
     a, w_self = self_attention(layer_norm(x, p[prefix + "ln_1.weight"], eps),

@@ -199,7 +199,8 @@ def matmul_columns_kernel(a, w, out, c0, c1):
 
 
 @njit(parallel=True, nogil=True, error_model="numpy")
-def _matmul_parallel(a, w, out, parts):
+def matmul_parallel(a, w, out, parts):
+    """out = a @ w with the columns shared among `parts` threads (shapes unchecked: see small_matmul)."""
     N = w.shape[1]
     bounds = np.empty(parts + 1, np.int64)  # column ranges, computed outside the prange: inside it the loop
     for t in range(parts):  # index is unsigned, and int64 arithmetic with it would go through float64
@@ -222,7 +223,7 @@ def small_matmul(a, w, threads=1):
     w = np.ascontiguousarray(w, dtype=F32)  # no copy for C-contiguous float32, memory maps included
     out = np.empty((a.shape[0], w.shape[1]), F32)
     if threads > 1:
-        _matmul_parallel(a, w, out, int(threads))
+        matmul_parallel(a, w, out, int(threads))
     else:
         matmul_columns_kernel(a, w, out, 0, w.shape[1])
     return out
