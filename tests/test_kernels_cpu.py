@@ -330,6 +330,29 @@ def test_decode_block_declines_what_it_does_not_take(monkeypatch):
     assert out is None and length == 4
 
 
+def test_decode_layers_needs_layers_numba_types_alike(monkeypatch):
+    """Several layers go through one kernel call only when each weight's arrays type alike in Numba
+    (a read-only one among writable ones would not index as one tuple), and only at one cache length."""
+    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    cfg, p = block_setup()
+    x = np.random.default_rng(10).normal(size=(2, 1, cfg.n_embd)).astype(F32)
+
+    def attempt(params, lengths=(3, 3)):
+        cache = KVCache(cfg, 2)
+        for i, n in enumerate(lengths):
+            cache.claim(i, n)
+        out = cpu.decode_layers(x, params, ["h.0.", "h.1."], [0, 1], cfg, None, cache, [0.25, 0.5])
+        return out, cache.lengths[:2]
+
+    out, lengths = attempt(p)
+    assert out.shape == x.shape and lengths == [4, 4]
+    read_only = dict(p)
+    read_only["h.1.mlp.c_fc.weight"] = p["h.1.mlp.c_fc.weight"].copy()
+    read_only["h.1.mlp.c_fc.weight"].flags.writeable = False
+    assert attempt(read_only) == (None, [3, 3])
+    assert attempt(p, lengths=(3, 2)) == (None, [3, 2])
+
+
 def test_kv_cache_claim_checks_room():
     cfg, _ = block_setup()
     cache = KVCache(cfg, 2, max_length=5)
@@ -434,7 +457,7 @@ def test_compiled_kernels_do_no_float64_arithmetic(rng):
     keys = np.zeros((2, 3, 8, 12), F32)
     layer = (*(p["h.0." + name] for name in cpu.DECODE_BLOCK_WEIGHTS), keys, np.zeros_like(keys))
     cpu.decode_layers_kernel(x[:, 0], *((a, a) for a in layer), 3, np.ones((2, 8), np.uint8), F32(1e-5),
-                             np.ones(2, F32))
+                             np.ones(2, F32), 2)
     for kernel in (cpu.layer_norm_kernel, cpu.residual_layer_norm_kernel, cpu.bias_quick_gelu_kernel,
                    cpu.causal_softmax_kernel, cpu.attention_rows_kernel, cpu.attention_rows_parallel,
                    cpu.decode_block_kernel, cpu.decode_layers_kernel):

@@ -456,7 +456,7 @@ def decode_threads(rows, work):
 
 def linear(a, w):
     """a @ w for a [N, K] and w [K, Out] float32. BLAS, except in a decode step worth threads: there
-    simd.small_matmul shares the columns out among Numba's threads (see simd.py for why not BLAS)."""
+    simd.small_matmul shares the rows of w out among Numba's threads (see simd.py for why not BLAS)."""
     (N, K), Out = a.shape, w.shape[1]
     if N <= SMALL_ROWS and w.flags.c_contiguous and w.dtype == F32:
         threads = decode_threads(N, N * K * Out)
@@ -473,25 +473,26 @@ def linear(a, w):
 # length 64 / 512 / 1000, interleaved A/B: block by block from Python 25.3 / 36.4 / 50.2 ms, one call
 # per block 23.5 / 35.0 / 47.9, one call per step 21.6 / 32.9 / 46.9.
 @njit(**JIT)
-def _matmul_threads(a, w):
-    """simd.small_matmul on all of Numba's threads, callable from compiled code."""
+def _matmul_threads(a, w, threads):
+    """simd.small_matmul(a, w, threads), callable from compiled code."""
     out = np.empty((a.shape[0], w.shape[1]), F32)
-    simd.matmul_parallel(a, w, out, numba.get_num_threads())
+    simd.matmul_parallel(a, w, out, threads)
     return out
 
 
 @njit(**JIT)
 def decode_block_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_fc, w_out, b_out, keys, values,
-                        past, keep, eps, scale):
+                        past, keep, eps, scale, threads):
     """Mirrors layers.transformer_block for one new position per row (quick_gelu, no cross-attention, no
     weights returned): x [B, C] -> [B, C]. Writes the new keys and values at position `past` of keys,
     values [B, H, >= past + 1, D] (a KVCache's buffers); keep [B, >= past + 1] as padding_keep makes it.
-    The kernels and the order of operations of transformer_block's decode path, so the same bits."""
+    The kernels and the order of operations of transformer_block's decode path, so the same bits where
+    that path gives its matmuls `threads` threads too (simd.small_matmul's sums depend on the count)."""
     B, C = x.shape
     H, D = keys.shape[1], keys.shape[3]
     h = np.empty((B, C), F32)
     layer_norm_kernel(x, ln_1, eps, h)
-    qkv = _matmul_threads(h, w_attn)  # [B, 3C]: q, k, v side by side, D columns per head in each
+    qkv = _matmul_threads(h, w_attn, threads)  # [B, 3C]: q, k, v side by side, D columns per head in each
     q = np.empty((B, H, 1, D), F32)
     for b in range(B):  # + bias; q into its own array, k and v into the cache
         for hh in range(H):
@@ -507,12 +508,12 @@ def decode_block_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_f
         for hh in range(H):
             for d in range(D):
                 merged[b, hh * D + d] = o[b, 0, hh, d]
-    a = _matmul_threads(merged, w_proj)
+    a = _matmul_threads(merged, w_proj, threads)
     x1 = np.empty((B, C), F32)
     residual_layer_norm_kernel(x, a, b_proj, ln_2, eps, x1, h)  # x1 = x + (a + b); h = ln_2(x1)
-    f = _matmul_threads(h, w_fc)  # [B, F]
+    f = _matmul_threads(h, w_fc, threads)  # [B, F]
     bias_quick_gelu_kernel(f, b_fc)
-    m = _matmul_threads(f, w_out)  # [B, C]
+    m = _matmul_threads(f, w_out, threads)  # [B, C]
     for b in range(B):
         for c in range(C):
             m[b, c] = x1[b, c] + (m[b, c] + b_out[c])  # the reference's order of additions
@@ -521,14 +522,14 @@ def decode_block_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_f
 
 @njit(**JIT)
 def decode_layers_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_fc, w_out, b_out, keys, values,
-                         past, keep, eps, scales):
+                         past, keep, eps, scales, threads):
     """decode_block_kernel through several layers in turn. Each argument from ln_1 to values is a tuple
     with one entry per layer (in DECODE_BLOCK_WEIGHTS' order, then the KV cache buffers); scales[l] is
     layer l's attention scale. One call for a whole step: each return to Python between layers cost
     about 70 us, mostly the interpreter refilling the caches the kernels had swept."""
     for l in range(len(scales)):
         x = decode_block_kernel(x, ln_1[l], w_attn[l], b_attn[l], w_proj[l], b_proj[l], ln_2[l], w_fc[l], b_fc[l],
-                                w_out[l], b_out[l], keys[l], values[l], past, keep, eps, scales[l])
+                                w_out[l], b_out[l], keys[l], values[l], past, keep, eps, scales[l], threads)
     return x
 
 
@@ -545,33 +546,31 @@ def decode_layers(x, p, prefixes, layer_ids, config, mask, cache, scales):
     C-contiguous float32 weights (what simd's vload reads; the model's always are) and layers cached to
     the same length. x [B, 1, C] -> [B, 1, C]; appends one position to each layer's cache."""
     B, T, C = x.shape
-    weights = [[p[prefix + name] for name in DECODE_BLOCK_WEIGHTS] for prefix in prefixes]
-    biggest = B * C * max(3 * C, weights[0][6].shape[1])  # multiply-adds of the largest matmul
-    if T != 1 or B > SMALL_ROWS or decode_threads(B, biggest) == 1 or config.activation_function != "quick_gelu":
+    per_name = [tuple(p[prefix + name] for prefix in prefixes) for name in DECODE_BLOCK_WEIGHTS]
+    threads = decode_threads(B, B * C * max(3 * C, per_name[6][0].shape[1]))  # for the largest matmul
+    if T != 1 or B > SMALL_ROWS or threads == 1 or config.activation_function != "quick_gelu":
         return None
-    if not all(w.dtype == F32 and w.flags.c_contiguous for layer in weights for w in layer):
+    keys, values = tuple(cache.keys[i] for i in layer_ids), tuple(cache.values[i] for i in layer_ids)
+    if not all(_uniform_c_float32(arrays) for arrays in (*per_name, keys, values)):
         return None
     past = cache.get_seq_length(layer_ids[0])
     keep = padding_keep(mask, B, past + 1, past)
     if keep is None or any(cache.get_seq_length(i) != past for i in layer_ids):
         return None
-    per_name = [tuple(layer[j] for layer in weights) for j in range(len(DECODE_BLOCK_WEIGHTS))]
-    keys, values = tuple(cache.keys[i] for i in layer_ids), tuple(cache.values[i] for i in layer_ids)
-    if not all(_same_array_type(arrays) for arrays in (*per_name, keys, values)):
-        return None
     for i in layer_ids:
         cache.claim(i, 1)
     out = decode_layers_kernel(np.ascontiguousarray(x.reshape(B, C), dtype=F32), *per_name, keys, values, past, keep,
-                               F32(config.layer_norm_epsilon), np.array(scales, F32))
+                               F32(config.layer_norm_epsilon), np.array(scales, F32), threads)
     return out.reshape(B, 1, C)
 
 
-def _same_array_type(arrays):
-    """Whether Numba types these float32 C-contiguous arrays alike (a tuple of them is then uniform and
-    indexable by a loop variable): same ndim, all writable or all read-only, all aligned or not."""
-    a = arrays[0]
-    return all((b.ndim, b.flags.writeable, b.flags.aligned) == (a.ndim, a.flags.writeable, a.flags.aligned)
-               for b in arrays)
+def _uniform_c_float32(arrays):
+    """Whether these arrays are all C-contiguous float32 (what simd's vload reads) and typed alike by
+    Numba, so that a tuple of them is uniform and indexable by a loop variable: the same ndim, all
+    writable or all read-only, all aligned or not."""
+    kind = (arrays[0].ndim, arrays[0].flags.writeable, arrays[0].flags.aligned)
+    return all(a.dtype == F32 and a.flags.c_contiguous and (a.ndim, a.flags.writeable, a.flags.aligned) == kind
+               for a in arrays)
 
 
 # ---- the block -------------------------------------------------------------------------------------
