@@ -23,7 +23,7 @@ where taken: a polynomial exp (`_exp`, 2e-7 relative error) because libm's canno
 reassociated float sums (`REDUCE`) so that reductions vectorise. Results agree with layers.py to about
 1e-6 on O(1) values.
 
-The kernels compile lazily on first use: about 2 s for a forward's, about 10 s more the first time a
+The kernels compile lazily on first use: about 2 s for a forward's, about 17 s more the first time a
 batch is decoded on several threads (parallel kernels compile slowly). No `cache=True`: it would write
 files into the package directory.
 
