@@ -7,8 +7,9 @@ Same random iGPT-S-shaped weights in both, same sampling settings (multinomial s
 temperature 1, no top-k), same thread count (torch's, BLAS's and Numba's), runs interleaved (ours,
 theirs, ours, ...), medians reported. Each side first samples 4 untimed tokens at each batch size:
 that compiles our Numba kernels (the time is printed) and warms transformers up the same way. Prints
-each time, the ratio ours / transformers, and the fraction of the memory-bandwidth floor reached: every step must read all the weights once (plus the KV cache so far), so a step
-cannot beat bytes / bandwidth; bandwidth is measured here with a large array copy.
+each time, the ratio ours / transformers, and the fraction of the memory-bandwidth floor reached:
+every step must read all the weights once (plus the KV cache so far), so a step cannot beat bytes /
+bandwidth; bandwidth is measured here with a large array copy.
 """
 
 from __future__ import annotations
