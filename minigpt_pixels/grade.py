@@ -231,13 +231,15 @@ def _package_use(name, defs, package_names):
             continue
         seen.add(fn)
         node, source, cell = defs[fn]
+        local = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)} if hasattr(node, "args") else set()
+        local |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
         for sub in ast.walk(node):
             if isinstance(sub, (ast.Import, ast.ImportFrom)) and BLOCKED in _import_root(sub):
                 return f"`{ast.get_source_segment(source, sub)}` (cell {cell}, line {sub.lineno})"
             if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and sub.value.startswith(BLOCKED):
                 return f"the module name {sub.value!r} (cell {cell}, line {sub.lineno})"  # importlib, __import__
             if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
-                if sub.id in package_names and sub.id not in defs:
+                if sub.id in package_names and sub.id not in defs and sub.id not in local:
                     return package_names[sub.id]
                 todo.append(sub.id)
     return None

@@ -238,3 +238,9 @@ def test_what_the_student_process_returns_is_data_not_objects():
                                                  {"kind": "object", "type": "Tensor", "has_numpy": True}]}
     value = grade._decode(spec, {"a": np.zeros(3, np.float32)})
     assert isinstance(value[0], np.ndarray) and value[1].type_name == "Tensor" and value[1].has_numpy
+
+
+def test_a_local_variable_named_like_a_package_import_is_not_a_use():
+    nb = add_cell(answered(NB1, quick_gelu="layers = 1.702\n    return x / (1 + np.exp(-layers * x))"),
+                  "from minigpt_pixels import layers\nprint(layers.quick_gelu)")
+    assert grade.extract(nb, ["layer_norm", "quick_gelu"]).uses_package == {}
