@@ -562,10 +562,12 @@ def summary_table(rows):
         out.append(f"{n:24s} {count['passed']:7d} {count['failed']:7d} {count['not done']:9d} "
                    f"{mean:7.2f} of {mine[0].max_points:g}")
     out.append("")
-    out.append(f"{'student':24s} {'points':>12s}")
-    for student in sorted({r.student for r in rows}):
+    students = sorted({r.student for r in rows})
+    width = max([24] + [len(s) for s in students])
+    out.append(f"{'student':{width}s} {'points':>12s}")
+    for student in students:
         mine = [r for r in rows if r.student == student]
-        out.append(f"{student:24s} {sum(r.points for r in mine):6g} of {sum(r.max_points for r in mine):g}")
+        out.append(f"{student:{width}s} {sum(r.points for r in mine):6g} of {sum(r.max_points for r in mine):g}")
     return "\n".join(out)
 
 
