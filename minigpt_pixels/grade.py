@@ -138,7 +138,7 @@ def _nbgrader(cell):
 
 def _source(cell):
     src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
+    return "".join(map(str, src)) if isinstance(src, list) else str(src)
 
 
 def _parse(source):
@@ -394,16 +394,16 @@ def _outcome(record, npz_path, spec, timeout):
             return engine.TimedOut(timeout)
         if status == "raised":
             message = str(record.get("message", ""))
-            if BLOCKED_MESSAGE in message or record.get("blocked"):
+            if BLOCKED_MESSAGE in message:
                 return engine.Stopped(_uses_package_message(spec["name"], "an import of minigpt_pixels"),
-                                      engine.USES_PACKAGE)
+                                      engine.USES_PACKAGE, any_case=True)
             return engine.Raised(str(record["type"]), message, str(record.get("where", "")))
         if status == "signature":
             sig = EXERCISES[spec["name"]].signature
-            return engine.Stopped(f"your function cannot be called as {sig}: {record.get('message', '')}")
+            return engine.Stopped(f"your function cannot be called as {sig}: {record.get('message', '')}", any_case=True)
         if status == "missing":
             return engine.Stopped(f"there is no function named {spec['function']} in the notebook (its answer "
-                                  f"cell is missing, or the function was renamed)")
+                                  f"cell is missing, or the function was renamed)", any_case=True)
     except (KeyError, TypeError, ValueError, OSError) as e:
         return engine.Stopped(f"the grader could not read what your function returned ({type(e).__name__})")
     return engine.Stopped(f"the grader could not read what your function returned (status {record.get('status')!r})")
@@ -485,10 +485,15 @@ def grade(submissions, seed=SEED, timeout=TIMEOUT_S, memory_mb=MEMORY_MB, jobs=1
     rows = []
     with ThreadPoolExecutor(max(1, jobs)) as pool, \
             tqdm(total=len(submissions), desc="grading", unit="notebook", disable=not progress, file=sys.stderr) as bar:
-        futures = [pool.submit(grade_notebook, student, path, seed, timeout, memory_mb, cases)
-                   for student, path in submissions]
+        futures = {pool.submit(grade_notebook, student, path, seed, timeout, memory_mb, cases): (student, path)
+                   for student, path in submissions}
         for future in as_completed(futures):
-            rows += future.result()
+            try:
+                rows += future.result()
+            except Exception as e:  # a bug of ours on one notebook must not stop the class
+                student, path = futures[future]
+                rows.append(Row(student, path.stem, "", "failed", 0, 0,
+                                f"the grader itself failed on this notebook ({type(e).__name__}: {e})"))
             bar.update()
     students = sorted({s for s, _ in submissions})
     handed_in = {(r.student, r.notebook) for r in rows}

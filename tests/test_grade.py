@@ -244,3 +244,19 @@ def test_a_local_variable_named_like_a_package_import_is_not_a_use():
     nb = add_cell(answered(NB1, quick_gelu="layers = 1.702\n    return x / (1 + np.exp(-layers * x))"),
                   "from minigpt_pixels import layers\nprint(layers.quick_gelu)")
     assert grade.extract(nb, ["layer_norm", "quick_gelu"]).uses_package == {}
+
+
+def test_a_broken_notebook_is_a_row_and_the_class_goes_on(tmp_path):
+    _write(tmp_path / "class" / "ann" / f"{NB1}.ipynb", answered(NB1, layer_norm=LN, quick_gelu=QG))
+    broken = tmp_path / "class" / "bob" / f"{NB1}.ipynb"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"cells": [')  # cut off mid-upload
+    weird = answered(NB1, layer_norm=LN)
+    weird["cells"][0]["metadata"] = ["not", "a", "dict"]
+    weird["cells"][1]["source"] = ["import numpy as np\n", 3]
+    _write(tmp_path / "class" / "cy" / f"{NB1}.ipynb", weird)
+    rows = grade.grade(grade.collect([tmp_path / "class"]), timeout=float(TIMEOUT), progress=False)
+    got = {(r.student, r.exercise): (r.status, r.message) for r in rows}
+    assert got[("ann", "layer_norm")][0] == got[("ann", "quick_gelu")][0] == "passed"
+    assert got[("bob", "layer_norm")][0] == "failed" and "could not be read" in got[("bob", "layer_norm")][1]
+    assert got[("cy", "layer_norm")][0] == "passed" and got[("cy", "quick_gelu")][0] == "not done"

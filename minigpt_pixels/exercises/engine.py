@@ -141,6 +141,7 @@ class Stopped:
     built on the package itself (mistake USES_PACKAGE), ..."""
     message: str
     mistake: str | None = None
+    any_case: bool = False  # true of the answer as a whole (a missing function), not of this case
 
 
 @dataclass(frozen=True)
@@ -154,9 +155,9 @@ class Opaque:
 class _Fail(Exception):
     """Raised inside the grader to stop at the first problem; never escapes `judge` or `check`."""
 
-    def __init__(self, message, mistake=None, remind=True):
+    def __init__(self, message, mistake=None, remind=True, any_case=False):
         super().__init__(message)
-        self.message, self.mistake, self.remind = message, mistake, remind
+        self.message, self.mistake, self.remind, self.any_case = message, mistake, remind, any_case
 
 
 class _NotDone(Exception):
@@ -198,7 +199,7 @@ def call(fn, args, ex, timeout=TIMEOUT_S):
     try:
         inspect.signature(fn).bind(*args)
     except TypeError as e:
-        return Stopped(f"your function cannot be called as {ex.signature}: {e}")
+        return Stopped(f"your function cannot be called as {ex.signature}: {e}", any_case=True)
     except ValueError:  # some builtins have no signature: just call them
         pass
     given = copy_args(args)
@@ -264,7 +265,7 @@ def judge(ex: Exercise, cases, outcomes) -> CheckResult:
                                                     "code, run that cell, then run this check again")
         except _Fail as f:
             hint = _hint(ex, f.mistake)
-            msg = f"failed on case {i + 1} of {n} ({case.about}).\n{f.message}"
+            msg = f.message if f.any_case else f"failed on case {i + 1} of {n} ({case.about}).\n{f.message}"
             if hint:
                 msg += f"\nLikely mistake: {hint}"
             elif ex.advice and f.remind:
@@ -281,7 +282,7 @@ def _judge_case(ex, i, args, outcome):
         raise _Fail(f"your function took longer than {outcome.seconds:g} s on these small inputs (an endless loop?)",
                     remind=False)
     if isinstance(outcome, Stopped):
-        raise _Fail(outcome.message, outcome.mistake, remind=False)
+        raise _Fail(outcome.message, outcome.mistake, remind=False, any_case=outcome.any_case)
     if isinstance(outcome, Raised):
         text = f"your function raised {outcome.type}: {outcome.message}"
         if outcome.type == "MemoryError":

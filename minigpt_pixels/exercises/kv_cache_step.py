@@ -11,7 +11,7 @@ def _reference(q, k, v, past_k, past_v, scale):
     """Append the new keys and values to a KVCache holding the past ones, then attend: the new queries
     sit at positions P..P+T-1, so layers.attention's causal mask lets row t see keys 0..P+t."""
     from ..config import ImageGPTConfig
-    from ..model import KVCache
+    from ..cache import KVCache
 
     B, H, P, D = past_k.shape
     T = k.shape[2]

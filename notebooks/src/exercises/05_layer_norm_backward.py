@@ -18,7 +18,6 @@
 # (or in a cell of your own that only defines helper functions), without the package's own functions.
 
 # %%
-import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
