@@ -106,6 +106,10 @@ def test_no_solution_reaches_what_students_get():
     assert not (ROOT / "notebooks" / "exercises" / "solutions").exists()
 
 
+def test_the_files_on_disk_are_what_the_builder_makes():
+    assert build_notebooks.main(["--check"]) == 0, "run python scripts/run_notebooks.py"
+
+
 @pytest.mark.parametrize("path", WALKTHROUGHS, ids=[p.name for p in WALKTHROUGHS])
 def test_walkthroughs_are_stored_with_their_pictures(path):
     """Outputs are kept in git so the pictures show when browsing; run_notebooks.py regenerates them."""
