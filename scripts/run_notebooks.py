@@ -154,7 +154,7 @@ def main(argv=None):
             continue
         total += seconds
         print(f"{seconds:6.1f} s  {_name(path)}", flush=True)
-        for line in check_results(nb):
+        for line in dict.fromkeys(check_results(nb)):  # each check once (a notebook's summary repeats them)
             print(f"          {line}")
         if not args.no_write:
             write(path, nb)
