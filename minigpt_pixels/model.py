@@ -246,12 +246,14 @@ class ImageGPTPreTrainedModel:
         cache = KVCache(cfg, B) if past_key_values is None and use_cache else past_key_values
         past = 0 if cache is None else check_cache(cfg, cache, B).get_seq_length()
         checks.check_positions(cfg, past, T)
+        if position_ids is None:
+            position_ids = np.arange(past, past + T)[None, :]  # [1, T]: the positions after the cached ones
+        else:
+            position_ids = checks.check_ids("position_ids", position_ids, cfg.n_positions, (B, T))
         inputs = ForwardInputs(
             None if input_ids is None else np.asarray(input_ids),
             None if inputs_embeds is None else checks.check_floats("inputs_embeds", inputs_embeds, (B, T, cfg.n_embd)),
-            np.arange(past, past + T)[None, :] if position_ids is None else  # [1, T]
-            checks.check_ids("position_ids", position_ids, cfg.n_positions, (B, T)),
-            cache=cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+            position_ids, cache=cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         if token_type_ids is not None:
             inputs.token_type_ids = checks.check_ids("token_type_ids", token_type_ids, cfg.vocab_size, (B, T))
         if attention_mask is not None:

@@ -1,5 +1,7 @@
 """The "cpu" device: layers.transformer_block's maths, faster. Read layers.py first; this file only
-changes how the same numbers are computed.
+changes how the same numbers are computed. backends.CpuBackend holds transformer_block, self_attention,
+mlp and layer_norm from here, each mirroring the layers.py function of its name (same arguments, same
+result); decode_layers is its fused decode step (every block of a batch's step in one compiled call).
 
     matmuls           NumPy `@` (BLAS) on views of the fused qkv buffer: heads are never copied
     causal attention  query blocks of QUERY_BLOCK rows attend only to the keys up to the block's end, so
