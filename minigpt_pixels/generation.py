@@ -107,7 +107,7 @@ NO_OP_OPTIONS = {"min_length": 0, "min_new_tokens": None, "repetition_penalty": 
                  "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "remove_invalid_values": False,
                  "output_attentions": False, "output_hidden_states": False, "early_stopping": False,
                  "num_beam_groups": 1, "diversity_penalty": 0.0, "bad_words_ids": None, "suppress_tokens": None,
-                 "begin_suppress_tokens": None, "renormalize_logits": False, "use_cache": True,
+                 "begin_suppress_tokens": None, "renormalize_logits": False,
                  "bos_token_id": None, "eos_token_id": None, "synced_gpus": False, "streamer": None,
                  "logits_processor": None, "stopping_criteria": None, "generation_config": None}
 
@@ -179,6 +179,7 @@ def generate(model, input_ids=None, attention_mask=None, max_length=None, max_ne
     of new tokens and the seconds taken. Every other transformers option is refused by name unless it
     is at a value that changes nothing.
     """
+    _check_flag("use_cache", options.pop("use_cache", True))  # either way: the tokens are the same, the cache is faster
     for name, value in options.items():
         if name not in NO_OP_OPTIONS:
             raise ValueError(f"generate() got an argument it does not know or support: {name}")
