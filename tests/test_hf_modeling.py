@@ -127,11 +127,10 @@ def test_labels_equal_input_ids_with_sos_first():
 
 
 def test_imagegpt_image_classification():
-    hf, _ = models("ImageGPTForImageClassification")
-    _, ours = models("ImageGPTForImageClassification")
-    config = ours.config
-    config.num_labels = TESTER["num_labels"]
-    assert config.num_labels == 3
+    config = our_config()
+    config.num_labels = TESTER["num_labels"]  # upstream sets it on the config, then builds the model
+    assert ImageGPTForImageClassification(config).params["score.weight"].shape == (3, TESTER["hidden_size"])
+    hf, ours = pair("ImageGPTForImageClassification", seed=9, num_labels=TESTER["num_labels"])
     ids, token_type_ids, mask = inputs()
     labels = np.random.default_rng(2).integers(0, 2, B)  # upstream: type_sequence_label_size = 2
     result = ours(ids, attention_mask=mask, token_type_ids=token_type_ids, labels=labels)
