@@ -276,8 +276,9 @@ class ImageGPTConfig:
         """Read DIR/config.json (or DIR/subfolder/config.json, or that file itself). Keyword arguments
         override its fields; hub arguments are accepted at their defaults only (nothing is downloaded)."""
         _refuse_hub_arguments("ImageGPTConfig.from_pretrained", kwargs)
-        path = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
-        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path.rstrip(os.sep)
+        path = os.fspath(pretrained_model_name_or_path)
+        path = os.path.join(path, subfolder) if subfolder else path
+        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
         if not os.path.isfile(file):
             raise ConfigNotFoundError(f"{file}: no such file (a local model directory with {CONFIG_NAME} is needed; "
                                       f"nothing is downloaded)")

@@ -435,8 +435,9 @@ class ImageGPTImageProcessor:
         """Read a model directory's preprocessor_config.json (or DIR/subfolder/..., or that file itself);
         keyword arguments replace its values (see from_dict). Hub arguments only at their defaults."""
         _refuse_hub_arguments("ImageGPTImageProcessor.from_pretrained", kwargs)
-        path = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
-        file = os.path.join(path, PREPROCESSOR_CONFIG_NAME) if os.path.isdir(path) else path.rstrip(os.sep)
+        path = os.fspath(pretrained_model_name_or_path)
+        path = os.path.join(path, subfolder) if subfolder else path
+        file = os.path.join(path, PREPROCESSOR_CONFIG_NAME) if os.path.isdir(path) else path
         if not os.path.isfile(file):
             raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG_NAME} at {path} (nothing is downloaded)")
         return cls.from_json_file(file, **kwargs)

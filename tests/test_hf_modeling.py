@@ -122,7 +122,7 @@ def test_labels_equal_input_ids_with_sos_first():
            run_hf(hf, input_ids=ids, labels=ids).loss.numpy(), 1e-5)
     bad = ids.copy()
     bad[3, 4] = V - 1  # SOS as a target the loss reads
-    with pytest.raises(ModelInputError, match=r"labels\[3, 4\] is 98"):
+    with pytest.raises(ModelInputError, match=r"labels holds 98 at \[3, 4\]"):
         ours(ids, labels=bad)
 
 
