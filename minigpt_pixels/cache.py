@@ -14,29 +14,31 @@ class KVCache:
     DynamicCache is used: `len(cache)` layers, `cache[layer]` its (keys, values) so far [B, H, S, D],
     `get_seq_length()`, `reorder_cache(beam_idx)`.
 
-    Given max_length (generate knows its length), the buffers hold that many positions from the start,
-    so appending writes in place and never reallocates. Without it (the cache a forward makes, or
-    `KVCache(config)`), they hold what has been computed and grow, doubling, as decoding appends, up to
-    n_positions. The batch size may wait for the first call that uses the cache. Cross-attention keys
-    and values are computed once per layer and kept here too.
+    KVCache(config, B, max_length) holds max_length positions (n_positions by default) from the start,
+    so appending writes in place and never reallocates: what generate makes. With grow=True (the cache
+    a forward makes when use_cache is on) the buffers hold what has been computed and grow, doubling,
+    as decoding appends, up to max_length. The batch size may wait for the first forward that uses the
+    cache (`KVCache(config)`, as transformers' DynamicCache(config=...)). Cross-attention keys and values
+    are computed once per layer and kept here too.
 
     Public attributes: `keys[layer]` and `values[layer]` are the whole C-contiguous buffers (the
     decode kernels in kernels/ read them directly), `lengths[layer]` how many positions are filled.
     """
 
-    def __init__(self, config: ImageGPTConfig, batch_size: int | None = None, max_length: int | None = None):
+    def __init__(self, config: ImageGPTConfig, batch_size: int | None = None, max_length: int | None = None,
+                 grow: bool = False):
         self.max_length = int(max_length or config.n_positions)  # the most positions it may ever hold
         if not 0 < self.max_length <= config.n_positions:
             raise ModelInputError(f"KVCache max_length {self.max_length} must be in [1, n_positions="
                                   f"{config.n_positions}]")
-        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.n_head, self.head_dim, self.grow = config.n_head, config.head_dim, grow
         self.batch_size = batch_size
         self.lengths = [0] * config.n_layer
         self.cross = [None] * config.n_layer  # per layer: (k, v) of the encoder states
         self.keys = [None] * config.n_layer  # allocated with the batch size (see reserve)
         self.values = [None] * config.n_layer
         if batch_size is not None:
-            self.reserve(self.max_length if max_length else 0)
+            self.reserve(0)
 
     # ---- transformers' Cache API --------------------------------------------------------------
     def __len__(self):
@@ -61,8 +63,9 @@ class KVCache:
 
     # ---- room -----------------------------------------------------------------------------------
     def reserve(self, n_positions):
-        """Make every layer's buffers hold at least n_positions (doubling, up to max_length), before a
-        forward writes into them: kernels that hold a buffer must not see it replaced under them."""
+        """Make every layer's buffers hold at least n_positions before a forward writes into them (the
+        whole max_length at once, or with grow=True doubling from what they hold): kernels that hold a
+        buffer must not see it replaced under them, so claim() never reallocates."""
         check_cache_room(0, n_positions, self.max_length)
         if self.batch_size is None:
             raise ModelInputError("KVCache: the batch size is not known yet (pass batch_size, or use the cache "
@@ -71,7 +74,7 @@ class KVCache:
             have = 0 if buf is None else buf.shape[2]
             if buf is not None and have >= n_positions:
                 continue
-            size = min(max(n_positions, 2 * have), self.max_length)
+            size = min(max(n_positions, 2 * have), self.max_length) if self.grow else self.max_length
             shape = (self.batch_size, self.n_head, size, self.head_dim)
             new_k, new_v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
             if buf is not None:
@@ -81,17 +84,23 @@ class KVCache:
 
     def claim(self, layer_idx, T):
         """Count T more positions of one layer as filled and return the first: for a kernel that writes
-        them into keys[layer_idx] and values[layer_idx] itself (update() for everyone else)."""
+        them into keys[layer_idx] and values[layer_idx] itself (update() for everyone else). The room
+        must be there already (reserve)."""
         start = self.lengths[layer_idx]
         check_cache_room(start, T, self.max_length)
-        if self.keys[layer_idx] is None or self.keys[layer_idx].shape[2] < start + T:
-            self.reserve(start + T)
+        room = 0 if self.keys[layer_idx] is None else self.keys[layer_idx].shape[2]
+        if start + T > room:
+            raise ModelInputError(f"KV cache layer {layer_idx} has room for {room} positions, not {start + T}: "
+                                  f"reserve() first")
         self.lengths[layer_idx] = start + T
         return start
 
     def update(self, layer_idx, k, v):
         """Append k, v [B, H, T, D] for one layer; return views of all cached keys and values [B, H, S, D]."""
         T = k.shape[2]
+        if self.batch_size is None:
+            self.batch_size = k.shape[0]
+        self.reserve(self.lengths[layer_idx] + T)  # safe here: this method writes the buffers itself
         start = self.claim(layer_idx, T)
         self.keys[layer_idx][:, :, start:start + T] = k
         self.values[layer_idx][:, :, start:start + T] = v

@@ -376,7 +376,7 @@ class ImageGPTPreTrainedModel:
         past_key_values, a new KVCache holding just this call's positions."""
         cfg = self.config
         B, T = checks.check_input_ids(cfg, input_ids, inputs_embeds)
-        cache = KVCache(cfg, B) if past_key_values is None and use_cache else past_key_values
+        cache = KVCache(cfg, B, grow=True) if past_key_values is None and use_cache else past_key_values
         past = 0 if cache is None else check_cache(cfg, cache, B).get_seq_length()
         checks.check_positions(cfg, past, T)
         if cache is not None:
