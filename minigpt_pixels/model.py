@@ -9,7 +9,6 @@ HF parameter names, check their inputs (inputs.py), and run `forward` below on t
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, fields
@@ -22,7 +21,7 @@ from .backends import CpuBackend, backend
 from .cache import KVCache, check_cache
 from .config import CONFIG_NAME, ImageGPTConfig, _refuse_hub_arguments
 from .inputs import ModelInputError
-from .weights import atomic_write_bytes, load_state_dict, save_state_dict
+from .weights import load_state_dict, save_state_dict
 
 __all__ = ["ImageGPTModel", "ImageGPTForCausalImageModeling", "ImageGPTForImageClassification", "KVCache",
            "ModelInputError", "ModelOutput", "WeightsError", "forward"]
@@ -189,7 +188,6 @@ def init_weights(shapes: dict[str, tuple], config: ImageGPTConfig, seed=None) ->
 
 
 # ---- the models ----------------------------------------------------------------------------------
-GENERATION_CONFIG_NAME = "generation_config.json"
 # from_pretrained's torch-side arguments: accepted only where they change nothing here
 _LOADING_NO_OPS = {"dtype": (None, "float32", "auto"), "torch_dtype": (None, "float32", "auto"),
                    "use_safetensors": (None, True), "attn_implementation": (None, "eager"),
@@ -318,19 +316,14 @@ class ImageGPTPreTrainedModel:
         return model
 
     def save_pretrained(self, save_directory, max_shard_size=None, safe_serialization=True, push_to_hub=False):
-        """Write config.json and model.safetensors (or shards) that transformers' from_pretrained loads
-        (and generation_config.json for a model that generates, as transformers writes). Returns the directory."""
+        """Write config.json and model.safetensors (or shards) that transformers' from_pretrained loads.
+        Returns the directory. (No generation_config.json: transformers loads without one, and generate's
+        settings here are its arguments.)"""
         if not safe_serialization or push_to_hub:
             raise ModelInputError("save_pretrained writes safetensors locally only: safe_serialization=False "
                                   "and push_to_hub=True are not supported")
         os.makedirs(save_directory, exist_ok=True)
         save_state_dict(self.params, save_directory, max_shard_size=max_shard_size, metadata={"format": "pt"})
-        if self.can_generate():
-            generation = {"_from_model_config": True, **{k: getattr(self.config, k) for k in
-                                                         ("bos_token_id", "eos_token_id", "pad_token_id")
-                                                         if getattr(self.config, k) is not None}}
-            atomic_write_bytes(os.path.join(save_directory, GENERATION_CONFIG_NAME),
-                               (json.dumps(generation, indent=2) + "\n").encode("utf-8"))
         # config last: a directory with a config always has its weights
         self.config.save_pretrained(save_directory, architectures=[type(self).__name__])
         return save_directory

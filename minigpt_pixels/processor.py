@@ -55,13 +55,17 @@ def _pil_to_array(im, name):
 
 def _channels_last(a, name, data_format=None):
     """A 3-D image array with its channels last. Channels first ([C, H, W], as torch tensors come) is
-    recognised as transformers recognises it: C in (1, 3, 4) first wins, ambiguous shapes included,
-    unless data_format ("channels_first" or "channels_last") says which."""
+    recognised when the last axis cannot be channels (C in 1, 3, 4) and the first can; an ambiguous shape
+    ((1, W, 3): one row, or one channel?) is read channels last, as this package always has (transformers
+    reads it channels first), unless data_format ("channels_first" or "channels_last") says which."""
     if data_format not in (None, "channels_first", "channels_last"):
         raise ValueError(f"input_data_format must be 'channels_first' or 'channels_last', got {data_format!r}")
     if a.ndim != 3:
         return a
-    first = a.shape[0] in (1, 3, 4) if data_format is None else data_format == "channels_first"
+    if data_format is None:
+        first = a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4)
+    else:
+        first = data_format == "channels_first"
     return np.moveaxis(a, 0, -1) if first else a
 
 

@@ -12,6 +12,10 @@ backends_equivalence_batched (ours against transformers' backend), convert_to_rg
 image_processor_preprocess_arguments (an unknown argument named: refused here, a warning upstream),
 override_instance_attributes_does_not_affect_other_instances.
 
+Deliberate difference: an array whose first and last axes could both be channels ((3, H, 3), (1, W, 3))
+is read channels last, as this package always has; transformers reads it channels first. Pass
+input_data_format to say which.
+
 Not applicable (17):
 - test_init_without_params, test_call_numpy_4_channels: skipped upstream for ImageGPT (clusters needed;
   3-channel clusters).
@@ -199,7 +203,8 @@ def test_channels_first_batch_array_and_ambiguous_shape():
     last = processor(np.stack(images)).input_ids  # [2, 400, 400, 3]
     first = processor(np.stack([im.transpose(2, 0, 1) for im in images])).input_ids  # [2, 3, 400, 400]
     np.testing.assert_array_equal(last, first)
-    tiny = np.zeros((3, 5, 3), np.uint8)  # channels first or last? transformers says first; so do we
-    assert processor(tiny).input_ids.shape == (1, 18 * 18)
-    np.testing.assert_array_equal(processor(tiny, input_data_format="channels_last").input_ids,
-                                  processor(tiny.transpose(2, 0, 1)).input_ids)
+    tiny = np.random.default_rng(5).integers(0, 255, (3, 5, 3), dtype=np.uint8)  # channels first or last?
+    # ambiguous: read channels last (transformers reads it channels first); input_data_format decides
+    np.testing.assert_array_equal(processor(tiny).input_ids, processor(tiny, input_data_format="channels_last").input_ids)
+    np.testing.assert_array_equal(processor(tiny, input_data_format="channels_first").input_ids,
+                                  processor(np.moveaxis(tiny, 0, -1)).input_ids)
