@@ -3,10 +3,11 @@ tests/models/imagegpt/test_modeling_imagegpt.py runs it (`ConfigTester(self, Ima
 plus the config behaviour its ModelTesterMixin relies on. Where transformers is installed, each
 check also compares with transformers' own ImageGPTConfig.
 
-Ported (10 checks): common_properties, to_json_string, to_json_file, from_and_save_pretrained (with its
-OSError for a missing path), from_and_save_pretrained_subfolder, with_num_labels,
-config_arguments_init (5.24's generic PretrainedConfig keywords), can_be_init_without_params, and two
-that back the model tests: aliases settable, config.json errors naming the file and field.
+Ported: 8 of ConfigTester's 10 checks - common_properties, to_json_string, to_json_file,
+from_and_save_pretrained (with its OSError for a missing path), from_and_save_pretrained_subfolder,
+with_num_labels, config_arguments_init (5.24's generic PretrainedConfig keywords), can_be_init_without_params -
+each also against transformers' ImageGPTConfig where it says more; and checks the model tests rely on:
+aliases settable, overrides in from_pretrained, config.json errors naming the file and field.
 
 Not applicable (2):
 - create_and_test_config_from_and_save_pretrained_composite and ..._from_pretrained_custom_kwargs:

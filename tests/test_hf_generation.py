@@ -11,7 +11,8 @@ no bos_token_id to start from), left_padding_compatibility, past_key_values_form
 ImageGPT: "Model inputs don't fit test pattern"; ours fits it), inherits_generation_mixin (can_generate),
 and beam_sample_generate / ..._dict_output as a refusal naming the arguments.
 
-Not applicable (refused by name when asked for; ~25 upstream tests): assisted decoding and prompt lookup
+Not applicable, refused by name when asked for (about 25 upstream tests, counted from the stored copy of
+tests/generation/test_utils.py, which is older than 5.24's; the 5.24 file is not in transformers' sdist): assisted decoding and prompt lookup
 (assistant_model, prompt_lookup_num_tokens), DoLa (dola_layers), contrastive search (penalty_alpha),
 constrained and group beam search (constraints, num_beam_groups), static / quantized caches and
 torch.compile (cache_implementation, compile_config), logits_to_keep, inputs_embeds prompts,

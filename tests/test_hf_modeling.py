@@ -3,46 +3,48 @@ and the ModelTesterMixin checks of tests/test_modeling_common.py it inherits), r
 with upstream's ImageGPTModelTester sizes (batch 14, 7 positions, vocabulary 99, width 32, 2 layers, 4
 heads, MLP 37, gelu), and compared with transformers on the same random weights.
 
-Ported (36 checks): ImageGPTModelTest's test_imagegpt_model, test_imagegpt_causal_lm,
-test_imagegpt_image_classification, test_conv1d_weights_respect_initializer_range, test_forward_signature;
-the mixin's test_save_load, test_from_pretrained_no_checkpoint, test_determinism, test_batching_equivalence,
+Ported: 27 upstream tests. ImageGPTModelTest's own 5: test_imagegpt_model, test_imagegpt_causal_lm,
+test_imagegpt_image_classification, test_conv1d_weights_respect_initializer_range, test_forward_signature
+(here also: the whole argument order equals transformers'). The mixin's 22: test_save_load,
+test_from_pretrained_no_checkpoint, test_determinism, test_batching_equivalence,
 test_model_forward_default_config_values, test_attention_outputs, test_hidden_states_output,
-test_model_outputs_equivalence, test_inputs_embeds, test_inputs_embeds_matches_input_ids,
-test_problem_types, test_load_with_mismatched_shapes (the base model with a new vocab_size; upstream
-runs it only for sequence classifiers), test_can_load_ignoring_mismatched_shapes,
-test_model_get_set_embeddings, test_model_main_input_name, test_model_base_model_prefix,
-test_base_model_prefix_loads_base_weights, test_can_use_safetensors, test_load_save_without_tied_weights,
-test_model_is_small, test_bc_cache_name_forward (cache= and past_key_values=; we do not warn about the
-old name, which is still ours too), test_causal_lm_loss_honors_shift_labels (shift_labels refused by name:
-transformers' ImageGPT ignores it, upstream skips this check for it); and checks of what a transformers user
-types that the suite relies on: labels=input_ids with SOS first, use_cache following config.use_cache with a
-cache that holds only what was computed and grows, return_dict=False and config.return_dict, config overrides
-and subfolder= in from_pretrained, unsupported arguments refused by name, classification labels whose shape
-does not fit the problem type refused.
+test_model_outputs_equivalence, test_inputs_embeds, test_inputs_embeds_matches_input_ids, test_problem_types,
+test_load_with_mismatched_shapes (the base model with a new vocab_size; upstream runs it only for sequence
+classifiers), test_can_load_ignoring_mismatched_shapes, test_model_get_set_embeddings (on the weight arrays),
+test_model_main_input_name, test_model_base_model_prefix, test_base_model_prefix_loads_base_weights,
+test_can_use_safetensors, test_load_save_without_tied_weights, test_model_is_small, test_bc_cache_name_forward
+(cache= and past_key_values=; we do not warn about the old name, which stays ours too),
+test_causal_lm_loss_honors_shift_labels (shift_labels refused by name: transformers' ImageGPT ignores it and
+upstream skips the check for it). Besides them, checks of what a transformers user types: labels=input_ids with
+SOS first, use_cache following config.use_cache with a cache that holds only what was computed and grows,
+return_dict=False and config.return_dict, config overrides and subfolder= in from_pretrained, unsupported
+arguments refused by name, classification labels whose shape does not fit the problem type refused.
+(test_past_key_values_format, skipped upstream, is ported in tests/test_hf_generation.py.)
 
-Not applicable (90 of test_modeling_common.py's 124 tests, and 3 of ImageGPTModelTest's):
-- torch machinery (54): keep_in_fp32 (3), save_load_keys_to_ignore_on_save, load_contiguous_weights,
-  gradient checkpointing (7, with peft and training_gradient_checkpointing*), enable_input_require_grads (2),
-  can_init_all_missing_weights, init_weights_can_init_buffers, all_tensors_are_parameter_or_buffer,
-  torch_save_load, retain_grad_hidden_states_attentions, disk/cpu offload and model_parallelism (4),
-  flash/sdpa/eager/flex attention dispatch and equivalence (21), torch_compile_for_training, meta device and
-  device context managers (4), attn_implementation setters (3), bc_torch_dtype, tp_plan, sharding of tied
-  weights, reverse_loading_mapping, can_load_from_already_mapped_keys, kernels_can_load_without_crashing,
-  capture_outputs_decorator, format_of_can_record_outputs, can_capture_specific_layers_hidden_states.
-- tied embeddings (4): tied_weights_keys, model_weights_reload_no_missing_tied_weights,
-  resize_embeddings_untied (and its deepspeed variants, counted under resize below): ImageGPT's LM head has
-  no SOS row and is never tied.
-- resize_token_embeddings / resize_position_vector_embeddings and their deepspeed variants (8): torch
-  nn.Embedding resizing API, not offered.
-- other architectures (20): encoder_decoder_loss_no_double_shift, multimodal_outputs_are_returned,
-  get_{text,image,audio,video}_features_* (13), MoE router logits (2), rope scaling (4) - none is ImageGPT's.
-- training (2): test_training (upstream's body only checks the tester flag; our backward is tested against
-  torch in tests/test_backward.py), feed_forward_chunking (ImageGPT does not chunk).
-- tester bookkeeping (2): test_num_layers_is_small (a check on the test's own config),
-  test_generation_tester_mixin_inheritance.
-- test_correct_missing_keys: upstream sets test_missing_keys = False for ImageGPT.
-- ImageGPTModelTest: test_past_key_values_format (skipped upstream; tests/test_hf_generation.py checks ours),
-  test_model_from_pretrained and test_inference_causal_lm_head (hub weights, openai/imagegpt-small).
+Not applicable: 104 - the other 102 of test_modeling_common.py's 124 tests, and 2 of ImageGPTModelTest's.
+- attention implementations (28): flash_attn_* (16), sdpa_* (4), eager_matches_* (2), flex_attention,
+  sliding_window_mask, attn_implementation_composite_models, can_set_attention_dynamically* (2),
+  config_attn_implementation_setter: torch attention kernels; ours is one eager attention.
+- torch training machinery (11): gradient checkpointing (3, peft included), enable_input_require_grads (2),
+  training_gradient_checkpointing* (3), retain_grad_hidden_states_attentions, torch_compile_for_training,
+  test_training (its body only checks the tester flag; our backward is checked against torch in
+  tests/test_backward.py).
+- torch storage, devices and dtypes (24): meta device and device context managers (4), init of missing weights
+  and buffers (2), all_tensors_are_parameter_or_buffer, keep_in_fp32 (3), load_contiguous_weights,
+  save_load_keys_to_ignore_on_save, torch_save_load, cpu/disk offload (3), model_parallelism, tp_plan,
+  tied_weights_are_sharded_together, reverse_loading_mapping, can_load_from_already_mapped_keys,
+  bc_torch_dtype, kernels_can_load_without_crashing, internal_model_config_and_subconfig_are_same.
+- torch output-capture hooks (3): capture_outputs_decorator, format_of_can_record_outputs,
+  can_capture_specific_layers_hidden_states.
+- tied and resized embeddings (10): tied_weights_keys, model_weights_reload_no_missing_tied_weights, resize_*
+  (8): ImageGPT's LM head has no SOS row and is never tied; nn.Embedding resizing is not offered.
+- other architectures (23): encoder_decoder_loss_no_double_shift, multimodal_outputs_are_returned,
+  get_{text,image,audio,video}_features_* (14), MoE router logits (2), RoPE (4), feed_forward_chunking
+  (ImageGPT does not chunk).
+- tester bookkeeping or skipped upstream for ImageGPT (3): num_layers_is_small (a check on the test's own
+  config), generation_tester_mixin_inheritance, correct_missing_keys (test_missing_keys = False).
+- ImageGPTModelTest's test_model_from_pretrained and test_inference_causal_lm_head: hub weights
+  (openai/imagegpt-small).
 
 Deliberate difference: save_pretrained writes no generation_config.json (upstream's test_save_load expects
 one for a model that can generate); transformers loads the directory without it, and generate's settings

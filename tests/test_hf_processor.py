@@ -4,30 +4,30 @@ ImageGPTImageProcessor with upstream's tester settings (2 clusters, 18x18, batch
 between 30 and 400 pixels a side) and, where transformers is installed, compared id for id with
 transformers' ImageGPTImageProcessorPil on the same images.
 
-Ported (17 checks): image_processor_properties, has_attributes, from_dict_has_attributes,
-from_dict_with_kwargs (size=42), from_dict_with_kwargs_has_attributes (do_convert_rgb), to_json_string,
-to_json_file, from_and_save_pretrained, save_load_with_autoimageprocessor (transformers' AutoImageProcessor
-reads our file), call_pil, call_numpy, call_pytorch (channels-first tensors), backends_equivalence and
-backends_equivalence_batched (ours against transformers' backend), convert_to_rgb_mixed_input_batch,
-image_processor_preprocess_arguments (an unknown argument named: refused here, a warning upstream),
-override_instance_attributes_does_not_affect_other_instances.
+Ported: 17 upstream tests. ImageGPT's own 9: image_processor_properties, from_dict_with_kwargs (size=42),
+to_json_string, to_json_file, from_and_save_pretrained, save_load_with_autoimageprocessor (transformers'
+AutoImageProcessor reads our file), call_pil, call_numpy, call_pytorch (channels-first tensors). The mixin's 8:
+backends_equivalence and backends_equivalence_batched (ours against transformers' processor), has_attributes,
+from_dict_has_attributes, from_dict_with_kwargs_has_attributes (do_convert_rgb),
+convert_to_rgb_mixed_input_batch, image_processor_preprocess_arguments (an unknown argument is named: refused
+here, a warning upstream), override_instance_attributes_does_not_affect_other_instances. Also: pixel_values
+against transformers, BatchFeature access, channels-first batches.
+
+Not applicable: 15.
+- test_init_without_params, test_call_numpy_4_channels: skipped upstream for ImageGPT (clusters needed;
+  3-channel clusters).
+- test_image (integration): the hub's openai/imagegpt-small and a hub dataset.
+- test_save_load_backends, test_save_load_backends_auto, test_pil_can_run_without_torchvision,
+  test_can_compile_torchvision_backend, test_new_models_require_torchvision_backend,
+  test_fast_image_processor_explicit_none_preserved, test_valid_kwargs_set: transformers' choice between its
+  PIL and torchvision backends; we have one NumPy/PIL path.
+- test_cast_dtype_device: BatchFeature.to(torch dtype and device).
+- test_post_process_semantic_segmentation, ..._target_sizes, test_post_process_test_mixin_inheritance,
+  test_processor_can_use_legacy_annotation_format: segmentation and detection processors only.
 
 Deliberate difference: an array whose first and last axes could both be channels ((3, H, 3), (1, W, 3))
 is read channels last, as this package always has; transformers reads it channels first. Pass
 input_data_format to say which.
-
-Not applicable (17):
-- test_init_without_params, test_call_numpy_4_channels: skipped upstream for ImageGPT (clusters needed;
-  3-channel clusters).
-- test_image (integration): needs the hub's openai/imagegpt-small and a hub dataset.
-- test_save_load_backends, test_save_load_backends_auto, test_pil_can_run_without_torchvision,
-  test_can_compile_torchvision_backend, test_new_models_require_torchvision_backend,
-  test_fast_image_processor_explicit_none_preserved, test_valid_kwargs_set: transformers' choice between
-  its PIL and torchvision backends; we have one NumPy/PIL path.
-- test_cast_dtype_device: BatchFeature.to(torch dtype/device); ImageGPT's tester sets no cast dtype upstream.
-- test_post_process_semantic_segmentation, ..._target_sizes, test_post_process_test_mixin_inheritance,
-  test_processor_can_use_legacy_annotation_format, test_call_segmentation_maps-style checks: segmentation
-  and detection processors only.
 """
 
 import json
