@@ -228,12 +228,13 @@ def generate(model, input_ids=None, attention_mask=None, max_length=None, max_ne
     ids = np.repeat(ids, rows, axis=0)
     mask = None if mask is None else np.repeat(mask, rows, axis=0)
     step = _Stepper(model, ids, mask, max_length)
-    steps = tqdm(range(T, max_length), desc="sampling", unit="tok", disable=not progress, leave=False)
+    steps = tqdm(range(T, max_length), desc="sampling", unit="tok", disable=not progress, leave=False)  # new positions
     if num_beams > 1:
-        out = _beam_search(step, B, num_beams, num_return_sequences, float(length_penalty), steps, output_scores,
-                           output_logits)
+        out = _beam_search(step, B, num_beams, num_return_sequences, float(length_penalty), steps, T, max_length,
+                           output_scores, output_logits)
     else:
-        out = _greedy_or_sample(step, steps, do_sample, rng, temperature, top_k, top_p, output_scores, output_logits)
+        out = _greedy_or_sample(step, steps, T, max_length, do_sample, rng, temperature, top_k, top_p, output_scores,
+                                output_logits)
     if stats is not None:
         stats.update(new_tokens=out.sequences.shape[0] * (max_length - T), seconds=time.perf_counter() - start)
     return out if return_dict_in_generate else out.sequences
@@ -274,9 +275,10 @@ class _Stepper:
             self.mask, self.positions = self.mask[index], self.positions[index]
 
 
-def _greedy_or_sample(step, steps, do_sample, rng, temperature, top_k, top_p, output_scores, output_logits):
-    N, T = step.logits.shape[0], steps.iterable.start
-    max_length = steps.iterable.stop
+def _greedy_or_sample(step, steps, T, max_length, do_sample, rng, temperature, top_k, top_p, output_scores,
+                      output_logits):
+    """Greedy (argmax) or sampled decoding of every row to max_length. -> GenerateOutput."""
+    N = step.logits.shape[0]
     out = np.empty((N, max_length), np.int64)
     out[:, :T] = step.prompt
     scores, logits_seen = [], []
@@ -297,10 +299,9 @@ def _greedy_or_sample(step, steps, do_sample, rng, temperature, top_k, top_p, ou
     return GenerateOutput(out, tuple(scores) if output_scores else None, tuple(logits_seen) if output_logits else None)
 
 
-def _beam_search(step, B, K, num_return, length_penalty, steps, output_scores, output_logits):
+def _beam_search(step, B, K, num_return, length_penalty, steps, T, max_length, output_scores, output_logits):
     """transformers' beam search without an end-of-sequence token: every beam runs to max_length, so at each
     step the K best continuations (by summed log-probability) of each prompt's K beams survive."""
-    T, max_length = steps.iterable.start, steps.iterable.stop
     V = step.logits.shape[-1]
     seqs = np.zeros((B, K, max_length), np.int64)
     seqs[:, :, :T] = step.prompt.reshape(B, K, T)

@@ -226,3 +226,12 @@ def test_numpy_scalars_accepted(models, prompt):
 def test_bad_generate_arguments_are_named(models, prompt, kw, message):
     with pytest.raises(ValueError, match=message):
         generate(models[1], prompt, **{"max_new_tokens": 3, **kw})
+
+
+def test_a_palette_that_does_not_fit_the_model_is_refused(models):
+    from minigpt_pixels.generation import sample_images
+    from minigpt_pixels.processor import ImageGPTImageProcessor
+
+    processor = ImageGPTImageProcessor(clusters=np.zeros((16, 3)), size=2)  # 16 colours; the model predicts 98
+    with pytest.raises(ValueError, match=r"palette has 16 colours but the model predicts vocab_size - 1 = 98"):
+        sample_images(models[1], processor, 1, seed=0)
