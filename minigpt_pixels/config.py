@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .weights import atomic_write_bytes
+
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "relu", "tanh")  # the ones layers.activation knows
 CONFIG_NAME = "config.json"
 ALIASES = {  # transformers' attribute_map for ImageGPT
@@ -275,7 +277,7 @@ class ImageGPTConfig:
                         return_unused_kwargs=False, **kwargs):
         """Read DIR/config.json (or DIR/subfolder/config.json, or that file itself). Keyword arguments
         override its fields; hub arguments are accepted at their defaults only (nothing is downloaded)."""
-        _refuse_hub_arguments("ImageGPTConfig.from_pretrained", kwargs)
+        refuse_hub_arguments("ImageGPTConfig.from_pretrained", kwargs)
         path = os.fspath(pretrained_model_name_or_path)
         path = os.path.join(path, subfolder) if subfolder else path
         file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
@@ -292,24 +294,25 @@ class ImageGPTConfig:
         return json.dumps({**d, **overrides}, indent=2, sort_keys=True, default=_json_default) + "\n"
 
     def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = False) -> None:
-        from .weights import atomic_write_bytes
-
         atomic_write_bytes(os.fspath(json_file_path), self.to_json_string(use_diff).encode("utf-8"))
 
     def save_pretrained(self, save_directory: str | os.PathLike, architectures: list[str] | None = None,
                         push_to_hub: bool = False) -> str:
         """Write save_directory/config.json (atomically) and return its path."""
-        if push_to_hub:
-            raise ConfigError("save_pretrained: push_to_hub=True is not supported (nothing is uploaded)")
-        if os.path.isfile(save_directory):
-            raise ConfigError(f"save_pretrained: {os.fspath(save_directory)} is a file, not a directory")
-        from .weights import atomic_write_bytes
-
-        os.makedirs(save_directory, exist_ok=True)
+        make_save_directory(save_directory, push_to_hub)
         path = os.path.join(save_directory, CONFIG_NAME)
         overrides = {"architectures": architectures} if architectures else {}
         atomic_write_bytes(path, self.to_json_string(**overrides).encode("utf-8"))
         return path
+
+
+def make_save_directory(save_directory, push_to_hub=False):
+    """save_pretrained's folder, made if need be; refused, naming it, if it is a file or an upload is asked."""
+    if push_to_hub:
+        raise ConfigError("save_pretrained: push_to_hub=True is not supported (nothing is uploaded)")
+    if os.path.isfile(save_directory):
+        raise ConfigError(f"save_pretrained: {os.fspath(save_directory)} is a file, not a directory")
+    os.makedirs(save_directory, exist_ok=True)
 
 
 def _as_dict(name, value):
@@ -330,7 +333,7 @@ def _json_default(x):
     return str(x).removeprefix("torch.")  # torch dtypes, as transformers writes them
 
 
-def _refuse_hub_arguments(where, kwargs):
+def refuse_hub_arguments(where, kwargs):
     """Pop from_pretrained's hub arguments; any not at its default is refused by name."""
     for name, default in HUB_ARGUMENTS.items():
         if name in kwargs:

@@ -19,7 +19,7 @@ from . import backprop, generation, layers
 from . import inputs as checks
 from .backends import CpuBackend, backend
 from .cache import KVCache, check_cache
-from .config import CONFIG_NAME, ImageGPTConfig, _refuse_hub_arguments
+from .config import CONFIG_NAME, ImageGPTConfig, refuse_hub_arguments
 from .inputs import ModelInputError
 from .weights import load_state_dict, save_state_dict
 
@@ -269,7 +269,7 @@ class ImageGPTPreTrainedModel:
         fine-tuning a causal checkpoint) is freshly initialised with a warning, as transformers does; the
         other class's head is ignored likewise. A missing path raises FileNotFoundError (an OSError).
         """
-        _refuse_hub_arguments(f"{cls.__name__}.from_pretrained", kwargs)
+        refuse_hub_arguments(f"{cls.__name__}.from_pretrained", kwargs)
         for name, allowed in _LOADING_NO_OPS.items():
             if name in kwargs:
                 value = kwargs.pop(name)

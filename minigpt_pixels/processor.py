@@ -19,7 +19,7 @@ import os
 import numpy as np
 import PIL.Image
 
-from .config import _refuse_hub_arguments
+from .config import refuse_hub_arguments, make_save_directory
 from .palette import check_clusters, dequantize, quantize
 from .weights import atomic_write_bytes
 
@@ -389,11 +389,7 @@ class ImageGPTImageProcessor:
 
         transformers' `ImageGPTImageProcessorPil.from_pretrained(save_directory)` reads it.
         """
-        if push_to_hub:
-            raise ValueError("save_pretrained: push_to_hub=True is not supported (nothing is uploaded)")
-        if os.path.isfile(save_directory):
-            raise ValueError(f"save_pretrained: {os.fspath(save_directory)} is a file, not a directory")
-        os.makedirs(save_directory, exist_ok=True)
+        make_save_directory(save_directory, push_to_hub)
         path = os.path.join(save_directory, PREPROCESSOR_CONFIG_NAME)
         self.to_json_file(path)
         return [path]
@@ -438,7 +434,7 @@ class ImageGPTImageProcessor:
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder="", **kwargs):
         """Read a model directory's preprocessor_config.json (or DIR/subfolder/..., or that file itself);
         keyword arguments replace its values (see from_dict). Hub arguments only at their defaults."""
-        _refuse_hub_arguments("ImageGPTImageProcessor.from_pretrained", kwargs)
+        refuse_hub_arguments("ImageGPTImageProcessor.from_pretrained", kwargs)
         path = os.fspath(pretrained_model_name_or_path)
         path = os.path.join(path, subfolder) if subfolder else path
         file = os.path.join(path, PREPROCESSOR_CONFIG_NAME) if os.path.isdir(path) else path
