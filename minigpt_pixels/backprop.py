@@ -72,7 +72,7 @@ def causal_lm_value_and_grad(model, input_ids, labels, attention_mask=None, *, s
     -> (loss float32, grads dict keyed like model.params).
     """
     B, T = check_input_ids(model.config, input_ids, None)
-    labels = check_lm_labels(labels, (B, T), model.config.vocab_size)
+    labels = check_lm_labels(labels, (B, T), model.config.vocab_size, shift=shift)
     h, body = transformer_forward(model, input_ids, attention_mask, encoder_hidden_states, dropout_rng)
     logits, head = layers.lm_head_forward(h, model.params["lm_head.weight"])  # [B, T, V]
     loss, loss_cache = layers.lm_loss_forward(logits, labels, shift=shift)

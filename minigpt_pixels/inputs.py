@@ -102,26 +102,48 @@ def check_encoder_states(config, encoder_hidden_states, B):
     return check_floats("encoder_hidden_states", encoder_hidden_states, (B, None, config.n_embd))
 
 
-def check_lm_labels(labels, shape, vocab_size):
-    """The LM's labels: like input_ids, palette ids in [0, vocab_size - 1) or -100 (ignored)."""
+def check_lm_labels(labels, shape, vocab_size, shift=True):
+    """The LM's labels, shaped like input_ids. The targets the loss reads must be palette ids in
+    [0, vocab_size - 1) or -100 (ignored); with the shift (transformers') that is labels[:, 1:], so
+    labels=input_ids works with SOS at position 0, which is never read."""
     arr = _as_int_array("labels", labels)
     if arr.shape != tuple(shape):
         raise ModelInputError(f"labels has shape {arr.shape}, expected {tuple(shape)} like input_ids")
-    bad = arr[(arr != -100) & ((arr < 0) | (arr >= vocab_size - 1))]
+    targets = arr[:, 1:] if shift else arr
+    bad = np.argwhere((targets != -100) & ((targets < 0) | (targets >= vocab_size - 1)))
     if bad.size:
-        raise ModelInputError(f"labels holds {int(bad[0])}: labels must be palette ids in [0, {vocab_size - 1}) "
-                              f"or -100 (ignored); the SOS token is never a target")
+        b, t = int(bad[0, 0]), int(bad[0, 1]) + (1 if shift else 0)
+        raise ModelInputError(f"labels holds {int(arr[b, t])} at [{b}, {t}]: the targets the loss reads "
+                              f"({'labels[:, 1:]' if shift else 'labels'}) must be palette ids in "
+                              f"[0, {vocab_size - 1}) or -100 (ignored); the SOS token is never a target")
     return arr
 
 
 def check_classification_labels(config, labels, B):
-    """The classifier's labels, one per sequence. -> (labels, transformers' problem type for them)."""
+    """The classifier's labels, one per sequence, shaped for the problem type transformers picks
+    (regression: (B,) or (B, num_labels) floats; single-label: (B,) class ids; multi-label: (B, num_labels)
+    0/1 floats). -> (labels, the problem type)."""
     labels = np.asarray(labels)
     if labels.shape[:1] != (B,):
         raise ModelInputError(f"labels shape {labels.shape} does not match batch {B}")
     kind = layers.classification_problem_type(config, labels)
+    L = config.num_labels
+    fits = {"regression": [(B,), (B, 1)] if L == 1 else [(B, L)],
+            "single_label_classification": [(B,)],
+            "multi_label_classification": [(B, L)]}[kind]
+    if labels.shape not in fits:
+        raise ModelInputError(f"labels of shape {labels.shape} do not fit {kind} with num_labels={L}: expected "
+                              f"{' or '.join(map(str, fits))}")
     if kind == "single_label_classification":
         bad = labels[(labels != -100) & ((labels < 0) | (labels >= config.num_labels))]
         if bad.size:
             raise ModelInputError(f"labels must be in [0, num_labels={config.num_labels}) or -100, got {int(bad[0])}")
     return labels, kind
+
+
+# transformers forward arguments this package does not implement: each refused by name
+def check_forward_kwargs(where, kwargs):
+    """Whatever a forward got beyond its own arguments: refused, naming the first."""
+    if kwargs:
+        name = next(iter(kwargs))
+        raise ModelInputError(f"{where}: {name} is not supported (transformers has it; this package does not)")

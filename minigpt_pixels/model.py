@@ -19,7 +19,7 @@ from . import backprop, generation, layers
 from . import inputs as checks
 from .backends import CpuBackend, backend
 from .cache import KVCache, check_cache
-from .config import CONFIG_NAME, ImageGPTConfig
+from .config import CONFIG_NAME, ImageGPTConfig, refuse_hub_arguments
 from .inputs import ModelInputError
 from .weights import load_state_dict, save_state_dict
 
@@ -30,33 +30,65 @@ __all__ = ["ImageGPTModel", "ImageGPTForCausalImageModeling", "ImageGPTForImageC
 _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".crossattention.bias", ".crossattention.masked_bias")
 
 
-class WeightsError(ValueError):
-    """A checkpoint that does not fit the config: a missing, unexpected or wrongly shaped tensor."""
+class WeightsError(ValueError, RuntimeError):
+    """A checkpoint that does not fit the config: a missing, unexpected or wrongly shaped tensor. Also a
+    RuntimeError, which is what transformers raises for a size mismatch."""
 
 
 # ---- outputs -------------------------------------------------------------------------------------
 @dataclass
 class ModelOutput:
     """transformers' output field names, holding NumPy arrays. Index by name (out["logits"]) or
-    attribute (out.logits); `to_tuple()` gives the fields that are set, in order."""
+    attribute (out.logits) or position (out[0]); `len(out)`, `keys()` and `to_tuple()` count the fields
+    that are set, in order, as transformers' ModelOutput does. `cache` is transformers 5.24's name for
+    the KV cache; `past_key_values`, the older one, reads the same."""
     loss: np.ndarray | None = None
     logits: np.ndarray | None = None
     last_hidden_state: np.ndarray | None = None
-    past_key_values: KVCache | None = None
+    cache: KVCache | None = None
     hidden_states: tuple | None = None
     attentions: tuple | None = None
     cross_attentions: tuple | None = None
+
+    @property
+    def past_key_values(self):
+        return self.cache
 
     def __getitem__(self, key):
         if isinstance(key, str):
             return getattr(self, key)
         return self.to_tuple()[key]
 
+    def __contains__(self, key):
+        return key in self.keys()
+
+    def __len__(self):
+        return len(self.keys())
+
+    def __iter__(self):
+        return iter(self.keys())
+
     def keys(self):
         return [f.name for f in fields(self) if getattr(self, f.name) is not None]
 
+    def values(self):
+        return self.to_tuple()
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in self.keys()]
+
     def to_tuple(self):
         return tuple(getattr(self, k) for k in self.keys())
+
+
+class _Count(int):
+    """A parameter count that reads as a number (model.num_parameters) and calls as transformers'
+    method does (model.num_parameters())."""
+
+    def __call__(self, only_trainable=False, exclude_embeddings=False):
+        if exclude_embeddings:
+            raise ModelInputError("num_parameters: exclude_embeddings=True is not supported")
+        return int(self)
 
 
 # ---- the forward pass -----------------------------------------------------------------------------
@@ -156,10 +188,20 @@ def init_weights(shapes: dict[str, tuple], config: ImageGPTConfig, seed=None) ->
 
 
 # ---- the models ----------------------------------------------------------------------------------
+# from_pretrained's torch-side arguments: accepted only where they change nothing here
+_LOADING_NO_OPS = {"dtype": (None, "float32", "auto"), "torch_dtype": (None, "float32", "auto"),
+                   "use_safetensors": (None, True), "attn_implementation": (None, "eager"),
+                   "low_cpu_mem_usage": (None, False, True), "device_map": (None, "cpu"), "weights_only": (None, True)}
+
+
 class ImageGPTPreTrainedModel:
+    main_input_name = "input_ids"
+    base_model_prefix = "transformer"
+
     def __init__(self, config: ImageGPTConfig, params: dict[str, np.ndarray] | None = None, seed=None):
         if not isinstance(config, ImageGPTConfig):
             raise TypeError(f"config must be an ImageGPTConfig, got {type(config).__name__}")
+        config.validate()  # fields may have been set since the config was made
         self.config = config
         self.backend = CpuBackend()  # see to()
         shapes = self.expected_shapes()
@@ -178,44 +220,113 @@ class ImageGPTPreTrainedModel:
 
     @property
     def num_parameters(self) -> int:
-        return sum(int(v.size) for v in self.params.values())
+        """The weight count: model.num_parameters, or model.num_parameters() as in transformers."""
+        return _Count(sum(int(v.size) for v in self.params.values()))
+
+    def can_generate(self) -> bool:
+        return hasattr(self, "generate")
+
+    # transformers' embedding accessors, on the weight arrays
+    def get_input_embeddings(self) -> np.ndarray:
+        """wte [vocab_size, n_embd]: `model.get_input_embeddings()[input_ids]` gives inputs_embeds."""
+        return self.params[self.prefix + "wte.weight"]
+
+    def set_input_embeddings(self, value):
+        name = self.prefix + "wte.weight"
+        value = np.asarray(value)
+        if value.shape != self.params[name].shape:
+            raise ModelInputError(f"set_input_embeddings: wte.weight has shape {value.shape}, the config needs "
+                                  f"{self.params[name].shape}")
+        self.params[name] = value.astype(np.float32, copy=False)
+
+    def get_output_embeddings(self):
+        return self.params.get("lm_head.weight")
+
+    @property
+    def base_model(self):
+        """The transformer body as an ImageGPTModel sharing these weights (the model itself for ImageGPTModel)."""
+        if not self.prefix:
+            return self
+        body = {k[len(self.prefix):]: v for k, v in self.params.items() if k.startswith(self.prefix)}
+        return ImageGPTModel(self.config, params=body).to(self.device)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     # ---- loading and saving ----------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, seed=None):
-        """Load from an HF-layout directory (config.json + model.safetensors or a sharded index), or a
-        .safetensors file with config.json beside it. Weights are memory-mapped, not copied.
+    def from_pretrained(cls, pretrained_model_name_or_path, *, config=None, state_dict=None, subfolder="",
+                        ignore_mismatched_sizes=False, output_loading_info=False, seed=None, **kwargs):
+        """Load from an HF-layout directory (config.json + model.safetensors or a sharded index; or DIR/
+        subfolder), or a .safetensors file with config.json beside it. Weights are memory-mapped, not copied.
 
-        Names may come with or without the "transformer." prefix. A head this class has but the
-        checkpoint lacks (score.weight when fine-tuning a causal checkpoint) is freshly initialised
-        with a warning, as transformers does; the other class's head is ignored likewise.
+        As in transformers: keyword arguments naming config fields override config.json (num_labels=5
+        for a new label set); config= replaces it, state_dict= the weights (with a None path, both are
+        needed); ignore_mismatched_sizes=True newly initialises, with a warning, each tensor whose shape
+        the (overridden) config changes, instead of refusing; output_loading_info=True also returns
+        {"missing_keys", "unexpected_keys", "mismatched_keys"} as sets. Names may come with or without the
+        "transformer." prefix. A head this class has but the checkpoint lacks (score.weight when
+        fine-tuning a causal checkpoint) is freshly initialised with a warning, as transformers does; the
+        other class's head is ignored likewise. A missing path raises FileNotFoundError (an OSError).
         """
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such model directory or file")
-        directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-        config = ImageGPTConfig.from_pretrained(os.path.join(directory, CONFIG_NAME))
-        state = load_state_dict(path)
+        refuse_hub_arguments(f"{cls.__name__}.from_pretrained", kwargs)
+        for name, allowed in _LOADING_NO_OPS.items():
+            if name in kwargs:
+                value = kwargs.pop(name)
+                if not any(value is a or (a is not None and str(value).removeprefix("torch.") == str(a))
+                           for a in allowed):
+                    raise ModelInputError(f"from_pretrained: {name} is not supported (got {value!r}; the weights "
+                                          f"are NumPy float32, on the device that to() chooses)")
+        if pretrained_model_name_or_path is None:
+            if config is None or state_dict is None:
+                raise ModelInputError("from_pretrained(None, ...) needs both config= and state_dict=")
+            path, state = "state_dict", state_dict
+        else:
+            path = os.fspath(pretrained_model_name_or_path)
+            path = os.path.join(path, subfolder) if subfolder else path
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path}: no such model directory or file (nothing is downloaded)")
+            directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+            state = load_state_dict(path) if state_dict is None else state_dict
+        if config is None:
+            config = ImageGPTConfig.from_pretrained(os.path.join(directory, CONFIG_NAME), **kwargs)
+        elif kwargs:
+            config = ImageGPTConfig.from_dict(config.to_dict(), **kwargs)
         model = cls.__new__(cls)
         model.config, model.backend = config, CpuBackend()
+        config.validate()
         shapes = model.expected_shapes()
-        params = _rename_for(state, model.prefix, shapes, source=path)
-        missing_heads = [n for n in model.head_shapes() if n not in params]
+        params, dropped = _rename_for(state, model.prefix, shapes, source=path)
+        mismatched = {n for n, v in params.items() if n in shapes and tuple(v.shape) != tuple(shapes[n])}
+        if mismatched and ignore_mismatched_sizes:
+            for n in sorted(mismatched):
+                warnings.warn(f"{path}: {n} has shape {tuple(params.pop(n).shape)} in the checkpoint but "
+                              f"{tuple(shapes[n])} in this model; newly initialised (size mismatch)", stacklevel=2)
+        missing_heads = [n for n in model.head_shapes() if n not in params and n not in mismatched]
         if missing_heads:
             warnings.warn(f"{path}: {', '.join(missing_heads)} not in the checkpoint; newly initialised "
                           f"(train it before use)", stacklevel=2)
-            fresh = init_weights({n: shapes[n] for n in missing_heads}, config, seed)
-            params.update(fresh)
+        fresh = [n for n in shapes if n not in params and (n in missing_heads or n in mismatched)]
+        params.update(init_weights({n: shapes[n] for n in fresh}, config, seed))
         model.params = check_weights(params, shapes, source=path)
+        if output_loading_info:
+            info = {"missing_keys": set(missing_heads), "unexpected_keys": set(dropped),
+                    "mismatched_keys": mismatched if ignore_mismatched_sizes else set()}
+            return model, info
         return model
 
-    def save_pretrained(self, directory, max_shard_size=None):
-        """Write config.json and model.safetensors (or shards) that transformers' from_pretrained loads."""
-        os.makedirs(directory, exist_ok=True)
-        save_state_dict(self.params, directory, max_shard_size=max_shard_size, metadata={"format": "pt"})
+    def save_pretrained(self, save_directory, max_shard_size=None, safe_serialization=True, push_to_hub=False):
+        """Write config.json and model.safetensors (or shards) that transformers' from_pretrained loads.
+        Returns the directory. (No generation_config.json: transformers loads without one, and generate's
+        settings here are its arguments.)"""
+        if not safe_serialization or push_to_hub:
+            raise ModelInputError("save_pretrained writes safetensors locally only: safe_serialization=False "
+                                  "and push_to_hub=True are not supported")
+        os.makedirs(save_directory, exist_ok=True)
+        save_state_dict(self.params, save_directory, max_shard_size=max_shard_size, metadata={"format": "pt"})
         # config last: a directory with a config always has its weights
-        self.config.save_pretrained(directory, architectures=[type(self).__name__])
-        return directory
+        self.config.save_pretrained(save_directory, architectures=[type(self).__name__])
+        return save_directory
 
     # ---- devices ----------------------------------------------------------------------------
     def to(self, device: str):
@@ -236,20 +347,37 @@ class ImageGPTPreTrainedModel:
         return getattr(self.backend, "runner", None)
 
     # ---- the forward pass -------------------------------------------------------------------
+    def options(self, cache, kwargs, use_cache, output_attentions, output_hidden_states, return_dict):
+        """transformers' defaults for a forward: each option left None follows the config; the cache may come
+        as cache= or, the older name, past_key_values= (kept in kwargs). -> (cache, use_cache, output_attentions,
+        output_hidden_states, return_dict)."""
+        if "past_key_values" in kwargs:
+            if cache is not None:
+                raise ModelInputError("pass cache or past_key_values, not both (the same thing: 5.24's name and "
+                                      "the older one)")
+            cache = kwargs.pop("past_key_values")
+        checks.check_forward_kwargs(f"{type(self).__name__}.forward", kwargs)
+        cfg = self.config
+        pick = (lambda value, default: default if value is None else value)
+        return (cache, pick(use_cache, cfg.use_cache), pick(output_attentions, cfg.output_attentions),
+                pick(output_hidden_states, cfg.output_hidden_states), pick(return_dict, cfg.return_dict))
+
     def check_inputs(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                      inputs_embeds=None, past_key_values=None, use_cache=False, output_attentions=False,
                      output_hidden_states=False, encoder_hidden_states=None, encoder_attention_mask=None):
         """The arguments of a forward call, checked (inputs.py), as ForwardInputs. With use_cache and no
-        past_key_values, a new KVCache."""
+        past_key_values, a new KVCache holding just this call's positions."""
         cfg = self.config
         B, T = checks.check_input_ids(cfg, input_ids, inputs_embeds)
-        cache = KVCache(cfg, B) if past_key_values is None and use_cache else past_key_values
+        cache = KVCache(cfg, B, grow=True) if past_key_values is None and use_cache else past_key_values
         past = 0 if cache is None else check_cache(cfg, cache, B).get_seq_length()
         checks.check_positions(cfg, past, T)
         if position_ids is None:
             position_ids = np.arange(past, past + T)[None, :]  # [1, T]: the positions after the cached ones
         else:
             position_ids = checks.check_ids("position_ids", position_ids, cfg.n_positions, (B, T))
+        if cache is not None:
+            cache.reserve(past + T)  # room for this call's keys and values before any block writes them
         inputs = ForwardInputs(
             None if input_ids is None else np.asarray(input_ids),
             None if inputs_embeds is None else checks.check_floats("inputs_embeds", inputs_embeds, (B, T, cfg.n_embd)),
@@ -282,7 +410,7 @@ class ImageGPTPreTrainedModel:
         cross = [w[1] for w in weights or () if len(w) > 1]
         return ModelOutput(
             last_hidden_state=x,
-            past_key_values=inputs.cache if use_cache else None,
+            cache=inputs.cache if use_cache else None,
             hidden_states=hidden if output_hidden_states else None,
             attentions=tuple(w[0] for w in weights) if output_attentions else None,
             cross_attentions=tuple(cross) if output_attentions and cross else None,
@@ -293,15 +421,21 @@ class ImageGPTModel(ImageGPTPreTrainedModel):
     """The bare transformer: hidden states, no head."""
     prefix = ""
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, past_key_values=None, use_cache=False, output_attentions=False,
-                 output_hidden_states=False, labels=None, encoder_hidden_states=None, encoder_attention_mask=None):
-        if labels is not None:
+    def forward(self, input_ids=None, cache=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, use_cache=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        """transformers' ImageGPTModel.forward, arguments in its order. -> ModelOutput(last_hidden_state,
+        cache, hidden_states, attentions, cross_attentions), or its to_tuple() with return_dict=False."""
+        if kwargs.get("labels") is not None:
             raise ModelInputError("ImageGPTModel has no head and takes no labels; use "
                                   "ImageGPTForCausalImageModeling or ImageGPTForImageClassification")
-        return self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                                past_key_values, use_cache, output_attentions, output_hidden_states,
-                                encoder_hidden_states, encoder_attention_mask)
+        kwargs.pop("labels", None)
+        cache, use_cache, output_attentions, output_hidden_states, return_dict = self.options(
+            cache, kwargs, use_cache, output_attentions, output_hidden_states, return_dict)
+        out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               cache, use_cache, output_attentions, output_hidden_states,
+                               encoder_hidden_states, encoder_attention_mask)
+        return out if return_dict else out.to_tuple()
 
 
 class ImageGPTForCausalImageModeling(ImageGPTPreTrainedModel):
@@ -311,11 +445,16 @@ class ImageGPTForCausalImageModeling(ImageGPTPreTrainedModel):
     def head_shapes(self):
         return {"lm_head.weight": (self.config.vocab_size - 1, self.config.n_embd)}
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, past_key_values=None, use_cache=False, output_attentions=False,
-                 output_hidden_states=False, labels=None, encoder_hidden_states=None, encoder_attention_mask=None):
+    def forward(self, input_ids=None, cache=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        """transformers' forward, arguments in its order. labels=input_ids is the canonical call: the loss
+        shifts inside (logits at t predict labels at t + 1), so labels[:, 0] (SOS) is never read.
+        -> ModelOutput(loss, logits, cache, hidden_states, attentions, cross_attentions), or its tuple."""
+        cache, use_cache, output_attentions, output_hidden_states, return_dict = self.options(
+            cache, kwargs, use_cache, output_attentions, output_hidden_states, return_dict)
         out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               past_key_values, use_cache, output_attentions, output_hidden_states,
+                               cache, use_cache, output_attentions, output_hidden_states,
                                encoder_hidden_states, encoder_attention_mask)
         h = out.last_hidden_state
         with self.backend.threads(h.shape[0] * h.shape[1]):  # as for the blocks
@@ -324,14 +463,11 @@ class ImageGPTForCausalImageModeling(ImageGPTPreTrainedModel):
             labels = checks.check_lm_labels(labels, out.logits.shape[:2], self.config.vocab_size)
             out.loss = layers.lm_loss(out.logits, labels)
         out.last_hidden_state = None  # transformers' CausalLM output has logits, not last_hidden_state
-        return out
+        return out if return_dict else out.to_tuple()
 
-    def generate(self, input_ids, max_length=None, max_new_tokens=None, do_sample=False, temperature=1.0,
-                 top_k=None, top_p=None, seed=None, progress=False):
-        """Sample with the KV cache; see generation.generate."""
-        return generation.generate(self, input_ids, max_length=max_length, max_new_tokens=max_new_tokens,
-                                   do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   seed=seed, progress=progress)
+    def generate(self, input_ids=None, **kwargs):
+        """Greedy, sampling or beam search with the KV cache, as transformers' generate; see generation.generate."""
+        return generation.generate(self, input_ids, **kwargs)
 
     def value_and_grad(self, input_ids, labels, attention_mask=None, *, shift=True, encoder_hidden_states=None,
                        dropout_rng=None):
@@ -348,25 +484,32 @@ class ImageGPTForImageClassification(ImageGPTPreTrainedModel):
     def head_shapes(self):
         return {"score.weight": (self.config.num_labels, self.config.n_embd)}
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, past_key_values=None, use_cache=False, output_attentions=False,
-                 output_hidden_states=False, labels=None, encoder_hidden_states=None, encoder_attention_mask=None):
-        if encoder_hidden_states is not None:
+    def forward(self, input_ids=None, cache=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        """transformers' forward, arguments in its order. labels (B,) class ids, or (B, num_labels) floats
+        (multi-label; regression with num_labels > 1), or (B,) floats (regression, num_labels == 1).
+        -> ModelOutput(loss, logits, cache, hidden_states, attentions), or its tuple."""
+        if kwargs.get("encoder_hidden_states") is not None:
             raise ModelInputError("ImageGPTForImageClassification takes no encoder_hidden_states")
+        kwargs.pop("encoder_hidden_states", None)
+        cache, use_cache, output_attentions, output_hidden_states, return_dict = self.options(
+            cache, kwargs, use_cache, output_attentions, output_hidden_states, return_dict)
         out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               past_key_values, use_cache, output_attentions, output_hidden_states)
+                               cache, use_cache, output_attentions, output_hidden_states)
         out.logits = layers.classification_head(out.last_hidden_state, self.params["score.weight"])  # [B, L]
         if labels is not None:
             labels, kind = checks.check_classification_labels(self.config, labels, out.logits.shape[0])
             out.loss = layers.classification_loss(out.logits, labels, kind)
         out.last_hidden_state = None
-        return out
+        return out if return_dict else out.to_tuple()
 
     def value_and_grad(self, input_ids, labels, attention_mask=None, *, dropout_rng=None):
         """The classification loss and its gradient for every weight, keyed like self.params; see
         backprop.classification_value_and_grad."""
         return backprop.classification_value_and_grad(self, input_ids, labels, attention_mask,
                                                       dropout_rng=dropout_rng)
+
 
 # ---- checks --------------------------------------------------------------------------------------
 def _rename_for(state: dict, prefix: str, shapes: dict, source: str) -> dict:
@@ -389,7 +532,7 @@ def _rename_for(state: dict, prefix: str, shapes: dict, source: str) -> dict:
         out[name] = value
     if dropped:
         warnings.warn(f"{source}: ignoring {', '.join(dropped)} (not part of this model class)", stacklevel=3)
-    return out
+    return out, dropped
 
 
 def check_weights(params: dict, shapes: dict, source: str) -> dict:

@@ -19,6 +19,7 @@ import os
 import numpy as np
 import PIL.Image
 
+from .config import refuse_hub_arguments, make_save_directory
 from .palette import check_clusters, dequantize, quantize
 from .weights import atomic_write_bytes
 
@@ -52,14 +53,31 @@ def _pil_to_array(im, name):
     return np.asarray(im.convert("RGB"))
 
 
-def _array_to_rgb(a, name):
-    """[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] array -> [H, W, 3] uint8, or float32 in [0, 1] for float input."""
+def _channels_last(a, name, data_format=None):
+    """A 3-D image array with its channels last. Channels first ([C, H, W], as torch tensors come) is
+    recognised when the last axis cannot be channels (C in 1, 3, 4) and the first can; an ambiguous shape
+    ((1, W, 3): one row, or one channel?) is read channels last, as this package always has (transformers
+    reads it channels first), unless data_format ("channels_first" or "channels_last") says which."""
+    if data_format not in (None, "channels_first", "channels_last"):
+        raise ValueError(f"input_data_format must be 'channels_first' or 'channels_last', got {data_format!r}")
+    if a.ndim != 3:
+        return a
+    if data_format is None:
+        first = a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4)
+    else:
+        first = data_format == "channels_first"
+    return np.moveaxis(a, 0, -1) if first else a
+
+
+def _array_to_rgb(a, name, data_format=None):
+    """[H, W], [H, W, C] or [C, H, W] array (C = 1, 3 or 4) -> [H, W, 3] uint8, or float32 in [0, 1] for float input."""
     if a.ndim == 2:
         a = a[:, :, None]
+    a = _channels_last(a, name, data_format)
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
         raise ImageError(
-            f"{name}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, got shape {a.shape} "
-            "(channels last; a batch of grey images is a list of (H, W) arrays)"
+            f"{name}: expected an (H, W) array or (H, W, C) / (C, H, W) with C = 1, 3 or 4 channels, got shape "
+            f"{a.shape} (a batch of grey images is a list of (H, W) arrays)"
         )
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ImageError(f"{name} has zero height or width (shape {a.shape})")
@@ -89,11 +107,12 @@ def _array_to_rgb(a, name):
     return a
 
 
-def load_image(image, name="image"):
+def load_image(image, name="image", input_data_format=None):
     """One image -> RGB [H, W, 3], uint8 or (for float input) float32 in [0, 1].
 
     `image` is a file path (str or os.PathLike), a PIL image of any mode, or a NumPy array:
-    [H, W] or [H, W, 1] grey, [H, W, 3] RGB or [H, W, 4] RGBA, of dtype uint8, uint16 (16-bit),
+    [H, W] or [H, W, 1] grey, [H, W, 3] RGB or [H, W, 4] RGBA (or channels first, [C, H, W], as torch
+    tensors come; `input_data_format` settles an ambiguous shape), of dtype uint8, uint16 (16-bit),
     another integer type holding 0..255, or float in [0, 1]. Unlike transformers, grey, RGBA,
     palette-mode ("P") and 16-bit images are converted to RGB instead of failing: transparency is
     composited onto white (as transformers' `do_convert_rgb` does) and 16 bits become 8 by v / 257.
@@ -115,10 +134,10 @@ def load_image(image, name="image"):
         except (OSError, SyntaxError, EOFError, ValueError) as e:
             raise ImageError(f"cannot convert {name} (PIL mode {image.mode}) to RGB: {e}") from e
     elif hasattr(image, "__array__"):  # NumPy arrays, and torch tensors on the CPU
-        array = np.asarray(image)
+        return _array_to_rgb(np.asarray(image), name, input_data_format)
     else:
         raise ImageError(f"{name}: expected a file path, a PIL image or an array, got {type(image).__name__}")
-    return _array_to_rgb(array, name)
+    return _array_to_rgb(array, name, "channels_last")  # decoded by PIL: channels last, whatever the shape
 
 
 def resize(image, height, width, resample=PIL.Image.Resampling.BILINEAR):
@@ -176,26 +195,60 @@ def _same_numbers(a, b):
         return False
 
 
+class BatchFeature(dict):
+    """The processor's output, as transformers' BatchFeature: a dict that also reads by attribute
+    (`enc.input_ids`)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"BatchFeature has no {name!r}; it holds {', '.join(self)}") from None
+
+
+def _as_tensors(data, return_tensors):
+    """{"input_ids": array} -> the same as NumPy arrays (None / "np") or torch tensors ("pt")."""
+    if return_tensors in (None, "np"):
+        return BatchFeature(data)
+    if return_tensors == "pt":
+        try:
+            import torch  # optional: only this conversion needs it
+        except ImportError:
+            raise ValueError('return_tensors="pt" needs torch, which is not installed; use "np"') from None
+        return BatchFeature({k: torch.from_numpy(v) for k, v in data.items()})
+    raise ValueError(f'return_tensors must be None, "np" or "pt", got {return_tensors!r}')
+
+
+# Keys transformers writes into preprocessor_config.json that describe no step of ours; read and ignored.
+_IGNORED_KEYS = ("image_processor_type", "feature_extractor_type", "processor_class", "do_convert_rgb",
+                 "data_format", "input_data_format", "default_to_square", "crop_size", "do_center_crop",
+                 "do_pad", "pad_size", "size_divisor", "backend")
+
+
 class ImageGPTImageProcessor:
     """Images -> palette ids (or normalised pixels) and ids -> images, as transformers' ImageGPTImageProcessor.
 
     processor = ImageGPTImageProcessor(clusters=load_palette())        # or .from_pretrained(model_dir)
-    ids = processor(images)["input_ids"]    # int64 [batch, height * width], WITHOUT the SOS token
+    ids = processor(images).input_ids       # int64 [batch, height * width], WITHOUT the SOS token
     images = processor.decode(ids)          # uint8 [batch, height, width, 3]
 
-    `images` is one image or a list of them (file paths, PIL images, arrays: see `load_image`). A
-    file that is missing, unreadable or truncated, an empty image, a NaN or out-of-range float image
-    raises ImageError naming it. Differences from transformers, all deliberate:
+    `images` is one image or a list of them (file paths, PIL images, arrays or CPU tensors, channels
+    last or first: see `load_image`), or a [B, H, W, C] / [B, C, H, W] batch. A file that is missing,
+    unreadable or truncated, an empty image, a NaN or out-of-range float image raises ImageError
+    naming it. Differences from transformers, all deliberate:
     - grey, RGBA, palette-mode and 16-bit images are converted to RGB (transformers fails on them);
     - float images in [0, 1] are taken as already rescaled, i.e. what transformers does when called
       with do_rescale=False (with its default it would divide them by 255 a second time), and any
       float image is processed in float32;
     - ids are the true nearest colour (see `palette.quantize`), which is what transformers computes
       for clusters loaded from JSON (float64); given float32 clusters, its own float32 arithmetic can
-      pick the other of two nearly equidistant colours.
+      pick the other of two nearly equidistant colours;
+    - the default size is iGPT's 32x32 (transformers' class default is 256x256; both read a file alike).
     Without color quantization it returns {"pixel_values": float32 [batch, 3, height, width]},
     channels first, as transformers does.
     """
+
+    model_input_names = ["input_ids"]
 
     def __init__(
         self,
@@ -205,21 +258,18 @@ class ImageGPTImageProcessor:
         do_resize=True,
         do_normalize=True,
         do_color_quantize=True,
+        **kwargs,
     ):
+        _check_fixed_steps("", kwargs)
+        unknown = [k for k in kwargs if k not in _IGNORED_KEYS]
+        if unknown:
+            raise ValueError(f"ImageGPTImageProcessor: unknown argument(s) {', '.join(unknown)}")
         # clusters: [K, 3] palette in [-1, 1]; None is allowed until the processor has to quantize
         self.clusters = None if clusters is None else check_clusters(clusters, n_channels=3)
         self.size = _size_dict(size)
-        try:
-            self.resample = int(PIL.Image.Resampling(int(resample)))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"resample must be a PIL resampling filter (0-5), got {resample!r}") from e
-        flags = {"do_resize": do_resize, "do_normalize": do_normalize, "do_color_quantize": do_color_quantize}
-        for flag, value in flags.items():
-            if not isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"{flag} must be True or False, got {value!r}")
-        self.do_resize = bool(do_resize)
-        self.do_normalize = bool(do_normalize)
-        self.do_color_quantize = bool(do_color_quantize)
+        self.resample = _resample(resample)
+        self.do_resize, self.do_normalize, self.do_color_quantize = _flags(
+            do_resize=do_resize, do_normalize=do_normalize, do_color_quantize=do_color_quantize)
 
     def __repr__(self):
         palette = "None" if self.clusters is None else f"<{len(self.clusters)} colours>"
@@ -228,36 +278,66 @@ class ImageGPTImageProcessor:
             f"do_resize={self.do_resize}, do_normalize={self.do_normalize}, do_color_quantize={self.do_color_quantize})"
         )
 
-    def preprocess_one(self, image, name="image"):
+    def preprocess_one(self, image, name="image", input_data_format=None, do_resize=None, size=None, resample=None,
+                       do_normalize=None):
         """One image -> float32 [height, width, 3]: load, resize, rescale, normalise (no quantizing)."""
-        rgb = load_image(image, name)  # [H, W, 3]
-        if self.do_resize:
-            rgb = resize(rgb, self.size["height"], self.size["width"], self.resample)  # [h, w, 3] uint8
+        do_resize = self.do_resize if do_resize is None else do_resize
+        do_normalize = self.do_normalize if do_normalize is None else do_normalize
+        size = self.size if size is None else size
+        rgb = load_image(image, name, input_data_format)  # [H, W, 3]
+        if do_resize:
+            rgb = resize(rgb, size["height"], size["width"], self.resample if resample is None else resample)
         pixels = rgb if rgb.dtype == np.float32 else rescale(rgb)  # floats in [0, 1] are already rescaled
-        return normalize(pixels) if self.do_normalize else pixels
+        return normalize(pixels) if do_normalize else pixels
 
-    def __call__(self, images):
-        """One image or a list (or an [B, H, W, C] array) -> {"input_ids": int64 [B, h * w]} (no SOS token).
+    def preprocess(self, images, return_tensors=None, do_resize=None, size=None, resample=None, do_normalize=None,
+                   do_color_quantize=None, clusters=None, input_data_format=None, data_format="channels_first",
+                   **kwargs):
+        """One image, a list, or a [B, H, W, C] / [B, C, H, W] batch -> BatchFeature {"input_ids": int64
+        [B, h * w]} (no SOS token), or {"pixel_values": float32 [B, 3, h, w]} without do_color_quantize.
 
-        Without do_color_quantize: {"pixel_values": float32 [B, 3, h, w]}.
+        The keyword arguments override this processor's settings for this call, as in transformers;
+        return_tensors is None or "np" (NumPy arrays) or "pt" (torch tensors).
         """
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            images = list(images)
+        _check_fixed_steps("preprocess: ", kwargs)
+        unknown = [k for k in kwargs if k not in ("do_convert_rgb",)]
+        if unknown:
+            raise ValueError(f"preprocess: unknown argument(s) {', '.join(unknown)}")
+        if data_format != "channels_first":
+            raise ValueError(f"preprocess: data_format={data_format!r} is not supported: pixel_values are "
+                             f"channels first, as transformers returns them")
+        size = None if size is None else _size_dict(size)
+        resample = None if resample is None else _resample(resample)
+        flags = {k: v for k, v in dict(do_resize=do_resize, do_normalize=do_normalize,
+                                       do_color_quantize=do_color_quantize).items() if v is not None}
+        flags = dict(zip(flags, _flags(**flags)))
+        quantizing = flags.get("do_color_quantize", self.do_color_quantize)
+        clusters = self.clusters if clusters is None else check_clusters(clusters, n_channels=3)
+
+        if hasattr(images, "__array__") and not isinstance(images, PIL.Image.Image) and np.ndim(images) == 4:
+            images = list(np.asarray(images))  # a batch array or tensor
         elif not isinstance(images, (list, tuple)):
             images = [images]
         if len(images) == 0:
             raise ImageError("no images given")
-        if self.do_color_quantize and self.clusters is None:
+        if quantizing and clusters is None:
             raise ValueError("clusters must be provided for color quantization (or set do_color_quantize=False)")
-        processed = [self.preprocess_one(image, name=f"image {i}") for i, image in enumerate(images)]  # B x [h, w, 3]
+        processed = [self.preprocess_one(image, f"image {i}", input_data_format, flags.get("do_resize"), size,
+                                         resample, flags.get("do_normalize"))
+                     for i, image in enumerate(images)]  # B x [h, w, 3]
         shapes = sorted({p.shape[:2] for p in processed})
         if len(shapes) > 1:
             raise ImageError(f"images of different sizes {shapes} cannot form a batch; use do_resize=True")
         batch = np.stack(processed)  # [B, h, w, 3]
-        if not self.do_color_quantize:
-            return {"pixel_values": np.ascontiguousarray(batch.transpose(0, 3, 1, 2))}  # [B, 3, h, w]
-        ids = quantize(batch, self.clusters)  # [B, h, w]
-        return {"input_ids": ids.reshape(len(batch), -1)}  # [B, h * w], row-major like transformers
+        if not quantizing:
+            return _as_tensors({"pixel_values": np.ascontiguousarray(batch.transpose(0, 3, 1, 2))},  # [B, 3, h, w]
+                               return_tensors)
+        ids = quantize(batch, clusters)  # [B, h, w]
+        return _as_tensors({"input_ids": ids.reshape(len(batch), -1)}, return_tensors)  # [B, h * w], row-major
+
+    def __call__(self, images, **kwargs):
+        """The same as preprocess(images, **kwargs)."""
+        return self.preprocess(images, **kwargs)
 
     def decode(self, input_ids):
         """Palette ids [B, height * width], [height * width] or [B, h, w] -> uint8 RGB [B, h, w, 3].
@@ -281,6 +361,7 @@ class ImageGPTImageProcessor:
             raise ValueError(f"input_ids must have shape (B, H*W), (H*W,) or (B, H, W), got {ids.shape}")
         return dequantize(ids, self.clusters)  # [B, h, w, 3]
 
+    # ---- dicts and preprocessor_config.json ------------------------------------------------------
     def to_dict(self):
         """The preprocessor_config.json contents, with the keys and values transformers writes."""
         config = {
@@ -290,55 +371,103 @@ class ImageGPTImageProcessor:
             "image_processor_type": "ImageGPTImageProcessor",
             "resample": self.resample,
             "size": dict(self.size),
-            **_FIXED_STEPS,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in _FIXED_STEPS.items()},
         }
         if self.clusters is not None:
             config["clusters"] = self.clusters.tolist()  # float32 -> exact Python floats
         return dict(sorted(config.items()))
 
-    def save_pretrained(self, save_directory):
-        """Write save_directory/preprocessor_config.json atomically and return its path.
+    def to_json_string(self):
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def to_json_file(self, json_file_path):
+        """Write the JSON atomically to json_file_path (any name: transformers' from_json_file reads it)."""
+        atomic_write_bytes(os.fspath(json_file_path), self.to_json_string().encode("utf-8"))
+
+    def save_pretrained(self, save_directory, push_to_hub=False):
+        """Write save_directory/preprocessor_config.json atomically; return the list of files written.
 
         transformers' `ImageGPTImageProcessorPil.from_pretrained(save_directory)` reads it.
         """
-        os.makedirs(save_directory, exist_ok=True)
+        make_save_directory(save_directory, push_to_hub)
         path = os.path.join(save_directory, PREPROCESSOR_CONFIG_NAME)
-        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
-        return path
+        self.to_json_file(path)
+        return [path]
 
     @classmethod
-    def from_pretrained(cls, path, **overrides):
-        """Read a model directory's preprocessor_config.json (or that file itself); `overrides` replace its values.
+    def from_dict(cls, image_processor_dict, source="dict", **kwargs):
+        """A processor from preprocessor_config.json's contents; `kwargs` replace its values.
 
         Reads the keys transformers writes and those of the older hub configs (`"size": 32`,
-        `feature_extractor_type`); other keys are ignored. A key missing from the file takes
-        transformers' class default (size 256x256, not our 32x32), so both read a file alike.
-        Raises ValueError naming the file when quantizing without clusters, when the clusters are not
-        a finite (K, 3) array, or when the file asks for steps iGPT does not use.
+        `feature_extractor_type`). A key missing takes transformers' class default (size 256x256, not our
+        32x32), so both read a file alike. Raises ValueError naming `source` when quantizing without
+        clusters, when the clusters are not a finite (K, 3) array, or for steps iGPT does not use.
         """
-        path = os.fspath(path)
-        file = os.path.join(path, PREPROCESSOR_CONFIG_NAME) if os.path.isdir(path) else path
+        if not isinstance(image_processor_dict, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(image_processor_dict).__name__}")
+        known = ("clusters", "size", "resample", "do_resize", "do_normalize", "do_color_quantize", *_FIXED_STEPS)
+        config = {"size": {"height": 256, "width": 256}}  # transformers' class default, for files without a size
+        config.update({k: v for k, v in image_processor_dict.items() if k in known})  # other keys: not ours to read
+        config.update(kwargs)  # explicit arguments: an unknown one is refused by name
+        if config.get("do_color_quantize", True) and config.get("clusters") is None:
+            raise ValueError(
+                f"{source} has no clusters, which color quantization needs: pass clusters=... or do_color_quantize=False"
+            )
+        try:
+            return cls(**config)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
+
+    @classmethod
+    def from_json_file(cls, json_file, **kwargs):
+        file = os.fspath(json_file)
         try:
             with open(file, encoding="utf-8") as f:
                 config = json.load(f)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG_NAME} at {path}") from e
+            raise FileNotFoundError(f"{file}: no such file") from e
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read {file}: {e}") from e
-        if not isinstance(config, dict):
-            raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
-        for key, value in _FIXED_STEPS.items():
-            if key in config and not _same_numbers(config[key], value):
-                raise ValueError(f"{file}: {key}={config[key]!r} is not supported (iGPT uses {value!r})")
-        kwargs = {"size": {"height": 256, "width": 256}}
-        known = ("clusters", "size", "resample", "do_resize", "do_normalize", "do_color_quantize")
-        kwargs.update({key: config[key] for key in known if key in config})
-        kwargs.update(overrides)
-        if kwargs.get("do_color_quantize", True) and kwargs.get("clusters") is None:
-            raise ValueError(
-                f"{file} has no clusters, which color quantization needs: pass clusters=... or do_color_quantize=False"
-            )
-        try:
-            return cls(**kwargs)
-        except ValueError as e:
-            raise ValueError(f"{file}: {e}") from e
+        return cls.from_dict(config, source=file, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder="", **kwargs):
+        """Read a model directory's preprocessor_config.json (or DIR/subfolder/..., or that file itself);
+        keyword arguments replace its values (see from_dict). Hub arguments only at their defaults."""
+        refuse_hub_arguments("ImageGPTImageProcessor.from_pretrained", kwargs)
+        path = os.fspath(pretrained_model_name_or_path)
+        path = os.path.join(path, subfolder) if subfolder else path
+        file = os.path.join(path, PREPROCESSOR_CONFIG_NAME) if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG_NAME} at {path} (nothing is downloaded)")
+        return cls.from_json_file(file, **kwargs)
+
+
+def check_palette_fits(processor, config):
+    """A processor and a model used together: the palette must have one colour per LM-head output."""
+    if processor.clusters is not None and len(processor.clusters) != config.vocab_size - 1:
+        raise ValueError(f"the processor's palette has {len(processor.clusters)} colours but the model predicts "
+                         f"vocab_size - 1 = {config.vocab_size - 1}; they do not belong together")
+
+
+def _check_fixed_steps(where, kwargs):  # where: a prefix for the message
+    """Pop transformers' rescale/normalise settings; refuse any but iGPT's, naming it."""
+    for key, value in _FIXED_STEPS.items():
+        if key in kwargs:
+            given = kwargs.pop(key)
+            if not _same_numbers(given, value):
+                raise ValueError(f"{where}{key}={given!r} is not supported (iGPT uses {value!r})")
+
+
+def _resample(resample):
+    try:
+        return int(PIL.Image.Resampling(int(resample)))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"resample must be a PIL resampling filter (0-5), got {resample!r}") from e
+
+
+def _flags(**flags):
+    for flag, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{flag} must be True or False, got {value!r}")
+    return tuple(bool(v) for v in flags.values())

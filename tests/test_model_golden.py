@@ -100,5 +100,5 @@ def test_classification(name, device):
 def test_output_object_mirrors_transformers():
     model, g = load("causal_small", ImageGPTForCausalImageModeling, "numpy")
     out = model(g["input_ids"], labels=g["labels"])
-    assert out["logits"] is out.logits and out[0] is out.loss and out.keys() == ["loss", "logits"]
-    assert out.hidden_states is None and out.attentions is None and out.past_key_values is None
+    assert out["logits"] is out.logits and out[0] is out.loss and out.keys() == ["loss", "logits", "cache"]
+    assert out.hidden_states is None and out.attentions is None and out.past_key_values is out.cache
