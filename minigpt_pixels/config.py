@@ -7,6 +7,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from . import limits
+
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "relu", "tanh")  # the ones layers.activation knows
 CONFIG_NAME = "config.json"
 
@@ -45,6 +47,7 @@ class ImageGPTConfig:
     extra: dict = field(default_factory=dict, repr=False)  # unknown config.json keys, written back unchanged
 
     def __post_init__(self):
+        limits.check_config(self, ConfigError)  # before anything is sized by these fields (label names too)
         if self.id2label is not None:
             self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
             self.num_labels = len(self.id2label)

@@ -15,6 +15,7 @@ import time
 import numpy as np
 from tqdm import tqdm  # plain: tqdm.auto warns in Jupyter without ipywidgets
 
+from . import limits
 from .model import KVCache, ModelInputError
 
 F32 = np.float32
@@ -102,6 +103,7 @@ def generate(model, input_ids, max_length=None, max_new_tokens=None, do_sample=F
     check_sampling_args(do_sample, temperature, top_k, top_p)
     rng = as_generator(seed)
 
+    limits.check_bytes(limits.kv_cache_bytes(cfg, B, max_length), f"generating {B:,} sequences: the KV cache")
     out = np.empty((B, max_length), np.int64)
     out[:, :T] = ids
     cache = KVCache(cfg, B, max_length=min(max_length - 1, cfg.n_positions))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from . import layers
+from . import layers, limits
 from .kernels import cpu as cpu_kernels
 from .config import CONFIG_NAME, ImageGPTConfig
 from .weights import load_state_dict, save_state_dict
@@ -75,6 +75,7 @@ class KVCache:
             raise ModelInputError(f"KVCache max_length {self.max_length} must be in [1, n_positions="
                                   f"{config.n_positions}]")
         self.batch_size = batch_size
+        limits.check_bytes(limits.kv_cache_bytes(config, batch_size, self.max_length), f"a KV cache for {batch_size:,} sequences")
         shape = (batch_size, config.n_head, self.max_length, config.head_dim)
         self.keys = [np.zeros(shape, np.float32) for _ in range(config.n_layer)]
         self.values = [np.zeros(shape, np.float32) for _ in range(config.n_layer)]

@@ -84,12 +84,14 @@ def test_tiny_digits_run_end_to_end(tmp_path, capsys):
 
 def test_export_replaces_the_model_but_keeps_other_files(tmp_path, folder):
     export = tmp_path / "model"
-    export.mkdir()
+    (export / "notes").mkdir(parents=True)
+    (export / "notes" / "log.txt").write_text("a sub-folder of the user's\n")
     (export / "README.md").write_text("how this model was made\n")
-    (export / "config.json").write_text("stale")
+    (export / "config.json").write_text('{"model_type": "imagegpt", "n_embd": 4}')  # an earlier export's
     assert run(["--data", folder, "--out", tmp_path / "run", "--steps", 2, "--n-colors", 4, *TINY,
                 "--export", export])[0] == 0
     assert (export / "README.md").read_text() == "how this model was made\n"
+    assert (export / "notes" / "log.txt").read_text() == "a sub-folder of the user's\n"
     ImageGPTForCausalImageModeling.from_pretrained(export)
     assert not [d for d in os.listdir(tmp_path) if d.startswith(".")]
 
