@@ -55,7 +55,8 @@ from . import backprop, layers, limits, optim
 from .config import CONFIG_NAME, ImageGPTConfig
 from .model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
 from .processor import PREPROCESSOR_CONFIG_NAME
-from .weights import SAFE_WEIGHTS_NAME, atomic_write_bytes, load_file, load_metadata, non_finite_names, save_file
+from .weights import (SAFE_WEIGHTS_NAME, atomic_write_bytes, link_exclusive, load_file, load_metadata,
+                      non_finite_names, save_file)
 
 PROG = "minigpt-pixels-train"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -376,7 +377,11 @@ def export_model(directory, model, processor):
     try:
         write_model_dir(tmp, model, processor)
         for name in EXPORT_FILES:  # the config last: a folder with a config always has its weights
-            os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+            src, dest = os.path.join(tmp, name), os.path.join(directory, name)
+            if os.path.lexists(dest):
+                os.replace(src, dest)  # an earlier export's file: check_export has just vouched for it
+            else:
+                link_exclusive(src, dest)  # a file of that name appearing meanwhile is not replaced
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory

@@ -12,6 +12,7 @@ model costs page cache, not a copy. Every problem with a file raises Safetensors
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import mmap
@@ -261,17 +262,21 @@ def _check_entry(name: str, entry, data_size: int, path: str) -> dict:
 # Writing
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def atomic_write_bytes(path, data: bytes, replace: bool = True) -> None:
     """Write to a temporary file beside `path`, then rename, so a crash never leaves a half-written file."""
-    with _atomic_open(path) as f:
+    with atomic_open(path, replace) as f:
         f.write(data)
 
 
 @contextlib.contextmanager
-def _atomic_open(path):
-    """A binary file that replaces `path` only once the block finishes without error.
+def atomic_open(path, replace: bool = True):
+    """A binary file that takes the name `path` only once the block finishes without error; the
+    temporary file behind it is removed on every path.
 
-    Replacing rather than rewriting in place also keeps arrays mapped from the old file valid.
+    With replace=False an existing `path` is never replaced, not even one that appeared while the block
+    ran (FileExistsError): the name is given by a hard link, which fails on an existing name, or, on a file
+    system without hard links, by an exclusive create (O_EXCL) and a copy. Replacing rather than
+    rewriting in place also keeps arrays mapped from the old file valid.
     """
     path = os.path.abspath(os.fspath(path))
     directory, name = os.path.split(path)
@@ -283,10 +288,36 @@ def _atomic_open(path):
             yield f
             f.flush()
             os.fsync(f.fileno())  # the data must reach the disk before the rename does
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            link_exclusive(tmp, path)
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+_NO_HARD_LINKS = {getattr(errno, n) for n in ("EPERM", "EOPNOTSUPP", "ENOTSUP", "EXDEV", "EMLINK", "ENOSYS")
+                  if hasattr(errno, n)}
+
+
+def link_exclusive(tmp, path):
+    """Give the finished file `tmp` a second name, `path`, failing (FileExistsError) if `path` exists."""
+    try:
+        os.link(tmp, path)
+        return
+    except OSError as e:
+        if isinstance(e, FileExistsError) or e.errno not in _NO_HARD_LINKS:
+            raise
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as out, open(tmp, "rb") as f:
+            while chunk := f.read(1 << 20):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        os.unlink(path)  # ours, half-written
         raise
 
 
@@ -316,8 +347,10 @@ def _header_bytes(entries: dict, metadata: dict | None) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def save_file(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None = None) -> None:
-    """Write `tensors` to a .safetensors file atomically, streaming one tensor at a time."""
+def save_file(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None = None,
+              replace: bool = True) -> None:
+    """Write `tensors` to a .safetensors file atomically, streaming one tensor at a time. With
+    replace=False an existing file is never replaced (FileExistsError), even one that appears meanwhile."""
     if metadata is not None and not (isinstance(metadata, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise TypeError(f"metadata must map strings to strings, got {metadata!r:.200}")
@@ -330,7 +363,7 @@ def save_file(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | N
         entries[name] = {"dtype": codes[name], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
     header = _header_bytes(entries, metadata)
-    with _atomic_open(path) as f:
+    with atomic_open(path, replace) as f:
         f.write(header)
         for name in order:
             f.write(arrays[name])  # the array's own buffer: no bytes copy of the weights
