@@ -65,6 +65,7 @@ STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 EXPORT_FILES = (SAFE_WEIGHTS_NAME, PREPROCESSOR_CONFIG_NAME, CONFIG_NAME)  # in the order they are renamed
 LN2 = math.log(2.0)
+DIGITS_SIZE, DIGITS_COUNT = (8, 8), 1797  # scikit-learn's digits
 
 # Architecture defaults (used when pre-training; fine-tuning takes the checkpoint's).
 MODEL_DEFAULTS = dict(n_embd=96, n_layer=4, n_head=4, dropout=0.1)  # the default model's
@@ -101,7 +102,7 @@ def load_digits_data():
 
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
-    return Dataset(list(images), digits.target.astype(np.int64), [str(i) for i in range(10)], "digits", (8, 8))
+    return Dataset(list(images), digits.target.astype(np.int64), [str(i) for i in range(10)], "digits", DIGITS_SIZE)
 
 
 def find_images(path):
@@ -153,9 +154,10 @@ def read_image(path, size=None, resample=None):
     from .processor import load_image, resize
 
     with _reading(path), PIL.Image.open(path) as im:
-        limits.check_bytes(limits.image_bytes(im.size[1], im.size[0]), f"{path} ({im.size[0]}x{im.size[1]} pixels)")
+        width, height = im.size
         if size is not None:
             im.draft(None, (size[1], size[0]))  # JPEG only; other formats decode whole, then shrink at once
+        limits.check_bytes(limits.image_bytes(im.size[1], im.size[0]), f"{path} ({width}x{height} pixels)")
         im.load()
         rgb = load_image(im, name=path)  # [H, W, 3]
         if size is not None and rgb.shape[:2] != tuple(size):
@@ -190,10 +192,9 @@ def load_folder(path, size=None, need_same_size=True, resample=None, check=None)
 
 def load_data(spec, size=None, need_same_size=True, resample=None, check=None):
     if spec == "digits":
-        data = load_digits_data()
-        if check is not None:
-            check(tuple(size or data.size), len(data.images))
-        return data
+        if check is not None:  # before scikit-learn's import, which alone takes a second or more
+            check(tuple(size or DIGITS_SIZE), DIGITS_COUNT)
+        return load_digits_data()
     return load_folder(spec, size, need_same_size, resample, check)
 
 
