@@ -26,6 +26,7 @@ FORMATS = {".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".tif": "TIFF", ".tiff":
 # Large --num-samples are sampled in chunks whose KV cache holds at most this many bytes. A constant, not
 # the memory free now, so that a seed gives the same images on every machine.
 CHUNK_CACHE_BYTES = 1 << 30
+MAX_CHUNK = 256  # and at most this many sequences: batches beyond it are no faster per token
 MAX_GRID_PIXELS = 1 << 26  # the automatic --scale enlarges a grid up to this many pixels (64M, 192 MB)
 
 
@@ -189,9 +190,9 @@ def plan_grid(args, n_cells, h, w):
 
 
 def chunk_size(config, n):
-    """Sequences sampled at once: as many as a KV cache of CHUNK_CACHE_BYTES holds (at least one)."""
+    """Sequences sampled at once: MAX_CHUNK, or as many as a KV cache of CHUNK_CACHE_BYTES holds (at least one)."""
     per_sequence = limits.kv_cache_bytes(config, 1, config.n_positions)
-    return max(1, min(n, CHUNK_CACHE_BYTES // per_sequence))
+    return max(1, min(n, MAX_CHUNK, CHUNK_CACHE_BYTES // per_sequence))
 
 
 def sample_in_chunks(model, processor, n, seed, progress, stats, prompt_ids=None, prompt_rows=None, **sampling):
