@@ -19,9 +19,14 @@ from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.processor import ImageGPTImageProcessor
 from minigpt_pixels.weights import atomic_open
 
-from .test_train import TINY, folder, make_folder, one_line_error, run  # noqa: F401 (folder: a fixture)
+from .test_train import TINY, make_folder, one_line_error, run
 
 STEPS = ["--n-colors", 4, "--steps", 2]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_folder(tmp_path / "data")
 
 
 def snapshot(root):
