@@ -557,10 +557,11 @@ def build_run(args, mode):
         if mode == "pretrain":  # the weights first, from the numbers alone (the config would refuse them too)
             sizes = SimpleNamespace(vocab_size=n_colors + 1, n_positions=size[0] * size[1], n_embd=args.n_embd,
                                     n_layer=args.n_layer, n_head=args.n_head, num_labels=2)
-            try:
-                limits.check_config(sizes)
-            except limits.SizeError as e:
-                raise TrainError(f"{what}: {e}") from None
+            nbytes, budget = limits.model_bytes(sizes), limits.machine_memory()
+            if nbytes is not None and nbytes > budget:
+                raise TrainError(f"--n-layer {args.n_layer}, --n-embd {args.n_embd}, --n-colors {n_colors} and {what} "
+                                 f"make {limits.parameter_count(sizes):,} parameters ({limits.fmt_bytes(nbytes)} as "
+                                 f"float32), more than this machine's {limits.fmt_bytes(budget)} of memory")
         config = make_config(size)
         # the data: uint8 pixels, the palette fit's float32 pixels, int64 inputs and targets
         data = n_images * size[0] * size[1] * (3 + 3 * 4 + 2 * 8)

@@ -106,7 +106,7 @@ def test_many_samples_are_drawn_in_chunks_of_bounded_memory(monkeypatch):
     model = ImageGPTForCausalImageModeling(cfg, seed=0).to("numpy")
     greys = np.linspace(-1, 1, 8, dtype=np.float32)
     processor = ImageGPTImageProcessor(clusters=np.stack([greys] * 3, axis=1), size={"height": 4, "width": 4})
-    monkeypatch.setattr(sample, "MAX_CHUNK", 32)  # chunks of 32 keep the test small; the default is larger
+    monkeypatch.setattr(sample, "MAX_CHUNK", 32)
     n = 400
     tracemalloc.start()
     images = sample.sample_in_chunks(model, processor, n, seed=3, progress=False, stats={}, top_k=4)
@@ -129,7 +129,7 @@ def test_huge_image_sizes_are_refused_before_any_work(size, tmp_path):
 
 def test_a_million_layers_from_the_command_line(tmp_path):
     refused(run_limited("minigpt_pixels.train", "--n-layer", 10**6, "--out", tmp_path / "r", "--no-progress"),
-            "n_layer=1000000")
+            "--n-layer 1000000")
 
 
 @pytest.fixture(scope="module")
