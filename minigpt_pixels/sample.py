@@ -187,7 +187,8 @@ def plan_grid(args, n_cells, h, w):
         while scale > 1 and gh * gw * scale * scale > MAX_GRID_PIXELS:
             scale -= 1
     need = 2 * n_cells * h * w * 3 + gh * gw * 3 * (1 + 2 * scale * scale)
-    limits.check_bytes(need, f"--num-samples {args.num_samples:,}: keeping the images and their {gw * scale}x{gh * scale} grid")
+    limits.check_bytes(need, f"--num-samples {args.num_samples:,}: keeping the images and their "
+                             f"{gw * scale}x{gh * scale} grid")
     return per_row, scale
 
 
