@@ -40,25 +40,15 @@ def _rlimit(kind):
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def _status_kb(field):
-    """A `VmSize:`-style field of /proc/self/status in bytes, or None off Linux."""
+def _proc_field(path, field):
+    """A `Name:   123 kB` field of a /proc file (/proc/meminfo, /proc/self/status) in bytes, or None
+    off Linux."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _meminfo(field):
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return None
 
@@ -91,11 +81,11 @@ def available_memory() -> int:
     cgroup's headroom and the rlimits' headroom (RLIMIT_AS less the address space in use, RLIMIT_DATA
     less the data segment)."""
     candidates = [machine_memory()]
-    for value in (_meminfo("MemAvailable"), _cgroup_free()):
+    for value in (_proc_field("/proc/meminfo", "MemAvailable"), _cgroup_free()):
         if value is not None:
             candidates.append(value)
     for kind, field in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
-        limit, used = _rlimit(kind), _status_kb(field)
+        limit, used = _rlimit(kind), _proc_field("/proc/self/status", field)
         if limit is not None:
             candidates.append(max(0, limit - (used or 0)))
     return min(candidates)

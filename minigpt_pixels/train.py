@@ -273,13 +273,8 @@ def read_state(ckpt):
 def check_out(out, state):
     """Before any work: --out is a folder this run can write, holding no checkpoint-NNNNNN folder that it
     did not write itself but might reach (it would neither reuse nor replace one)."""
-    if os.path.lexists(out) and not os.path.isdir(out):
-        raise TrainError(f"--out {out} is a file, not a folder")
-    if not os.path.isdir(out):
-        _check_can_create(out, "--out")
+    if not _writable_folder(out, "--out"):
         return
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise TrainError(f"--out {out}: this folder is not writable")
     ours = set(state["checkpoints"]) if state else set()
     start = state["step"] if state else 0
     for name in sorted(os.listdir(out)):
@@ -288,6 +283,18 @@ def check_out(out, state):
             raise TrainError(f"--out {out} holds {name}, which this run did not write "
                              f"({'no ' + LATEST + ' file names it' if not state else 'newer than ' + LATEST}); "
                              f"it would be neither reused nor replaced: move it away, or choose another --out")
+
+
+def _writable_folder(path, option):
+    """`path` is a folder this run can write to (-> True), or can be created (-> False: it is empty)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise TrainError(f"{option} {path} is a file, not a folder")
+    if not os.path.isdir(path):
+        _check_can_create(path, option)
+        return False
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TrainError(f"{option} {path}: this folder is not writable")
+    return True
 
 
 def _check_can_create(path, option):
@@ -352,13 +359,8 @@ def check_export(directory):
     """Before any work: --export DIR may be created, or already hold an ImageGPT model (a previous export,
     whose three files it replaces); a file of one of those names that belongs to something else is
     refused, as is DIR being a file. Nothing else in DIR is ever touched."""
-    if os.path.lexists(directory) and not os.path.isdir(directory):
-        raise TrainError(f"--export {directory} is a file, not a folder")
-    if not os.path.isdir(directory):
-        _check_can_create(directory, "--export")
+    if not _writable_folder(directory, "--export"):
         return
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise TrainError(f"--export {directory}: this folder is not writable")
     present = [n for n in EXPORT_FILES if os.path.lexists(os.path.join(directory, n))]
     for n in present:
         if not os.path.isfile(os.path.join(directory, n)) or os.path.islink(os.path.join(directory, n)):

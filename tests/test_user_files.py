@@ -9,17 +9,17 @@ import subprocess
 import sys
 import threading
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from minigpt_pixels import sample, train
-from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
-from minigpt_pixels.processor import ImageGPTImageProcessor
 from minigpt_pixels.weights import atomic_open
 
+from . import test_sample_cli
 from .test_train import TINY, make_folder, one_line_error, run
+
+tiny_model_dir = test_sample_cli.tiny_model_dir  # the fixture: a random 6x6 model in the HF layout
 
 STEPS = ["--n-colors", 4, "--steps", 2]
 
@@ -150,16 +150,6 @@ def test_out_that_is_a_file_is_refused(tmp_path, folder, capsys):
 
 
 # ---- sample --out -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_model")
-    cfg = ImageGPTConfig(vocab_size=9, n_positions=36, n_embd=16, n_layer=1, n_head=2)
-    ImageGPTForCausalImageModeling(cfg, seed=0).save_pretrained(d)
-    greys = np.linspace(-1, 1, 8, dtype=np.float32)
-    ImageGPTImageProcessor(clusters=np.stack([greys] * 3, axis=1), size={"height": 6, "width": 6}).save_pretrained(d)
-    return d
-
-
 def sample_main(argv, capsys):
     try:
         code = sample.main([str(a) for a in argv])
