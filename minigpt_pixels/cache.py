@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import limits
 from .config import ImageGPTConfig
 from .inputs import ModelInputError, check_cache_room
 
@@ -76,6 +77,8 @@ class KVCache:
                 continue
             size = min(max(n_positions, 2 * have), self.max_length) if self.grow else self.max_length
             shape = (self.batch_size, self.n_head, size, self.head_dim)
+            limits.check_bytes(2 * len(self.keys) * int(np.prod(shape)) * 4,
+                               f"a KV cache for {self.batch_size:,} sequences")  # before allocating it
             new_k, new_v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
             if buf is not None:
                 S = self.lengths[i]

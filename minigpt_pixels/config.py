@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import limits
 from .weights import atomic_write_bytes
 
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "relu", "tanh")  # the ones layers.activation knows
@@ -87,6 +89,9 @@ class ImageGPTConfig:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             object.__setattr__(self, f.name, kwargs.pop(f.name, default))
         self.extra = {**_as_dict("extra", self.extra), **kwargs}  # PretrainedConfig keeps every other key too
+        sizes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        limits.check_config(types.SimpleNamespace(**sizes, num_labels=2 if num_labels is None else num_labels),
+                            ConfigError)  # before anything is sized by these fields, label names included
         self._labels(num_labels)
         self.validate()
 

@@ -8,8 +8,10 @@ The openai/imagegpt-* checkpoints ship only pytorch_model.bin; load_state_dict r
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pickle
+import pickletools
 import re
 import sys
 import warnings
@@ -43,9 +45,8 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
             # mmap works only for torch's zip format; older pickle-only checkpoints are read whole.
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
-        raise ConvertError(f"{path}: torch.load(weights_only=True) refused it: "
-                           f"{reason[1] if reason else str(e).splitlines()[0]}") from None
+        raise ConvertError(f"{path}: torch.load(weights_only=True) refused it: {refusal_reason(path, str(e))}; "
+                           f"the file was not loaded, because loading it could run code") from None
     except Exception as e:  # torch reports a damaged file as RuntimeError, EOFError, zipfile errors, ...
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConvertError(f"{path}: cannot read it with torch.load: {first_line}") from None
@@ -63,6 +64,52 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+# The globals a torch.save'd state dict needs, which weights_only allows; any other is what it refused.
+_TENSOR_GLOBALS = re.compile(r"(torch|collections\.OrderedDict$|_codecs\.encode$|builtins\.(set|bytearray)$)")
+_PICKLE_SCAN_BYTES = 64 << 20
+
+
+def refusal_reason(path, message):
+    """Why weights_only refused the file, in one phrase naming the global it blocked. torch's message
+    opens with advice to pass weights_only=False (which would run the pickle's code) and names the global
+    only sometimes; when it does not, the pickle's opcodes are read (not run) to find it."""
+    found = re.search(r"GLOBAL (\S+)", message)
+    name = found[1] if found else next((g for g in pickle_globals(path) if not _TENSOR_GLOBALS.match(g)), None)
+    if name:
+        return f"Unsupported global {name} (a module attribute that a file of tensors has no need for)"
+    reason = re.search(r"WeightsUnpickler error:\s*([^\n]*\S)", message)
+    lines = [line for line in message.splitlines() if line.strip() and "weights_only" not in line]
+    return reason[1] if reason else (lines[0] if lines else message.splitlines()[0])
+
+
+def pickle_globals(path):
+    """The `module.name` globals a pickle file (or a torch zip's data.pkl) imports, read by pickletools
+    without executing anything; a damaged pickle yields those before the damage."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                member = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.open(member).read(_PICKLE_SCAN_BYTES) if member else b""
+        else:
+            with open(path, "rb") as f:
+                data = f.read(_PICKLE_SCAN_BYTES)
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found, strings, f = [], [], io.BytesIO(data)
+    while f.tell() < len(data):  # the legacy format is several pickles in a row
+        try:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    found.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # not a pickle (any more): what was read so far is all there is
+            break
+    return found
+
+
 def convert(directory, out=None, force: bool = False) -> tuple[str, dict[str, np.ndarray]]:
     """Write DIR/pytorch_model.bin as safetensors at `out` (default DIR/model.safetensors); return (out, tensors)."""
     directory = os.fspath(directory)
@@ -77,8 +124,10 @@ def convert(directory, out=None, force: bool = False) -> tuple[str, dict[str, np
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise ConvertError(f"{out}: its directory does not exist")
     arrays = load_torch_state_dict(source)
-    try:
-        save_file(arrays, out, metadata={"format": "pt"})  # transformers 4.x refuses files without "format"
+    try:  # transformers 4.x refuses files without "format"; without --force a file that appeared is kept
+        save_file(arrays, out, metadata={"format": "pt"}, replace=force)
+    except FileExistsError:
+        raise ConvertError(f"{out} appeared while converting; not replacing it (pass --force to)") from None
     except OSError as e:
         raise ConvertError(f"{out}: cannot write: {e.strerror or e}") from None
     return out, arrays
@@ -97,8 +146,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         out, arrays = convert(args.directory, args.out, args.force)
-    except ConvertError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+    except (ConvertError, MemoryError, RecursionError) as e:
+        message = str(e) if isinstance(e, ConvertError) else f"{type(e).__name__}: {e}".rstrip(": ")
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return 2
     size = sum(a.nbytes for a in arrays.values())
     print(f"wrote {out}: {len(arrays)} tensors, {size / 1e6:.1f} MB float32")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from tqdm import tqdm  # plain: tqdm.auto warns in Jupyter without ipywidgets
 
+from . import limits
 from .cache import KVCache
 from .inputs import ModelInputError
 from .layers import softmax
@@ -225,6 +226,8 @@ def generate(model, input_ids=None, attention_mask=None, max_length=None, max_ne
 
     start = time.perf_counter()
     rows = num_beams if num_beams > 1 else num_return_sequences  # copies of each prompt, as transformers expands
+    limits.check_bytes(limits.kv_cache_bytes(cfg, B * rows, max_length), f"generating {B * rows:,} sequences: "
+                       f"the KV cache")  # before any of it is allocated
     ids = np.repeat(ids, rows, axis=0)
     mask = None if mask is None else np.repeat(mask, rows, axis=0)
     step = _Stepper(model, ids, mask, max_length)

@@ -14,6 +14,18 @@ import math
 import numpy as np
 
 F32 = np.float32
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def finite_float32(x) -> bool:
+    """x is finite and stays finite as float32 (1e39 does not: it becomes inf)."""
+    return math.isfinite(x) and abs(x) <= F32_MAX
+
+
+def _check_lr(lr):
+    if not (finite_float32(lr) and lr >= 0):
+        raise ValueError(f"learning rate must be finite in float32 and >= 0, got {lr!r}")
+    return float(lr)
 
 
 def decay_names(names, decay_position_embeddings=False):
@@ -39,7 +51,7 @@ class AdamW:
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, decay=None):
-        self.lr, self.betas, self.eps, self.weight_decay = float(lr), tuple(map(float, betas)), float(eps), \
+        self.lr, self.betas, self.eps, self.weight_decay = _check_lr(lr), tuple(map(float, betas)), float(eps), \
             float(weight_decay)
         self.decay = set(decay_names(params) if decay is None else decay)
         unknown = self.decay - set(params)
@@ -51,7 +63,7 @@ class AdamW:
 
     def step(self, params, grads, lr=None):
         """Update every array of `params` in place from `grads` (same keys)."""
-        lr = self.lr if lr is None else float(lr)
+        lr = self.lr if lr is None else _check_lr(lr)
         b1, b2 = self.betas
         self.t += 1
         step_size = F32(lr / (1.0 - b1 ** self.t))
@@ -73,12 +85,16 @@ class AdamW:
         return tensors, {"t": self.t}
 
     def load_state_dict(self, tensors, meta):
+        """Moments and step count from state_dict()'s form. A missing moment is a KeyError, a misshapen
+        one a ValueError, each naming it; nothing is changed then."""
         for k in self.m:
-            if f"m.{k}" not in tensors or f"v.{k}" not in tensors:
-                raise KeyError(f"optimizer state has no moments for {k!r}")
-            if tensors[f"m.{k}"].shape != self.m[k].shape:
-                raise ValueError(f"optimizer state for {k!r} has shape {tensors[f'm.{k}'].shape}, "
-                                 f"expected {self.m[k].shape}")
+            for moment in ("m", "v"):
+                a = tensors.get(f"{moment}.{k}")
+                if a is None:
+                    raise KeyError(f"optimizer state has no moment {moment}.{k}")
+                if a.shape != self.m[k].shape:
+                    raise ValueError(f"optimizer state {moment}.{k} has shape {a.shape}, expected {self.m[k].shape}")
+        for k in self.m:
             self.m[k] = np.array(tensors[f"m.{k}"], dtype=F32)  # a writable copy, not a read-only map
             self.v[k] = np.array(tensors[f"v.{k}"], dtype=F32)
         self.t = int(meta["t"])

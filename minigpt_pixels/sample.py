@@ -13,21 +13,32 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
-from . import DEFAULT_MODEL
+from . import DEFAULT_MODEL, limits
 
 DEFAULT_OUT = "samples.png"
+# The formats --out's suffix may choose (PIL's names); the default and the documented one is PNG.
+FORMATS = {".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP",
+           ".jpg": "JPEG", ".jpeg": "JPEG", ".ppm": "PPM"}
+# Large --num-samples are sampled in chunks whose KV cache holds at most this many bytes. A constant, not
+# the memory free now, so that a seed gives the same images on every machine.
+CHUNK_CACHE_BYTES = 1 << 30
+# And at most this many sequences: on the CPU, batches of 16 sample the default model at about 2,500
+# tokens/s, batches of 32 to 256 (today's decode kernels) at 100-550.
+MAX_CHUNK = 16
+MAX_GRID_PIXELS = 1 << 26  # the automatic --scale enlarges a grid up to this many pixels (64M, 192 MB)
 
 
 def free_name(path):
     """`path` if it does not exist yet, else the first free `stem-1.ext`, `stem-2.ext`, ..."""
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return path
     stem, ext = os.path.splitext(path)
     i = 1
-    while os.path.exists(f"{stem}-{i}{ext}"):
+    while os.path.lexists(f"{stem}-{i}{ext}"):
         i += 1
     return f"{stem}-{i}{ext}"
 
@@ -44,14 +55,39 @@ def image_grid(rows, pad=1, background=255):
     return grid
 
 
-def save_png(grid, path, scale):
+def grid_shape(n_rows, n_cols, h, w, pad=1):
+    """(height, width) of image_grid's result for n_rows x n_cols images of h x w."""
+    return n_rows * (h + pad) + pad, n_cols * (w + pad) + pad
+
+
+def image_format(path):
+    """The PIL format --out's suffix asks for, or None when it names none we write."""
+    fmt = FORMATS.get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        return None
+    from PIL import features
+
+    return fmt if fmt != "WEBP" or features.check("webp") else None
+
+
+def save_grid(grid, path, scale, replace=False):
+    """Enlarge the grid (big pixels, no blur) and write it under `path` or, should a file of that name
+    appear meanwhile, the first free `stem-N.ext`. -> the path written."""
     from PIL import Image
 
+    from .weights import atomic_open
+
     img = Image.fromarray(grid)
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)  # big pixels, no blur
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    img.save(tmp)
-    os.replace(tmp, path)  # never leave a half-written PNG under the user's name
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    fmt = image_format(path) or "PNG"
+    for _ in range(100):
+        try:
+            with atomic_open(path, replace=replace) as f:  # a temporary file, hard-linked to `path`
+                img.save(f, format=fmt)
+            return path
+        except FileExistsError:
+            path = free_name(path)  # another run took the name while we sampled: never replace its file
+    raise FileExistsError(f"{path}: no free name found beside it")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -61,12 +97,21 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except None and those the help already explains."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     p = OneLineErrorParser(prog="minigpt-pixels-sample", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_HelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout model directory (with preprocessor_config.json)")
     p.add_argument("--num-samples", type=int, default=16,
-                   help="images to sample (with --prompt: completions of the prompt)")
+                   help="images to sample (with --prompt: completions of the prompt); many are sampled in chunks")
     p.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this before sampling")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely colours")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with this mass")
@@ -76,9 +121,11 @@ def build_parser():
     p.add_argument("--prompt-rows", type=int, default=None,
                    help="rows of the prompt image to keep (default: half the image height)")
     p.add_argument("--out", default=None,
-                   help=f"output PNG (default: {DEFAULT_OUT}, or {DEFAULT_OUT[:-4]}-1.png ... if taken)")
+                   help=f"output image; its suffix picks the format, PNG unless .jpg, .bmp, ... (default: "
+                        f"{DEFAULT_OUT}, or {DEFAULT_OUT[:-4]}-1.png ... if taken)")
     p.add_argument("--force", action="store_true", help="allow --out to replace an existing file")
-    p.add_argument("--scale", type=int, default=None, help="enlarge each pixel this many times (default: auto)")
+    p.add_argument("--scale", type=int, default=None,
+                   help="enlarge each pixel this many times (default: to about 256 pixels an image)")
     p.add_argument("--device", choices=["cpu", "cuda", "numpy"], default="cpu",
                    help="cpu: NumPy + Numba kernels; cuda: Numba CUDA kernels; numpy: the pure reference")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
@@ -86,6 +133,7 @@ def build_parser():
 
 
 def check_args(args, parser):
+    """The checks that need no work, before anything is loaded or sampled."""
     if args.num_samples < 1:
         parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
     if not args.greedy:
@@ -99,8 +147,7 @@ def check_args(args, parser):
         parser.error(f"--scale must be between 1 and 64, got {args.scale}")
     if args.prompt_rows is not None and args.prompt is None:
         parser.error("--prompt-rows needs --prompt IMAGE")
-    if args.out is not None and os.path.exists(args.out) and not args.force:
-        parser.error(f"--out {args.out} exists; pass --force to replace it, or choose another name")
+    check_out(args.out, args.force, parser)
     if not os.path.isdir(args.model):
         parser.error(f"--model {args.model}: no such directory")
     from .processor import PREPROCESSOR_CONFIG_NAME
@@ -109,42 +156,141 @@ def check_args(args, parser):
         parser.error(f"--model {args.model}: no {PREPROCESSOR_CONFIG_NAME} (the palette the model was trained with)")
 
 
-def run(args, parser):
+def check_out(out, force, parser):
+    """--out names a file this run can create (or, with --force, replace) in a format we write."""
+    path = DEFAULT_OUT if out is None else out
+    if os.path.isdir(path):
+        parser.error(f"--out {path} is a folder; name a file in it, e.g. {os.path.join(path, DEFAULT_OUT)}")
+    if out is not None and os.path.lexists(out) and not force:
+        parser.error(f"--out {out} exists; pass --force to replace it, or choose another name")
+    if image_format(path) is None:
+        suffix = os.path.splitext(path)[1] or "no suffix"
+        parser.error(f"--out {path}: {suffix} is not an image format this writes; use .png (or "
+                     f"{', '.join(sorted(set(FORMATS) - {'.png'}))})")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"--out {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        parser.error(f"--out {path}: the folder {folder} is not writable")
+
+
+def plan_grid(args, n_cells, h, w):
+    """Rows, columns and scale of the output grid, checked against the memory available before any
+    sampling: the images, the grid and its enlarged copy. -> (per_row, scale)."""
+    per_row = int(np.ceil(np.sqrt(n_cells)))
+    if args.prompt is not None:
+        per_row = max(per_row, min(n_cells, 16))  # a few completions stay on the prompt's row
+    gh, gw = grid_shape(-(-n_cells // per_row), per_row, h, w)
+    scale = args.scale
+    if scale is None:  # about 256 pixels an image, less when the grid would be huge
+        scale = max(1, 256 // max(h, w) // 2)
+        while scale > 1 and gh * gw * scale * scale > MAX_GRID_PIXELS:
+            scale -= 1
+    need = 2 * n_cells * h * w * 3 + gh * gw * 3 * (1 + 2 * scale * scale)
+    limits.check_bytes(need, f"--num-samples {args.num_samples:,}: keeping the images and their "
+                             f"{gw * scale}x{gh * scale} grid")
+    return per_row, scale
+
+
+def chunk_size(config, n):
+    """Sequences sampled at once: MAX_CHUNK, or as many as a KV cache of CHUNK_CACHE_BYTES holds (at least one)."""
+    per_sequence = limits.kv_cache_bytes(config, 1, config.n_positions)
+    return max(1, min(n, MAX_CHUNK, CHUNK_CACHE_BYTES // per_sequence))
+
+
+def sample_in_chunks(model, processor, n, seed, progress, stats, prompt_ids=None, prompt_rows=None, **sampling):
+    """n unconditional samples, or n completions of prompt_ids [1, H*W], sampled chunk_size() at a time
+    from one generator: chunk i draws where chunk i - 1 stopped. -> [n, H, W, 3] uint8."""
+    from .generation import as_generator, complete_images, sample_images
+
+    rng = as_generator(seed)
+    step = chunk_size(model.config, n)
+    parts, totals = [], {"new_tokens": 0, "seconds": 0.0}
+    for start in range(0, n, step):
+        k, chunk_stats = min(step, n - start), {}
+        if prompt_ids is None:
+            parts.append(sample_images(model, processor, k, seed=rng, progress=progress, stats=chunk_stats,
+                                       **sampling))
+        else:
+            parts.append(complete_images(model, processor, prompt_ids, prompt_rows, k, seed=rng, progress=progress,
+                                         stats=chunk_stats, **sampling)[0])
+        for key in totals:
+            totals[key] += chunk_stats.get(key, 0)
+    stats.update(totals)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def load_model(path, device):
+    """The model, refused when a weight is NaN or infinite (its samples would be one flat colour)."""
     from .model import ImageGPTForCausalImageModeling
-    from .generation import complete_images, image_shape, sample_images
+    from .weights import NonFiniteWeightsWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonFiniteWeightsWarning)
+        try:
+            model = ImageGPTForCausalImageModeling.from_pretrained(path)
+        except NonFiniteWeightsWarning as e:
+            raise ValueError(f"{e}; not sampling from it") from None
+    return model.to(device)
+
+
+def check_prompt_file(path):
+    """The prompt image's size from its header, bounded before it is decoded."""
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as im:
+            width, height = im.size
+    except Exception:  # unreadable: the processor reports it, naming the file
+        return
+    limits.check_bytes(limits.image_bytes(height, width), f"--prompt {path} ({width}x{height} pixels)")
+
+
+def run(args, parser):
+    from .config import ImageGPTConfig
+    from .generation import image_shape
     from .processor import ImageGPTImageProcessor
 
-    model = ImageGPTForCausalImageModeling.from_pretrained(args.model).to(args.device)
+    # the sizes first, from the two small JSON files: nothing is sampled that could not be kept
+    config = ImageGPTConfig.from_pretrained(args.model)
     processor = ImageGPTImageProcessor.from_pretrained(args.model)
-    h, w = image_shape(processor, model.config)
-    sampling = dict(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    stats = {}
-    start = time.perf_counter()
-    if args.prompt is None:
-        images = sample_images(model, processor, args.num_samples, seed=args.seed, progress=args.progress,
-                               stats=stats, **sampling)
-        per_row = int(np.ceil(np.sqrt(len(images))))
-        rows = [list(images[i:i + per_row]) for i in range(0, len(images), per_row)]
-        what = f"{len(images)} samples"
-    else:
+    h, w = image_shape(processor, config)
+    n_cells = args.num_samples
+    if args.prompt is not None:
         rows_kept = args.prompt_rows if args.prompt_rows is not None else h // 2
         if not 1 <= rows_kept < h:
             parser.error(f"--prompt-rows must be between 1 and {h - 1} for this model's {h}x{w} images, "
                          f"got {rows_kept}")
+        check_prompt_file(args.prompt)
+        n_cells += 2
+    per_row, scale = plan_grid(args, n_cells, h, w)
+    limits.check_bytes(limits.kv_cache_bytes(config, chunk_size(config, args.num_samples), config.n_positions),
+                       f"--num-samples {args.num_samples:,}: the KV cache of one chunk")
+
+    model = load_model(args.model, args.device)
+    sampling = dict(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    stats = {}
+    start = time.perf_counter()
+    if args.prompt is None:
+        cells = list(sample_in_chunks(model, processor, args.num_samples, args.seed, args.progress, stats,
+                                      **sampling))
+        what = f"{len(cells)} samples"
+    else:
         ids = processor(args.prompt)["input_ids"]  # [1, H*W]
-        completions = complete_images(model, processor, ids, rows_kept, args.num_samples, seed=args.seed,
-                                      progress=args.progress, stats=stats, **sampling)[0]
+        completions = sample_in_chunks(model, processor, args.num_samples, args.seed, args.progress, stats,
+                                       prompt_ids=ids, prompt_rows=rows_kept, **sampling)
         original = processor.decode(ids)[0]
         kept = original.copy()
         kept[rows_kept:] = 128  # grey where the model has to fill in
-        rows = [[original, kept, *completions]]
+        cells = [original, kept, *completions]
         what = f"{len(completions)} completions of {args.prompt} from its top {rows_kept} of {h} rows"
-    out = args.out if args.out is not None else free_name(DEFAULT_OUT)
-    scale = args.scale or max(1, 256 // max(h, w) // 2)
-    save_png(image_grid(rows), out, scale)
+    rows = [cells[i:i + per_row] for i in range(0, len(cells), per_row)]
+    wanted = args.out if args.out is not None else free_name(DEFAULT_OUT)
+    out = save_grid(image_grid(rows), wanted, scale, replace=args.force)
     seconds = time.perf_counter() - start
     rate = stats["new_tokens"] / stats["seconds"] if stats.get("seconds") else float("nan")
-    print(f"wrote {out}: {what}, {h}x{w} pixels each, on {args.device} in {seconds:.1f} s "
+    taken = f" ({wanted} appeared while sampling)" if out != wanted else ""
+    print(f"wrote {out}{taken}: {what}, {h}x{w} pixels each, on {args.device} in {seconds:.1f} s "
           f"({rate:,.0f} tokens/s)")
     return out
 
@@ -158,8 +304,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted; nothing written", file=sys.stderr)
         return 130
-    except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad files, bad sizes, no CUDA: one line
+    except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad files, sizes, no CUDA, RecursionError
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except MemoryError as e:  # an estimate in limits.py fell short: still one line
+        parser.exit(2, f"{parser.prog}: error: out of memory{': ' + str(e) if str(e) else ''}; try a smaller "
+                       f"--num-samples\n")
     return 0
 
 

@@ -39,26 +39,33 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 
 import numpy as np
 
-from . import backprop, layers, optim
-from .config import ImageGPTConfig
+from . import backprop, layers, limits, optim
+from .config import CONFIG_NAME, ImageGPTConfig
 from .model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
-from .weights import atomic_write_bytes, load_file, save_file
+from .processor import PREPROCESSOR_CONFIG_NAME
+from .weights import (SAFE_WEIGHTS_NAME, atomic_write_bytes, link_exclusive, load_file, load_metadata,
+                      non_finite_names, save_file)
 
 PROG = "minigpt-pixels-train"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 LATEST = "latest"  # the file in --out naming the newest complete checkpoint
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
+EXPORT_FILES = (SAFE_WEIGHTS_NAME, PREPROCESSOR_CONFIG_NAME, CONFIG_NAME)  # in the order they are renamed
 LN2 = math.log(2.0)
+DIGITS_SIZE, DIGITS_COUNT = (8, 8), 1797  # scikit-learn's digits
 
 # Architecture defaults (used when pre-training; fine-tuning takes the checkpoint's).
 MODEL_DEFAULTS = dict(n_embd=96, n_layer=4, n_head=4, dropout=0.1)  # the default model's
@@ -72,7 +79,7 @@ class TrainError(Exception):
 
 
 class NonFiniteLoss(Exception):
-    """The loss or the gradient norm is NaN or infinite at a step."""
+    """The loss or the gradient norm is NaN or infinite at a step, or the weights after its update."""
 
 
 class Diverged(TrainError):
@@ -95,14 +102,11 @@ def load_digits_data():
 
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
-    return Dataset(list(images), digits.target.astype(np.int64), [str(i) for i in range(10)], "digits", (8, 8))
+    return Dataset(list(images), digits.target.astype(np.int64), [str(i) for i in range(10)], "digits", DIGITS_SIZE)
 
 
-def load_folder(path, need_same_size=True):
-    """Every image under `path` (recursively, sorted). If every image sits in a sub-folder, the first
-    sub-folder's name is its label (torchvision's ImageFolder convention)."""
-    from .processor import ImageError, load_image
-
+def find_images(path):
+    """Every image file under `path` (recursively, sorted, hidden names skipped) -> (root, files)."""
     root = os.path.abspath(path)
     if not os.path.isdir(root):
         raise TrainError(f"--data {path}: no such directory (use 'digits' for scikit-learn's digits)")
@@ -113,29 +117,85 @@ def load_folder(path, need_same_size=True):
                   if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
         raise TrainError(f"--data {path}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    images = []
-    for f in files:
-        try:
-            images.append(load_image(f))  # RGB [H, W, 3]
-        except ImageError as e:
-            raise TrainError(str(e)) from None
+    return root, files
+
+
+@contextlib.contextmanager
+def _reading(path):
+    """PIL's and our errors reading `path` as one TrainError naming it."""
+    import PIL.Image
+
+    from .processor import ImageError
+
+    try:
+        yield
+    except ImageError as e:
+        raise TrainError(str(e)) from None
+    except FileNotFoundError:
+        raise TrainError(f"image file not found: {path}") from None
+    except (OSError, SyntaxError, EOFError, ValueError, PIL.Image.DecompressionBombError) as e:
+        raise TrainError(f"cannot read image file {path}: {e}") from None
+
+
+def image_size_of(path):
+    """(height, width) from the file's header: nothing is decoded, so any size costs nothing to learn."""
+    import PIL.Image
+
+    with _reading(path), PIL.Image.open(path) as im:
+        return im.size[1], im.size[0]
+
+
+def read_image(path, size=None, resample=None):
+    """One image file -> RGB uint8 [H, W, 3], resized to size=(height, width) as it is read, the way the
+    processor would resize it. A JPEG is decoded at the smallest power-of-two reduction still at least
+    that size (Image.draft), so memory grows with the training size, not the photo's."""
+    import PIL.Image
+
+    from .processor import load_image, resize
+
+    with _reading(path), PIL.Image.open(path) as im:
+        width, height = im.size
+        if size is not None:
+            im.draft(None, (size[1], size[0]))  # JPEG only; other formats decode whole, then shrink at once
+        limits.check_bytes(limits.image_bytes(im.size[1], im.size[0]), f"{path} ({width}x{height} pixels)")
+        im.load()
+        rgb = load_image(im, name=path)  # [H, W, 3]
+        if size is not None and rgb.shape[:2] != tuple(size):
+            rgb = resize(rgb, size[0], size[1], *(() if resample is None else (resample,)))
+    return rgb
+
+
+def load_folder(path, size=None, need_same_size=True, resample=None, check=None):
+    """Every image under `path` (recursively, sorted), resized to size=(h, w) as read when given. If every
+    image sits in a sub-folder, the first sub-folder's name is its label (torchvision's ImageFolder
+    convention). `check(size, n_images)`, called after the headers are read and before any image is
+    decoded, can refuse a training size (see build_run)."""
+    root, files = find_images(path)
     sizes = {}
-    for f, im in zip(files, images):
-        sizes.setdefault(im.shape[:2], f)
-    if len(sizes) > 1 and need_same_size:
+    for f in files:
+        sizes.setdefault(image_size_of(f), f)
+    if len(sizes) > 1 and need_same_size and size is None:
         (s1, f1), (s2, f2) = list(sizes.items())[:2]
         raise TrainError(f"--data {path}: images of mixed sizes ({os.path.relpath(f1, root)} is {s1[0]}x{s1[1]}, "
                          f"{os.path.relpath(f2, root)} is {s2[0]}x{s2[1]}); pass --image-size to resize them all")
+    size = tuple(size) if size is not None else next(iter(sizes))
+    if check is not None:
+        check(size, len(files))
+    images = [read_image(f, size, resample) for f in files]
     rel = [os.path.relpath(f, root).split(os.sep) for f in files]
     labels = class_names = None
     if all(len(r) > 1 for r in rel):
         class_names = sorted({r[0] for r in rel})
         labels = np.array([class_names.index(r[0]) for r in rel], np.int64)
-    return Dataset(images, labels, class_names, root, next(iter(sizes)))
+    return Dataset(images, labels, class_names, root, size)
 
 
-def load_data(spec, need_same_size=True):
-    return load_digits_data() if spec == "digits" else load_folder(spec, need_same_size)
+def load_data(spec, size=None, need_same_size=True, resample=None, check=None):
+    if spec == "digits":
+        if check is not None:  # before scikit-learn's import, which alone takes a second or more
+            check(tuple(size or DIGITS_SIZE), DIGITS_COUNT)
+        return load_digits_data()
+    return load_folder(spec, size, need_same_size, resample, check)
 
 
 def split(n, holdout, seed):
@@ -166,6 +226,17 @@ def encode(processor, images, batch=512):
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
+# What a run may touch in --out: the checkpoint folders it wrote itself (listed in its trainer_state.json
+# under "checkpoints"), its own temporary folders and `latest`. Anything else there, a transformers
+# Trainer's checkpoint-1000/, a user's checkpoint-000003-backup/, another run's checkpoint-000003/, is
+# never reused, replaced or pruned.
+CHECKPOINT = re.compile(r"checkpoint-(\d{6})")
+
+
+def checkpoint_name(step):
+    return f"checkpoint-{step:06d}"
+
+
 def latest_checkpoint(out):
     """The checkpoint folder `out/latest` names, or None when there is none yet."""
     try:
@@ -173,32 +244,99 @@ def latest_checkpoint(out):
             name = f.read().strip()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainError(f"{out}/{LATEST}: cannot read it: {e}") from None
+    if not CHECKPOINT.fullmatch(name):
+        raise TrainError(f"{out}/{LATEST} names {name[:80]!r}, not a checkpoint-NNNNNN folder of this trainer")
     path = os.path.join(out, name)
     if not os.path.isfile(os.path.join(path, STATE_NAME)):
         raise TrainError(f"{out}/{LATEST} names {name}, which is not a complete checkpoint")
     return path
 
 
+def read_state(ckpt):
+    """A checkpoint's trainer_state.json, checked enough to resume from."""
+    path = os.path.join(ckpt, STATE_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise TrainError(f"{path}: cannot read it ({e}); the checkpoint is damaged") from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("history"), list)):
+        raise TrainError(f"{path}: not a trainer state (needs an integer 'step' and a 'history' list)")
+    names = state.setdefault("checkpoints", [os.path.basename(ckpt)])  # older states: only the one resumed
+    if not (isinstance(names, list) and all(isinstance(n, str) and CHECKPOINT.fullmatch(n) for n in names)):
+        raise TrainError(f"{path}: its 'checkpoints' list is damaged")
+    return state
+
+
+def check_out(out, state):
+    """Before any work: --out is a folder this run can write, holding no checkpoint-NNNNNN folder that it
+    did not write itself but might reach (it would neither reuse nor replace one)."""
+    if not _writable_folder(out, "--out"):
+        return
+    ours = set(state["checkpoints"]) if state else set()
+    start = state["step"] if state else 0
+    for name in sorted(os.listdir(out)):
+        m = CHECKPOINT.fullmatch(name)
+        if m and name not in ours and int(m[1]) > start:
+            raise TrainError(f"--out {out} holds {name}, which this run did not write "
+                             f"({'no ' + LATEST + ' file names it' if not state else 'newer than ' + LATEST}); "
+                             f"it would be neither reused nor replaced: move it away, or choose another --out")
+
+
+def _writable_folder(path, option):
+    """`path` is a folder this run can write to (-> True), or can be created (-> False: it is empty)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise TrainError(f"{option} {path} is a file, not a folder")
+    if not os.path.isdir(path):
+        _check_can_create(path, option)
+        return False
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TrainError(f"{option} {path}: this folder is not writable")
+    return True
+
+
+def _check_can_create(path, option):
+    """`path` does not exist: its nearest existing parent must be a writable folder."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise TrainError(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TrainError(f"{option} {path}: cannot create it, {parent} is not writable")
+
+
 def save_checkpoint(out, model, processor, optimizer, state, keep=2):
     """Write checkpoint-NNNNNN under a temporary name, rename it into place, then point `latest` at it
-    and remove all but the `keep` newest. At every moment `latest` names a complete checkpoint."""
-    name = f"checkpoint-{state['step']:06d}"
+    and remove this run's checkpoints beyond the `keep` newest. At every moment `latest` names a
+    complete checkpoint; a folder this run did not write is never replaced or removed."""
+    name = checkpoint_name(state["step"])
     final = os.path.join(out, name)
-    if not os.path.isdir(final):
-        tmp = os.path.join(out, f".{name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+    written = state.setdefault("checkpoints", [])
+    kept = [n for n in written if n != name] + [name]
+    kept, dropped = kept[-keep:], kept[:-keep]
+    if name in written and os.path.isdir(final):
+        pass  # this run saved this very step already (a Ctrl-C right after a save)
+    elif os.path.lexists(final):
+        raise TrainError(f"{final} already exists and this run did not write it; not replacing it: move it "
+                         f"away, or choose another --out")
+    else:
+        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out)  # a fresh name: never someone else's folder
         try:
             write_model_dir(tmp, model, processor)
             tensors, meta = optimizer.state_dict()
             save_file(tensors, os.path.join(tmp, OPTIMIZER_NAME), {"t": str(meta["t"])})
-            atomic_write_bytes(os.path.join(tmp, STATE_NAME), (json.dumps(state, indent=2) + "\n").encode())
-            os.rename(tmp, final)
+            atomic_write_bytes(os.path.join(tmp, STATE_NAME),
+                               (json.dumps({**state, "checkpoints": kept}, indent=2) + "\n").encode())
+            os.rename(tmp, final)  # fails on a folder that appeared meanwhile, unless it is empty
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     atomic_write_bytes(os.path.join(out, LATEST), (name + "\n").encode())
-    old = sorted(d for d in os.listdir(out) if d.startswith("checkpoint-") and d != name)
-    for d in old[:max(0, len(old) - (keep - 1))]:
+    state["checkpoints"] = kept
+    for d in dropped:
         shutil.rmtree(os.path.join(out, d), ignore_errors=True)
     return final
 
@@ -208,25 +346,47 @@ def write_model_dir(directory, model, processor):
     processor.save_pretrained(directory)
 
 
+def _is_imagegpt_config(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(d, dict) and d.get("model_type") == "imagegpt"
+
+
+def check_export(directory):
+    """Before any work: --export DIR may be created, or already hold an ImageGPT model (a previous export,
+    whose three files it replaces); a file of one of those names that belongs to something else is
+    refused, as is DIR being a file. Nothing else in DIR is ever touched."""
+    if not _writable_folder(directory, "--export"):
+        return
+    present = [n for n in EXPORT_FILES if os.path.lexists(os.path.join(directory, n))]
+    for n in present:
+        if not os.path.isfile(os.path.join(directory, n)) or os.path.islink(os.path.join(directory, n)):
+            raise TrainError(f"--export {directory}: its {n} is not a plain file; not replacing it")
+    if present and not _is_imagegpt_config(os.path.join(directory, CONFIG_NAME)):
+        raise TrainError(f"--export {directory}: it holds a {present[0]} that is not part of an ImageGPT model; "
+                         f"not replacing it (export into a new folder, or one holding an earlier export)")
+
+
 def export_model(directory, model, processor):
-    """Write the model and its processor to `directory`, replacing what was there in one rename. Other
-    files already in it (a README) are carried over."""
+    """Write the model's three files (weights, processor, config) into `directory`, each by a rename, and
+    nothing else: the folder's other files and sub-folders stay as they are."""
+    check_export(directory)  # again: the folder may have changed while training
     directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_model_dir(tmp, model, processor)
-    if os.path.isdir(directory):
-        for f in os.listdir(directory):
-            if not os.path.exists(os.path.join(tmp, f)) and os.path.isfile(os.path.join(directory, f)):
-                shutil.copy2(os.path.join(directory, f), tmp)
-        old = os.path.join(parent, f".{os.path.basename(directory)}.old-{os.getpid()}")
-        os.rename(directory, old)
-        os.rename(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, directory)
+    os.makedirs(directory, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export.tmp-", dir=directory)  # same file system: renames are atomic
+    try:
+        write_model_dir(tmp, model, processor)
+        for name in EXPORT_FILES:  # the config last: a folder with a config always has its weights
+            src, dest = os.path.join(tmp, name), os.path.join(directory, name)
+            if os.path.lexists(dest):
+                os.replace(src, dest)  # an earlier export's file: check_export has just vouched for it
+            else:
+                link_exclusive(src, dest)  # a file of that name appearing meanwhile is not replaced
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
@@ -238,7 +398,8 @@ def writable(params):
 # ---- one step, and evaluation --------------------------------------------------------------------
 def train_step(model, optimizer, inputs, targets, lr, grad_clip, dropout_rng):
     """Forward, backward, clip, AdamW. -> (loss, gradient norm before clipping). Raises NonFiniteLoss
-    before touching the weights if the loss or the gradients are not finite."""
+    before touching the weights if the loss or the gradients are not finite, and after the update if a
+    weight is (a huge step from finite gradients): such weights are never saved."""
     # a causal model's targets are aligned with its inputs (position t predicts pixel t): no shift
     aligned = {} if isinstance(model, ImageGPTForImageClassification) else {"shift": False}
     loss, grads = model.value_and_grad(inputs, targets, dropout_rng=dropout_rng, **aligned)
@@ -248,6 +409,10 @@ def train_step(model, optimizer, inputs, targets, lr, grad_clip, dropout_rng):
     if not math.isfinite(norm):
         raise NonFiniteLoss(f"gradient norm is {norm} (loss {float(loss):.4f})")
     optimizer.step(model.params, grads, lr=lr)
+    bad = non_finite_names(model.params)
+    if bad:
+        raise NonFiniteLoss(f"the update left NaN or infinite values in {bad[0]!r} (loss {float(loss):.4f}, "
+                            f"learning rate {lr:.3g})")
     return float(loss), norm
 
 
@@ -324,10 +489,12 @@ def resolve(args):
         if given:
             raise TrainError(f"--{given[0].replace('_', '-')} cannot change when fine-tuning: the architecture and "
                              f"palette come from --finetune-from")
-    checks = [("steps", args.steps >= 1), ("batch-size", args.batch_size >= 1), ("lr", args.lr > 0),
+    checks = [("steps", args.steps >= 1), ("batch-size", args.batch_size >= 1),
+              ("lr", args.lr > 0 and optim.finite_float32(args.lr)), ("min-lr", optim.finite_float32(args.min_lr)),
               ("warmup", args.warmup >= 0), ("eval-every", args.eval_every >= 1),
               ("save-every", args.save_every >= 1), ("holdout", 0 < args.holdout < 1),
-              ("weight-decay", args.weight_decay >= 0), ("grad-clip", args.grad_clip >= 0),
+              ("weight-decay", args.weight_decay >= 0 and optim.finite_float32(args.weight_decay)),
+              ("grad-clip", args.grad_clip >= 0 and math.isfinite(args.grad_clip)),
               ("keep", args.keep >= 1)]
     if args.dropout is not None:
         checks.append(("dropout", 0 <= args.dropout < 1))
@@ -337,7 +504,9 @@ def resolve(args):
         checks.append(("threads", args.threads >= 1))
     for name, ok in checks:
         if not ok:
-            raise TrainError(f"--{name} {getattr(args, name.replace('-', '_'))} is out of range")
+            value = getattr(args, name.replace('-', '_'))
+            why = " (not finite as float32)" if isinstance(value, float) and not optim.finite_float32(value) else ""
+            raise TrainError(f"--{name} {value} is out of range{why}")
     if args.min_lr < 0 or args.min_lr > args.lr:
         raise TrainError(f"--min-lr {args.min_lr} must be between 0 and --lr {args.lr}")
     return mode
@@ -345,7 +514,11 @@ def resolve(args):
 
 def build_run(args, mode):
     """Data, processor, model and optimizer, fresh or from `latest` with --resume.
-    -> (model, processor, optimizer, state, (train_in, train_tgt), (val_in, val_tgt))."""
+    -> (model, processor, optimizer, state, (train_in, train_tgt), (val_in, val_tgt), checkpoint or None).
+    The checks that need no work come first: --out and --export, then every size against the memory
+    available, from the images' headers, before any image is decoded."""
+    from .processor import ImageGPTImageProcessor
+
     out = args.out
     ckpt = latest_checkpoint(out) if os.path.isdir(out) else None
     if ckpt and not args.resume:
@@ -353,10 +526,53 @@ def build_run(args, mode):
                          f"it, or choose another --out")
     if args.resume and ckpt is None:
         raise TrainError(f"--resume: no checkpoint in {out} (no '{LATEST}' file)")
-    from .processor import ImageGPTImageProcessor
+    state = read_state(ckpt) if ckpt else None
+    check_out(out, state)
+    if args.export:
+        check_export(args.export)
 
     image_size = None if args.image_size is None else (args.image_size, args.image_size)
-    data = load_data(args.data, need_same_size=image_size is None and mode == "pretrain")
+    source = source_processor = None
+    if mode == "finetune":  # the architecture and the image size come from the checkpoint
+        try:
+            source = ImageGPTConfig.from_pretrained(args.finetune_from)
+            source_processor = ImageGPTImageProcessor.from_pretrained(args.finetune_from)
+        except (ValueError, OSError) as e:
+            raise TrainError(f"--finetune-from: {e}") from None
+        image_size = (source_processor.size["height"], source_processor.size["width"])
+    n_colors = args.n_colors or 16
+
+    def make_config(size, class_names=None):
+        if mode == "pretrain":
+            p = args.dropout
+            return ImageGPTConfig(vocab_size=n_colors + 1, n_positions=size[0] * size[1], n_embd=args.n_embd,
+                                  n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p)
+        over = {} if args.dropout is None else dict(resid_pdrop=args.dropout, embd_pdrop=args.dropout,
+                                                    attn_pdrop=args.dropout)
+        labels = dict(enumerate(class_names)) if class_names else None
+        return replace(source, num_labels=len(labels) if labels else 2, id2label=labels, label2id=None,
+                       problem_type="single_label_classification", extra={}, **over)
+
+    def check_fits(size, n_images):
+        """Refuse, before decoding any image, a training size this machine cannot hold."""
+        what = f"--image-size {args.image_size}" if args.image_size else f"images of {size[0]}x{size[1]}"
+        if mode == "pretrain":  # the weights first, from the numbers alone (the config would refuse them too)
+            sizes = SimpleNamespace(vocab_size=n_colors + 1, n_positions=size[0] * size[1], n_embd=args.n_embd,
+                                    n_layer=args.n_layer, n_head=args.n_head, num_labels=2)
+            nbytes, budget = limits.model_bytes(sizes), limits.machine_memory()
+            if nbytes is not None and nbytes > budget:
+                raise TrainError(f"--n-layer {args.n_layer}, --n-embd {args.n_embd}, --n-colors {n_colors} and {what} "
+                                 f"make {limits.parameter_count(sizes):,} parameters ({limits.fmt_bytes(nbytes)} as "
+                                 f"float32), more than this machine's {limits.fmt_bytes(budget)} of memory")
+        config = make_config(size)
+        # the data: uint8 pixels, the palette fit's float32 pixels, int64 inputs and targets
+        data = n_images * size[0] * size[1] * (3 + 3 * 4 + 2 * 8)
+        limits.check_bytes(limits.training_bytes(config, args.batch_size) + data,
+                           f"{what} ({config.n_positions:,} positions) with --batch-size {args.batch_size}: training",
+                           hint="; use a smaller --image-size or --batch-size")
+
+    data = load_data(args.data, image_size, need_same_size=image_size is None and mode == "pretrain",
+                     resample=source_processor.resample if source_processor else None, check=check_fits)
     if mode == "finetune" and data.labels is None:
         raise TrainError(f"fine-tuning needs labels: put each class's images of {args.data} in its own sub-folder")
     if len(data.images) < 2:
@@ -367,26 +583,14 @@ def build_run(args, mode):
                          f"images of {len(data.images)}; {len(val_idx)} held out)")
 
     # the model's config, from the arguments (pre-training) or the source checkpoint (fine-tuning)
-    if mode == "pretrain":
-        size = image_size or data.size
-        n_colors = args.n_colors or 16
-        p = args.dropout
-        config = ImageGPTConfig(vocab_size=n_colors + 1, n_positions=size[0] * size[1], n_embd=args.n_embd,
-                                n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p)
-    else:
-        try:
-            source = ImageGPTConfig.from_pretrained(args.finetune_from)
-        except (ValueError, OSError) as e:
-            raise TrainError(f"--finetune-from: {e}") from None
-        over = {} if args.dropout is None else dict(resid_pdrop=args.dropout, embd_pdrop=args.dropout,
-                                                    attn_pdrop=args.dropout)
-        config = replace(source, num_labels=len(data.class_names), id2label=dict(enumerate(data.class_names)),
-                         label2id=None, problem_type="single_label_classification", extra={}, **over)
+    size = image_size or data.size
+    config = make_config(size, data.class_names)
 
     if ckpt:  # --resume: the checkpoint's config must be the one these arguments describe
-        with open(os.path.join(ckpt, STATE_NAME), encoding="utf-8") as f:
-            state = json.load(f)
-        saved = ImageGPTConfig.from_pretrained(ckpt)
+        try:
+            saved = ImageGPTConfig.from_pretrained(ckpt)
+        except (ValueError, OSError) as e:
+            raise TrainError(f"cannot resume from {ckpt}: {e}") from None
         diff = [k for k, v in config.to_dict().items() if k not in ("architectures",) and saved.to_dict().get(k) != v]
         if diff:
             k = diff[0]
@@ -397,23 +601,20 @@ def build_run(args, mode):
                              f"not a {mode} run on {data.source}")
         processor = ImageGPTImageProcessor.from_pretrained(ckpt)
         cls = ImageGPTForImageClassification if mode == "finetune" else ImageGPTForCausalImageModeling
-        model = cls.from_pretrained(ckpt)
-        model.params = writable(model.params)
+        model = finite_model(ckpt, cls, what=f"cannot resume from {ckpt}")
     elif mode == "pretrain":
         processor = fit_processor([data.images[i] for i in train_idx], size, n_colors, args.seed)
         model = ImageGPTForCausalImageModeling(config, seed=args.seed)
-        state = {"step": 0, "mode": mode, "data": data.source, "history": []}
+        state = {"step": 0, "mode": mode, "data": data.source, "history": [], "checkpoints": []}
     else:
-        processor = ImageGPTImageProcessor.from_pretrained(args.finetune_from)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "lm_head.weight ignored": expected when fine-tuning
-            body = ImageGPTForCausalImageModeling.from_pretrained(args.finetune_from).params
+        processor = source_processor
+        body = finite_model(args.finetune_from, ImageGPTForCausalImageModeling, what="--finetune-from").params
         params = {k: v for k, v in body.items() if k != "lm_head.weight"}
         rng = np.random.default_rng(args.seed)
         params["score.weight"] = rng.normal(0.0, config.initializer_range,
                                             (config.num_labels, config.n_embd)).astype(np.float32)
-        model = ImageGPTForImageClassification(config, writable(params))
-        state = {"step": 0, "mode": mode, "data": data.source, "history": [],
+        model = ImageGPTForImageClassification(config, params)  # writable: finite_model copied them
+        state = {"step": 0, "mode": mode, "data": data.source, "history": [], "checkpoints": [],
                  "finetune_from": os.path.abspath(args.finetune_from)}
 
     h, w = processor.size["height"], processor.size["width"]
@@ -433,13 +634,35 @@ def build_run(args, mode):
     optimizer = optim.AdamW(model.params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay,
                             decay=optim.decay_names(model.params, args.decay_position_embeddings))
     if ckpt:
-        tensors = load_file(os.path.join(ckpt, OPTIMIZER_NAME))
-        from .weights import load_metadata
-
-        optimizer.load_state_dict(tensors, {"t": int(load_metadata(os.path.join(ckpt, OPTIMIZER_NAME))["t"])})
+        path = os.path.join(ckpt, OPTIMIZER_NAME)
+        try:
+            t = load_metadata(path).get("t", "")
+            if not t.isdigit():
+                raise ValueError(f"{path}: its metadata has no step count 't'")
+            optimizer.load_state_dict(load_file(path), {"t": int(t)})
+        except (KeyError, ValueError) as e:  # SafetensorsError names the file; the moments' checks the tensor
+            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            where = "" if path in message else f"{path}: "
+            raise TrainError(f"cannot resume from {ckpt}: {where}{message}") from None
     state["args"] = {k: v for k, v in vars(args).items()}
     return model, processor, optimizer, state, (inputs[train_idx], targets[train_idx]), \
         (inputs[val_idx], targets[val_idx]), ckpt
+
+
+def finite_model(path, cls, what):
+    """A checkpoint's model with its weights as writable float32 copies (the optimizer updates them in
+    place), refused when a tensor holds NaN or infinity: training from them could only give NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "lm_head.weight ignored" when fine-tuning; non-finite: refused below
+        try:
+            model = cls.from_pretrained(path)
+        except (ValueError, OSError) as e:
+            raise TrainError(f"{what}: {e}") from None
+    bad = non_finite_names(model.params)
+    if bad:
+        raise TrainError(f"{what}: tensor {bad[0]!r} of {path} holds NaN or infinite values")
+    model.params = writable(model.params)
+    return model
 
 
 def run(args, mode):
@@ -492,7 +715,7 @@ def run(args, mode):
                     loss, norm = train_step(model, optimizer, x_train[batch], y_train[batch], lr, args.grad_clip,
                                             rng if model.config.resid_pdrop or model.config.attn_pdrop
                                             or model.config.embd_pdrop else None)
-                except NonFiniteLoss as e:  # raised before the update: the weights are still those of `step`
+                except NonFiniteLoss as e:  # nothing of this step is saved: the last checkpoint is finite
                     bar.close()
                     where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
                     raise Diverged(f"stopping: {e} at step {step + 1}; {where}") from None
@@ -600,6 +823,11 @@ def main(argv=None):
         return 130
     except (TrainError, OSError, ValueError) as e:
         parser.exit(1 if isinstance(e, Diverged) else 2, f"{PROG}: error: {e}\n")
+    except MemoryError as e:  # an estimate in limits.py fell short: still one line
+        parser.exit(2, f"{PROG}: error: out of memory{': ' + str(e) if str(e) else ''}; try a smaller --batch-size, "
+                       f"--image-size or model\n")
+    except RecursionError as e:
+        parser.exit(2, f"{PROG}: error: {e}\n")
 
 
 if __name__ == "__main__":

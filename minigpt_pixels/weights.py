@@ -12,6 +12,7 @@ model costs page cache, not a copy. Every problem with a file raises Safetensors
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import mmap
@@ -19,6 +20,7 @@ import os
 import re
 import secrets
 import struct
+import warnings
 
 import numpy as np
 
@@ -54,8 +56,15 @@ _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**1
                "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
+_SCAN_ELEMENTS = 1 << 23  # the finiteness scan reads 32 MB of float32 at a time
+
+
 class SafetensorsError(ValueError):
     """A file or checkpoint folder that is not a readable safetensors model."""
+
+
+class NonFiniteWeightsWarning(UserWarning):
+    """A checkpoint's weights hold NaN or infinity: every output of the model will be NaN."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,11 +86,13 @@ def load_metadata(path) -> dict[str, str]:
         return _read_header(f, path)[1]
 
 
-def load_file(path, names=None) -> dict[str, np.ndarray]:
+def load_file(path, names=None, non_finite=None) -> dict[str, np.ndarray]:
     """Tensors of a .safetensors file as read-only arrays over a memory map of it.
 
     F32 is zero-copy; F16, BF16 and F64 become float32 copies; integers and BOOL keep their dtype.
     `names` restricts which tensors load (in that order); by default all, in the header's order.
+    `non_finite`, if a list, receives the names of the tensors holding NaN or infinity (the scan reads
+    the file once, giving its pages back as it goes, so it does not raise the resident memory).
     """
     path = os.fspath(path)
     with _open(path) as f:
@@ -97,7 +108,45 @@ def load_file(path, names=None) -> dict[str, np.ndarray]:
             return {}
         # The map outlives the file object: the arrays keep it alive through their .base.
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return {name: _to_array(buf, data_start, tensors[name]) for name in names}
+    arrays = {name: _to_array(buf, data_start, tensors[name]) for name in names}
+    if non_finite is not None:
+        non_finite += non_finite_names(arrays, buf)
+    return arrays
+
+
+def non_finite_names(tensors, mapped=None) -> list[str]:
+    """Names of the floating tensors holding a NaN or an infinity. Each is read in chunks (min and max
+    propagate NaN), so there is no temporary as large as a tensor; the pages of `mapped` (the mmap the
+    tensors view) that a chunk read are handed back to the page cache after it."""
+    base = end = 0
+    if mapped is not None and len(mapped) and hasattr(mapped, "madvise"):
+        base = np.frombuffer(mapped, np.uint8).__array_interface__["data"][0]
+        end = base + len(mapped)
+    bad = []
+    for name, a in tensors.items():
+        if a.dtype.kind != "f" or a.size == 0:
+            continue
+        flat = a.reshape(-1)
+        for i in range(0, flat.size, _SCAN_ELEMENTS):
+            chunk = flat[i:i + _SCAN_ELEMENTS]
+            finite = np.isfinite(chunk.min()) and np.isfinite(chunk.max())
+            start = chunk.__array_interface__["data"][0]
+            if base <= start < end:
+                _drop_pages(mapped, start - base, chunk.nbytes)
+            if not finite:
+                bad.append(name)
+                break
+    return bad
+
+
+def _drop_pages(mapped, offset, length):
+    """MADV_DONTNEED the whole pages inside [offset, offset + length) of a read-only file map: they stay
+    in the page cache and fault back in if read again."""
+    first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (offset + length) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        with contextlib.suppress(OSError, ValueError):
+            mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def _open(path):
@@ -213,17 +262,21 @@ def _check_entry(name: str, entry, data_size: int, path: str) -> dict:
 # Writing
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def atomic_write_bytes(path, data: bytes, replace: bool = True) -> None:
     """Write to a temporary file beside `path`, then rename, so a crash never leaves a half-written file."""
-    with _atomic_open(path) as f:
+    with atomic_open(path, replace) as f:
         f.write(data)
 
 
 @contextlib.contextmanager
-def _atomic_open(path):
-    """A binary file that replaces `path` only once the block finishes without error.
+def atomic_open(path, replace: bool = True):
+    """A binary file that takes the name `path` only once the block finishes without error; the
+    temporary file behind it is removed on every path.
 
-    Replacing rather than rewriting in place also keeps arrays mapped from the old file valid.
+    With replace=False an existing `path` is never replaced, not even one that appeared while the block
+    ran (FileExistsError): the name is given by a hard link, which fails on an existing name, or, on a file
+    system without hard links, by an exclusive create (O_EXCL) and a copy. Replacing rather than
+    rewriting in place also keeps arrays mapped from the old file valid.
     """
     path = os.path.abspath(os.fspath(path))
     directory, name = os.path.split(path)
@@ -235,10 +288,36 @@ def _atomic_open(path):
             yield f
             f.flush()
             os.fsync(f.fileno())  # the data must reach the disk before the rename does
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            link_exclusive(tmp, path)
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+_NO_HARD_LINKS = {getattr(errno, n) for n in ("EPERM", "EOPNOTSUPP", "ENOTSUP", "EXDEV", "EMLINK", "ENOSYS")
+                  if hasattr(errno, n)}
+
+
+def link_exclusive(tmp, path):
+    """Give the finished file `tmp` a second name, `path`, failing (FileExistsError) if `path` exists."""
+    try:
+        os.link(tmp, path)
+        return
+    except OSError as e:
+        if isinstance(e, FileExistsError) or e.errno not in _NO_HARD_LINKS:
+            raise
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as out, open(tmp, "rb") as f:
+            while chunk := f.read(1 << 20):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        os.unlink(path)  # ours, half-written
         raise
 
 
@@ -268,8 +347,10 @@ def _header_bytes(entries: dict, metadata: dict | None) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def save_file(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None = None) -> None:
-    """Write `tensors` to a .safetensors file atomically, streaming one tensor at a time."""
+def save_file(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None = None,
+              replace: bool = True) -> None:
+    """Write `tensors` to a .safetensors file atomically, streaming one tensor at a time. With
+    replace=False an existing file is never replaced (FileExistsError), even one that appears meanwhile."""
     if metadata is not None and not (isinstance(metadata, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise TypeError(f"metadata must map strings to strings, got {metadata!r:.200}")
@@ -282,7 +363,7 @@ def save_file(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | N
         entries[name] = {"dtype": codes[name], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
     header = _header_bytes(entries, metadata)
-    with _atomic_open(path) as f:
+    with atomic_open(path, replace) as f:
         f.write(header)
         for name in order:
             f.write(arrays[name])  # the array's own buffer: no bytes copy of the weights
@@ -293,24 +374,37 @@ def save_file(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | N
 
 
 def load_state_dict(path) -> dict[str, np.ndarray]:
-    """Tensors of a .safetensors file, or of a folder holding model.safetensors or a sharded index."""
+    """Tensors of a .safetensors file, or of a folder holding model.safetensors or a sharded index.
+    Warns (NonFiniteWeightsWarning) naming the tensors that hold NaN or infinity."""
     path = os.fspath(path)
+    bad = []
     if os.path.isfile(path):
         if path.endswith(".bin"):
             raise SafetensorsError(f"{path} is a PyTorch pickle; convert it first: "
                                    f"python -m minigpt_pixels.convert {os.path.dirname(path) or '.'}")
-        return load_file(path)
-    if not os.path.isdir(path):
+        tensors = load_file(path, non_finite=bad)
+    elif not os.path.isdir(path):
         raise SafetensorsError(f"{path}: no such file or directory")
     # model.safetensors wins over an index, as in transformers; save_state_dict relies on that order.
-    if os.path.isfile(os.path.join(path, SAFE_WEIGHTS_NAME)):
-        return load_file(os.path.join(path, SAFE_WEIGHTS_NAME))
-    if os.path.isfile(os.path.join(path, SAFE_WEIGHTS_INDEX_NAME)):
-        return _load_sharded(path)
+    elif os.path.isfile(os.path.join(path, SAFE_WEIGHTS_NAME)):
+        tensors = load_file(os.path.join(path, SAFE_WEIGHTS_NAME), non_finite=bad)
+    elif os.path.isfile(os.path.join(path, SAFE_WEIGHTS_INDEX_NAME)):
+        tensors = _load_sharded(path, bad)
+    else:
+        raise _no_weights(path)
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        warnings.warn(f"{path}: tensor {bad[0]!r}{more} holds NaN or infinite values; every output of this "
+                      f"model will be NaN", NonFiniteWeightsWarning, stacklevel=2)
+    return tensors
+
+
+def _no_weights(path) -> SafetensorsError:
+    """The error for a folder without safetensors weights, with the fix."""
     if os.path.isfile(os.path.join(path, TORCH_WEIGHTS_NAME)):
-        raise SafetensorsError(
+        return SafetensorsError(
             f"{path} holds only {TORCH_WEIGHTS_NAME}; convert it first: python -m minigpt_pixels.convert {path}")
-    raise SafetensorsError(f"{path}: no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME} in this folder")
+    return SafetensorsError(f"{path}: no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME} in this folder")
 
 
 def _read_weight_map(index_path: str) -> dict[str, str]:
@@ -327,7 +421,7 @@ def _read_weight_map(index_path: str) -> dict[str, str]:
     return weight_map
 
 
-def _load_sharded(directory: str) -> dict[str, np.ndarray]:
+def _load_sharded(directory: str, non_finite=None) -> dict[str, np.ndarray]:
     index_path = os.path.join(directory, SAFE_WEIGHTS_INDEX_NAME)
     weight_map = _read_weight_map(index_path)
     by_shard: dict[str, list[str]] = {}
@@ -349,7 +443,7 @@ def _load_sharded(directory: str) -> dict[str, np.ndarray]:
             raise SafetensorsError(
                 f"{shard_path}: holds {', '.join(repr(n) for n in extra[:5])}, which {index_path} "
                 f"places {'elsewhere' if extra[0] in weight_map else 'nowhere'}")
-        loaded.update(load_file(shard_path, names))
+        loaded.update(load_file(shard_path, names, non_finite))
     return {name: loaded[name] for name in weight_map}
 
 

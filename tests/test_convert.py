@@ -1,6 +1,7 @@
 """convert.py: pytorch_model.bin -> model.safetensors, refusing pickles that hold more than tensors."""
 
 import pathlib
+import pickle
 import re
 import subprocess
 import sys
@@ -114,3 +115,26 @@ def test_command_line_prints_no_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("missing: no such directory") and "Traceback" not in result.stderr
+
+
+def test_a_plain_pickle_that_runs_code_names_the_blocked_global(tmp_path, capsys):
+    """A pickle written by pickle.dump, not torch.save: torch's own message names no global here, and
+    opens with advice to pass weights_only=False. The refusal names it and says nothing was run."""
+    marker = tmp_path / "code-ran"
+    with open(tmp_path / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"w": RunsCode(marker)}, f, protocol=4)
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Unsupported global pathlib" in err and "Path.touch" in err, err
+    assert "not loaded, because loading it could run code" in err and "weights_only=False" not in err
+    assert not marker.exists() and not (tmp_path / "model.safetensors").exists()
+
+
+def test_a_torch_saved_pickle_that_runs_code_names_the_blocked_global(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    checkpoint(tmp_path, {"w": torch.ones(2), "evil": RunsCode(marker)})
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    # torch.save's protocol 2 pickles Path.touch as getattr(Path, "touch"): getattr is what it blocks
+    assert "Unsupported global" in err and "getattr" in err and "could run code" in err, err
+    assert "weights_only=False" not in err and not marker.exists()

@@ -13,6 +13,7 @@ from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.palette import dequantize
 from minigpt_pixels.processor import ImageGPTImageProcessor
+from minigpt_pixels import sample as sample_module
 from minigpt_pixels.sample import main
 
 
@@ -174,3 +175,23 @@ def test_help_shows_defaults_and_console_script():
     for option in ("--model", "--num-samples", "--temperature", "--top-k", "--top-p", "--seed", "--prompt",
                    "--prompt-rows", "--out", "--device", "--progress", "(default: 16)", "(default: 1.0)"):
         assert option in text, option
+
+
+def test_help_shows_each_default_once():
+    """The old help said "(default: half the image height) (default: None)"."""
+    text = " ".join(sample_module.build_parser().format_help().split())
+    assert "(default: None)" not in text
+    assert text.count("(default: half the image height)") == 1 and "(default: 16)" in text
+
+
+def test_nan_weights_are_refused_before_sampling(tmp_path, capsys, tiny_model_dir):
+    """The old code sampled token 0 everywhere from NaN logits, wrote the flat picture and exited 0."""
+    d = tmp_path / "nan_model"
+    model = ImageGPTForCausalImageModeling.from_pretrained(tiny_model_dir)
+    params = {k: np.array(v) for k, v in model.params.items()}
+    params["transformer.h.0.attn.c_proj.weight"][3, 5] = np.nan
+    ImageGPTForCausalImageModeling(model.config, params).save_pretrained(d)
+    (d / "preprocessor_config.json").write_bytes((tiny_model_dir / "preprocessor_config.json").read_bytes())
+    code, _, err = run_main(["--model", str(d), "--out", str(tmp_path / "x.png"), "--no-progress"], capsys)
+    assert code == 2 and "transformer.h.0.attn.c_proj.weight" in err and "NaN" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()

@@ -12,7 +12,7 @@ from PIL import Image
 from minigpt_pixels import backprop, train
 from minigpt_pixels.model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
 from minigpt_pixels.processor import ImageGPTImageProcessor
-from minigpt_pixels.weights import load_file
+from minigpt_pixels.weights import load_file, save_file
 
 TINY = ["--n-embd", "8", "--n-layer", "1", "--n-head", "2", "--batch-size", "4", "--no-progress",
         "--eval-every", "2", "--save-every", "2", "--warmup", "1", "--threads", "1"]
@@ -84,12 +84,14 @@ def test_tiny_digits_run_end_to_end(tmp_path, capsys):
 
 def test_export_replaces_the_model_but_keeps_other_files(tmp_path, folder):
     export = tmp_path / "model"
-    export.mkdir()
+    (export / "notes").mkdir(parents=True)
+    (export / "notes" / "log.txt").write_text("a sub-folder of the user's\n")
     (export / "README.md").write_text("how this model was made\n")
-    (export / "config.json").write_text("stale")
+    (export / "config.json").write_text('{"model_type": "imagegpt", "n_embd": 4}')  # an earlier export's
     assert run(["--data", folder, "--out", tmp_path / "run", "--steps", 2, "--n-colors", 4, *TINY,
                 "--export", export])[0] == 0
     assert (export / "README.md").read_text() == "how this model was made\n"
+    assert (export / "notes" / "log.txt").read_text() == "a sub-folder of the user's\n"
     ImageGPTForCausalImageModeling.from_pretrained(export)
     assert not [d for d in os.listdir(tmp_path) if d.startswith(".")]
 
@@ -248,3 +250,65 @@ def test_help_shows_defaults(capsys):
         train.main(["--help"])
     text = capsys.readouterr().out
     assert "--finetune-from" in text and "default: digits" in text and "default: 0.1" in text
+
+
+# ---- damaged checkpoints, non-finite weights and learning rates --------------------------------------
+def test_lr_that_is_infinite_in_float32_is_refused(tmp_path, capsys):
+    """1e39 passes `lr > 0` but is inf in float32: the old code trained and kept an all-NaN checkpoint."""
+    one_line_error(*run(["--out", tmp_path / "r", "--lr", "1e39", *TINY], capsys), "--lr 1e+39", "float32")
+    one_line_error(*run(["--out", tmp_path / "r", "--lr", "nan", *TINY], capsys), "--lr nan")
+    assert not (tmp_path / "r").exists()
+
+
+def test_weights_are_checked_after_every_update(tmp_path, folder, capsys, monkeypatch):
+    """Finite loss and gradients, but an update that overflows: the old code saved it as the last good one."""
+    real = train.optim.AdamW.step
+    calls = []
+
+    def overflowing(self, params, grads, lr=None):
+        real(self, params, grads, lr=lr)
+        calls.append(1)
+        if len(calls) == 3:
+            params["transformer.h.0.mlp.c_fc.weight"][0, 0] = np.inf
+
+    monkeypatch.setattr(train.optim.AdamW, "step", overflowing)
+    out = tmp_path / "r"
+    code, err = run(["--data", folder, "--out", out, "--n-colors", 4, "--steps", 6, *TINY], capsys)
+    one_line_error(code, err, "at step 3", "transformer.h.0.mlp.c_fc.weight", "checkpoint-000002", status=1)
+    assert os.path.basename(latest(out)) == "checkpoint-000002"
+    assert all(np.isfinite(w).all() for w in weights(latest(out)).values())
+    assert [d for d in os.listdir(out) if d.startswith("checkpoint-")] == ["checkpoint-000002"]
+
+
+def test_resume_from_damaged_files_names_the_file(tmp_path, folder, capsys):
+    out = tmp_path / "r"
+    common = ["--data", folder, "--out", out, "--n-colors", 4, *TINY]
+    assert run([*common, "--steps", 2])[0] == 0
+    ckpt = latest(out)
+    state_path = os.path.join(ckpt, "trainer_state.json")
+    state = open(state_path).read()
+    open(state_path, "w").write(state[:len(state) // 2])  # truncated
+    one_line_error(*run([*common, "--steps", 4, "--resume"], capsys), "trainer_state.json", "damaged")
+    open(state_path, "w").write(state)
+
+    opt_path = os.path.join(ckpt, "optimizer.safetensors")
+    tensors = {k: np.array(v) for k, v in load_file(opt_path).items()}
+    name = sorted(tensors)[0]
+    save_file({k: v for k, v in tensors.items() if k != name}, opt_path, {"t": "2"})  # a moment missing
+    one_line_error(*run([*common, "--steps", 4, "--resume"], capsys), "optimizer.safetensors", name)
+    save_file(tensors, opt_path)  # no step count in the metadata
+    one_line_error(*run([*common, "--steps", 4, "--resume"], capsys), "optimizer.safetensors", "'t'")
+    with open(opt_path, "wb") as f:
+        f.write(b"\x08\x00\x00\x00")  # cut short
+    one_line_error(*run([*common, "--steps", 4, "--resume"], capsys), "optimizer.safetensors")
+
+
+def test_resume_from_nan_weights_is_refused(tmp_path, folder, capsys):
+    out = tmp_path / "r"
+    common = ["--data", folder, "--out", out, "--n-colors", 4, *TINY]
+    assert run([*common, "--steps", 2])[0] == 0
+    path = os.path.join(latest(out), "model.safetensors")
+    w = weights(latest(out))
+    w["transformer.wte.weight"][1, 2] = np.nan
+    save_file(w, path, {"format": "pt"})
+    one_line_error(*run([*common, "--steps", 4, "--resume"], capsys), "transformer.wte.weight", "NaN")

@@ -7,6 +7,7 @@ import re
 import struct
 import tempfile
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -533,3 +534,56 @@ def test_transformers_sharded_checkpoint_both_ways(tmp_path):
     reloaded = transformers.ImageGPTModel.from_pretrained(tmp_path / "ours").state_dict()
     for name, want in expected.items():
         np.testing.assert_array_equal(reloaded[name].numpy(), want, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite weights and exclusive creation
+
+
+def test_non_finite_weights_warn_at_load_naming_the_tensor(tmp_path):
+    good = {"a.weight": np.ones((3, 4), np.float32), "ids": np.arange(3)}
+    save_state_dict(good, tmp_path / "good")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_state_dict(tmp_path / "good")  # finite: not a word
+    for value, name in [(np.nan, "h.0.attn.c_attn.weight"), (np.inf, "wte.weight"), (-np.inf, "ln_f.weight")]:
+        bad = {**good, name: np.ones(20, np.float32)}
+        bad[name][17] = value
+        save_state_dict(bad, tmp_path / name)
+        with pytest.warns(weights.NonFiniteWeightsWarning, match=re.escape(f"tensor {name!r}")):
+            loaded = load_state_dict(tmp_path / name)
+        assert np.isnan(loaded[name][17]) == np.isnan(value)  # still loaded, as the file holds it
+
+
+def test_non_finite_names_reads_chunk_by_chunk(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "_SCAN_ELEMENTS", 1000)  # many chunks, each handed back after reading
+    arrays = {"x": np.arange(10_000, dtype=np.float32).reshape(100, 100), "y": np.zeros(5000, np.float16)}
+    arrays["y"][4999] = np.inf
+    save_file(arrays, tmp_path / "m.safetensors")
+    bad = []
+    loaded = load_file(tmp_path / "m.safetensors", non_finite=bad)
+    assert bad == ["y"]
+    np.testing.assert_array_equal(loaded["x"], arrays["x"])  # pages given back still read the same
+
+
+def test_save_without_replace_keeps_a_file_that_is_there(tmp_path):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"mine")
+    with pytest.raises(FileExistsError):
+        save_file({"a": np.zeros(2, np.float32)}, path, replace=False)
+    assert path.read_bytes() == b"mine" and os.listdir(tmp_path) == ["m.safetensors"]
+    save_file({"a": np.zeros(2, np.float32)}, tmp_path / "new.safetensors", replace=False)
+    assert load_file(tmp_path / "new.safetensors")["a"].shape == (2,)
+
+
+def test_exclusive_creation_without_hard_links(tmp_path, monkeypatch):
+    """A file system without hard links (FAT, some network mounts): an O_EXCL create and a copy."""
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(weights.os, "link", no_links)
+    weights.atomic_write_bytes(tmp_path / "a.bin", b"abc", replace=False)
+    assert (tmp_path / "a.bin").read_bytes() == b"abc"
+    with pytest.raises(FileExistsError):
+        weights.atomic_write_bytes(tmp_path / "a.bin", b"xyz", replace=False)
+    assert (tmp_path / "a.bin").read_bytes() == b"abc" and os.listdir(tmp_path) == ["a.bin"]
