@@ -29,11 +29,16 @@ the gap above it is what pre-training learned.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from .train import load_digits_data
+
+# An 8-block iGPT trained on `shifted_digits(canvas=10, copies=3, seed=0)`, for the middle-layer question
+# (how it was made: the README.md beside its weights). HF layout, like minigpt_pixels.DEFAULT_MODEL.
+SHIFTED_DIGITS_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "shifted_digits_model")
 
 
 # ---- features ------------------------------------------------------------------------------------
