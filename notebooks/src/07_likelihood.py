@@ -8,7 +8,6 @@
 # image the model was surprised.
 
 # %%
-import time
 import warnings
 
 import matplotlib.pyplot as plt
