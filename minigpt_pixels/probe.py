@@ -11,17 +11,34 @@ suggests the last layers specialise in predicting the next pixel.
     result = linear_probe(feats, labels)                     # held-out accuracy
     curve = probe_by_layer(model, ids, labels, add_sos=True)      # one result per layer
 
+    curves = compare_probes(model, ids, labels, raw_pixels=pixels)  # trained / untrained / raw pixels,
+    plot_probe_curves(curves)                                  # every layer, mean +- std over 5 folds
+
 Layers are numbered as `hidden_states` numbers them: 0 is the embeddings, i (0 < i < n_layer) the
 output of the i-th block, and n_layer (or -1) the last block's output after the final layer norm `ln_f`. Pooling averages every
 position, SOS included, as transformers' `ImageGPTForImageClassification` does (it ignores
 attention_mask when pooling).
+
+The comparison a paper makes (`compare_probes`) puts three curves side by side, each scored by the
+same stratified k-fold cross-validation so that every image is tested once and the folds are shared:
+the trained model, an untrained model of the same shape (the very weights training started from:
+same config, same initialisation seed), and raw pixels. The untrained curve says how much of the
+probe's accuracy is the architecture (random features of a pooled sequence are already informative);
+the gap above it is what pre-training learned.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from .train import load_digits_data
+
+# An 8-block iGPT trained on `shifted_digits(canvas=10, copies=3, seed=0)`, for the middle-layer question
+# (how it was made: the README.md beside its weights). HF layout, like minigpt_pixels.DEFAULT_MODEL.
+SHIFTED_DIGITS_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "shifted_digits_model")
 
 
 # ---- features ------------------------------------------------------------------------------------
@@ -147,3 +164,160 @@ def probe_by_layer(model, input_ids, labels, *, layers=None, add_sos=False, test
     return {w: linear_probe(feats[i], labels, None if test_feats is None else test_feats[i], test_labels,
                             test_size=test_size, seed=seed, C=C)
             for i, w in enumerate(wanted)}
+
+
+# ---- the paper's comparison: trained vs untrained vs raw pixels, cross-validated -----------------
+@dataclass
+class ProbeCurve:
+    """A probe scored by k-fold cross-validation on every layer of one set of features.
+
+    `scores[i, f]` is the held-out accuracy of layer `layers[i]` on fold f (`train_scores` the same on
+    the images the probe was fitted to). Every curve made with the same labels, `n_folds` and `seed`
+    is scored on the same folds, so curves and layers compare image for image."""
+    name: str
+    layers: list
+    scores: np.ndarray  # [n_layers, n_folds]
+    train_scores: np.ndarray  # [n_layers, n_folds]
+
+    @property
+    def mean(self):
+        return self.scores.mean(axis=1)  # [n_layers]
+
+    @property
+    def std(self):
+        """The spread over folds (sample standard deviation, ddof=1)."""
+        return self.scores.std(axis=1, ddof=1)  # [n_layers]
+
+    @property
+    def best_layer(self):
+        return self.layers[int(np.argmax(self.mean))]
+
+    def difference(self, a, b):
+        """Fold-by-fold accuracy of layer `a` minus layer `b` -> [n_folds]. Its mean and spread say
+        whether a gap between two layers is more than the noise of the split (the folds are shared, so
+        the difference is much steadier than either curve)."""
+        return self.scores[self.layers.index(a)] - self.scores[self.layers.index(b)]
+
+    def __repr__(self):
+        cells = ", ".join(f"{k}: {m:.3f}+-{s:.3f}" for k, m, s in zip(self.layers, self.mean, self.std))
+        return f"ProbeCurve({self.name!r}, {self.scores.shape[1]} folds, {cells})"
+
+
+def cross_validated_probe(features, labels, *, n_folds=5, seed=0, layers=None, name="features", C=1.0):
+    """`linear_probe` on every layer of `features`, scored by stratified k-fold cross-validation.
+
+    `features` is [n_layers, N, C] (as `extract_features` returns for a list of layers) or [N, F] (one
+    set, e.g. raw pixels); `layers` names the rows (default 0, 1, ...). The folds come from
+    scikit-learn's StratifiedKFold shuffled by `seed`: each image is tested exactly once. -> ProbeCurve.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    x = np.asarray(features)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"features must be [n_layers, N, C] or [N, F], got shape {x.shape}")
+    y = np.asarray(labels)
+    if y.shape != (x.shape[1],):
+        raise ValueError(f"labels must have shape ({x.shape[1]},) like the features' images, got {y.shape}")
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
+    smallest = int(np.unique(y, return_counts=True)[1].min())
+    if smallest < n_folds:
+        raise ValueError(f"n_folds={n_folds} is more than the {smallest} images of the rarest class: every fold "
+                         f"needs one of each")
+    layers = list(range(len(x))) if layers is None else list(layers)
+    if len(layers) != len(x):
+        raise ValueError(f"layers names {len(layers)} rows, features have {len(x)}")
+    folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    scores = np.empty((len(x), n_folds))
+    train_scores = np.empty((len(x), n_folds))
+    for i, feats in enumerate(x):
+        for f, (fit, test) in enumerate(folds):
+            r = linear_probe(feats[fit], y[fit], feats[test], y[test], C=C)
+            scores[i, f], train_scores[i, f] = r.accuracy, r.train_accuracy
+    return ProbeCurve(name, layers, scores, train_scores)
+
+
+def untrained_like(model, seed=0):
+    """A freshly initialised model of the same class and config: with the seed training started from
+    (`train.py --seed`, 0 by default) it is the trained model's own step 0."""
+    return type(model)(model.config, seed=seed)
+
+
+def compare_probes(model, input_ids, labels, *, raw_pixels=None, untrained=None, init_seed=0, layers=None,
+                   add_sos=True, n_folds=5, seed=0, C=1.0, batch_size=256):
+    """The probe curves a paper shows, every layer scored on the same folds:
+    -> {"trained": ProbeCurve, "untrained": ProbeCurve, "raw pixels": ProbeCurve}.
+
+    "untrained" is `untrained` if given, else `untrained_like(model, init_seed)`; pass
+    `untrained=False` to leave it out. "raw pixels" is there when `raw_pixels` [N, P] is given (e.g.
+    the grey levels, scaled to [0, 1]). `layers` defaults to all of them, 0 .. n_layer. `add_sos`
+    defaults to True: these are causal models, trained on SOS + pixels.
+    """
+    wanted = list(range(model.config.n_layer + 1)) if layers is None else list(layers)
+    curves = {}
+    models = {"trained": model}
+    if untrained is not False:
+        models["untrained"] = untrained_like(model, init_seed) if untrained is None else untrained
+    for name, m in models.items():
+        feats = extract_features(m, input_ids, wanted, add_sos=add_sos, batch_size=batch_size)  # [L, N, C]
+        curves[name] = cross_validated_probe(feats, labels, n_folds=n_folds, seed=seed, layers=wanted, name=name, C=C)
+    if raw_pixels is not None:
+        raw = np.asarray(raw_pixels)
+        raw = raw.reshape(len(raw), -1)  # [N, P]: images of any shape, flattened
+        curves["raw pixels"] = cross_validated_probe(raw, labels, n_folds=n_folds, seed=seed, name="raw pixels", C=C)
+    return curves
+
+
+def plot_probe_curves(curves, ax=None, title=None):
+    """Draw `compare_probes`' curves: mean accuracy by layer with error bars of one standard deviation
+    over the folds; a one-layer curve (raw pixels) as a line with its spread shaded. -> the Axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.8))
+    layered = [c for c in curves.values() if len(c.layers) > 1]
+    for c in curves.values():
+        n_folds = c.scores.shape[1]
+        if len(c.layers) > 1:
+            k = c.layers.index(c.best_layer)
+            ax.errorbar(c.layers, c.mean, yerr=c.std, marker="o", ms=4, capsize=3,
+                        label=f"{c.name} (best: layer {c.best_layer}, {c.mean[k]:.3f} ± {c.std[k]:.3f})")
+        else:
+            line = ax.axhline(c.mean[0], ls="--", color="gray", label=f"{c.name} ({c.mean[0]:.3f} ± {c.std[0]:.3f})")
+            ax.axhspan(c.mean[0] - c.std[0], c.mean[0] + c.std[0], color=line.get_color(), alpha=0.15)
+    if layered:
+        layers = layered[0].layers
+        last = max(layers)
+        ax.set_xticks(layers, [("0\nemb" if k == 0 else f"{k}\n+ln_f" if k == last else str(k)) for k in layers])
+    ax.set_xlabel("layer (hidden_states index)")
+    ax.set_ylabel(f"accuracy, mean ± std\nover {n_folds} folds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+# ---- a harder task -------------------------------------------------------------------------------
+def shifted_digits(canvas=10, copies=1, seed=0):
+    """scikit-learn's digits, each pasted at a random place on a blank `canvas` x `canvas` image:
+    -> (uint8 images [copies * 1797, canvas, canvas], labels int64 [copies * 1797]).
+
+    On the plain 8x8 digits raw pixels are already a strong linear feature (a stroke is always at the
+    same place); shifting the digit by up to `canvas - 8` pixels each way breaks that, which is the
+    regime where learned features can beat pixels. `copies` draws that many shifted versions of
+    each digit; the same seed gives the same images.
+    """
+    if canvas < 8 or copies < 1:
+        raise ValueError(f"canvas must be >= 8 and copies >= 1, got canvas={canvas}, copies={copies}")
+    data = load_digits_data()
+    rng = np.random.default_rng(seed)
+    digits = np.stack(data.images)  # [1797, 8, 8] uint8
+    n = len(digits)
+    out = np.zeros((copies * n, canvas, canvas), np.uint8)
+    offsets = rng.integers(0, canvas - 8 + 1, size=(copies * n, 2))  # top-left corner of each paste
+    for i, (r, c) in enumerate(offsets):
+        out[i, r:r + 8, c:c + 8] = digits[i % n]
+    return out, np.tile(data.labels, copies)

@@ -2,11 +2,12 @@
 
     docs/images/samples.png       unconditional samples: `python -m minigpt_pixels.sample`'s own output
     docs/images/completions.png   held-out digits: the original, the kept top half, then completions
-    docs/images/probe_curve.png   linear-probe accuracy by layer against a raw-pixel baseline
+    docs/images/probe_curve.png   linear-probe accuracy by layer: trained vs untrained vs raw pixels
     docs/images/probe.json        the probe's numbers, as printed
 
-Everything is seeded, so the same model gives the same pictures. The probe is notebook 4's: fitted on
-the digits the model trained on, scored on the 180 it never saw (train.py's held-out split).
+Everything is seeded, so the same model gives the same pictures. The probe is notebook 4's: 5-fold
+cross-validation over all the images, for the default model on the digits and for the 8-block model
+(minigpt_pixels/data/shifted_digits_model) on digits shifted about a 10 x 10 canvas.
 """
 
 from __future__ import annotations
@@ -23,42 +24,33 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "images"
 
 
-def probe_numbers(model, processor, data, train_idx, held_out):
-    """Held-out accuracy of a linear probe on every layer's mean-pooled features, and on raw pixels."""
-    from minigpt_pixels.probe import linear_probe, probe_by_layer
+def probe_numbers(model, ids, labels, raw_pixels, name):
+    """The paper's comparison (`compare_probes`): trained vs untrained (the same config and init seed)
+    vs raw pixels, every layer, mean and spread over 5 shared stratified folds."""
+    from minigpt_pixels.probe import compare_probes
 
-    ids = processor(data.images)["input_ids"]  # [N, 64]
-    y = data.labels
-    results = probe_by_layer(model, ids[train_idx], y[train_idx], add_sos=True,
-                             test_input_ids=ids[held_out], test_labels=y[held_out])
-    raw = np.stack(data.images).reshape(len(data.images), -1) / 255.0  # [N, 64]
-    baseline = linear_probe(raw[train_idx], y[train_idx], raw[held_out], y[held_out])
-    return {"layers": {str(k): r.accuracy for k, r in results.items()},
-            "train_accuracy": {str(k): r.train_accuracy for k, r in results.items()},
-            "raw_pixels": baseline.accuracy, "n_train": int(len(train_idx)), "n_test": int(len(held_out))}
+    curves = compare_probes(model, ids, labels, raw_pixels=raw_pixels, n_folds=5, seed=0)
+    trained = curves["trained"]
+    best, last = trained.best_layer, trained.layers[-1]
+    gap = trained.difference(best, last)  # [5 folds]
+    return {"name": name, "n_layer": model.config.n_layer, "n_images": int(len(labels)), "n_folds": 5,
+            "curves": {k: {"mean": c.mean.tolist(), "std": c.std.tolist(), "scores": c.scores.tolist()}
+                       for k, c in curves.items()},
+            "best_layer": best, "best_minus_last": {"mean": float(gap.mean()), "std": float(gap.std(ddof=1))}}, curves
 
 
-def plot_probe(numbers, n_layer, path):
+def plot_probes(panels, path):
+    """One panel per setting: the three curves with their error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers = [int(k) for k in numbers["layers"]]
-    acc = list(numbers["layers"].values())
-    names = ["embeddings"] + [f"block {i}" for i in range(n_layer - 1)] + [f"block {n_layer - 1}\n+ ln_f"]
-    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
-    ax.plot(layers, acc, "o-", label="linear probe on mean-pooled features")
-    ax.axhline(numbers["raw_pixels"], color="gray", ls="--",
-               label=f"linear probe on raw pixels ({numbers['raw_pixels']:.3f})")
-    for x, a in zip(layers, acc):
-        ax.annotate(f"{a:.3f}", (x, a), textcoords="offset points", xytext=(0, -9), ha="center", va="top", fontsize=8)
-    ax.set_xticks(layers, names, fontsize=8)
-    ax.set_ylabel("held-out accuracy")
-    ax.set_ylim(min(acc + [numbers["raw_pixels"]]) - 0.08, 1.0)
-    ax.set_title(f"digits: linear probe by layer ({numbers['n_test']} held-out images)", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
+    from minigpt_pixels.probe import plot_probe_curves
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 3.9), dpi=110, squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels):
+        plot_probe_curves(curves, ax=ax, title=title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -81,7 +73,7 @@ def main(argv=None):
     from minigpt_pixels.model import ImageGPTForCausalImageModeling
     from minigpt_pixels.processor import ImageGPTImageProcessor
     from minigpt_pixels.sample import image_grid, save_png
-    from minigpt_pixels.train import load_digits_data, split
+    from minigpt_pixels.train import load_digits_data, set_threads, split
 
     model = ImageGPTForCausalImageModeling.from_pretrained(args.model)
     processor = ImageGPTImageProcessor.from_pretrained(args.model)
@@ -104,13 +96,31 @@ def main(argv=None):
     save_png(image_grid([[o, k, *c] for o, k, c in zip(originals, kept, completions)]),
              str(args.out / "completions.png"), scale)
 
-    numbers = probe_numbers(model, processor, data, train_idx, held_out)
-    plot_probe(numbers, model.config.n_layer, args.out / "probe_curve.png")
+    # the probe: the default model on the plain digits, the deeper one on the shifted digits
+    from minigpt_pixels.probe import SHIFTED_DIGITS_MODEL, shifted_digits
+
+    with set_threads(1):
+        digits, digit_curves = probe_numbers(model, processor(data.images)["input_ids"], data.labels,
+                                             np.stack(data.images) / 255.0, "digits, 8 x 8, default model")
+        deep = ImageGPTForCausalImageModeling.from_pretrained(SHIFTED_DIGITS_MODEL)
+        deep_processor = ImageGPTImageProcessor.from_pretrained(SHIFTED_DIGITS_MODEL)
+        images, labels = shifted_digits(canvas=10, copies=1, seed=1)  # new places: not the training images
+        shifted, shifted_curves = probe_numbers(deep, deep_processor(list(images))["input_ids"], labels,
+                                                images / 255.0, "shifted digits, 10 x 10, 8-block model")
+    plot_probes([(f"digits 8 x 8: default model ({model.config.n_layer} blocks)", digit_curves),
+                 (f"digits shifted on 10 x 10: {deep.config.n_layer} blocks", shifted_curves)],
+                args.out / "probe_curve.png")
+    numbers = {  # "layers" and "n_test": the default model's trained curve, as notebook 4 prints it
+        "layers": {str(k): m for k, m in zip(digit_curves["trained"].layers, digit_curves["trained"].mean)},
+        "n_test": len(data.labels) // 5, "digits": digits, "shifted_digits": shifted}
     (args.out / "probe.json").write_text(json.dumps(numbers, indent=2) + "\n")
 
-    for layer, acc in numbers["layers"].items():
-        print(f"layer {layer}: held-out accuracy {acc:.3f}")
-    print(f"raw pixels: {numbers['raw_pixels']:.3f} ({numbers['n_test']} held-out images)")
+    for setting in (digits, shifted):
+        print(setting["name"], f"({setting['n_images']} images, {setting['n_folds']} folds):")
+        for k, c in setting["curves"].items():
+            print(f"  {k:10s}", " ".join(f"{m:.3f}+-{s:.3f}" for m, s in zip(c["mean"], c["std"])))
+        g = setting["best_minus_last"]
+        print(f"  best layer {setting['best_layer']} of {setting['n_layer']}; best - last {g['mean']:+.3f} +- {g['std']:.3f}")
     print(f"wrote samples.png, completions.png, probe_curve.png, probe.json to {args.out}")
     return 0
 

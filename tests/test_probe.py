@@ -10,7 +10,9 @@ import pytest
 import minigpt_pixels
 from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification, ImageGPTModel
-from minigpt_pixels.probe import ProbeResult, extract_features, linear_probe, probe_by_layer, with_sos
+from minigpt_pixels.probe import (ProbeCurve, ProbeResult, compare_probes, cross_validated_probe, extract_features,
+                                  linear_probe, plot_probe_curves, probe_by_layer, shifted_digits, untrained_like,
+                                  with_sos)
 
 from .conftest import GOLDEN_DIR, report
 
@@ -135,26 +137,157 @@ def test_probe_by_layer_on_a_random_model():
     assert list(probe_by_layer(model, ids, y, layers=[-1])) == [-1]
 
 
-# ---- the default model on the digits (the numbers of notebook 4 and the README) -------------------
+# ---- cross-validated curves: trained vs untrained vs raw pixels ---------------------------------
+def test_cross_validation_tests_every_image_once_on_shared_folds():
+    x, y = blobs(n=300)
+    noise = np.random.default_rng(2).normal(size=x.shape)
+    curve = cross_validated_probe(np.stack([noise, x]), y, n_folds=5, layers=[3, 7], name="blobs")
+    assert isinstance(curve, ProbeCurve) and curve.layers == [3, 7] and curve.scores.shape == (2, 5)
+    assert curve.scores[1].tolist() == [1.0] * 5  # separable on every fold
+    assert curve.mean[0] < 0.6 and curve.best_layer == 7  # the noise layer reads near chance (1/3)
+    np.testing.assert_allclose(curve.std, np.std(curve.scores, axis=1, ddof=1))
+    np.testing.assert_array_equal(curve.difference(7, 3), curve.scores[1] - curve.scores[0])
+    assert "'blobs', 5 folds, 3: " in repr(curve)
+    # each fold tests 300 / 5 = 60 images, so every accuracy is a multiple of 1/60
+    np.testing.assert_allclose(curve.scores * 60, np.round(curve.scores * 60), atol=1e-9)
+    # one [N, F] array is one layer; the same seed gives the same folds, another seed others
+    alone = cross_validated_probe(noise, y, n_folds=5)
+    assert alone.layers == [0]
+    np.testing.assert_array_equal(alone.scores[0], curve.scores[0])
+    assert not np.array_equal(cross_validated_probe(noise, y, n_folds=5, seed=1).scores[0], alone.scores[0])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(features=np.zeros(6)), "features must be"),
+    (dict(labels=np.zeros(5)), "labels must have shape"),
+    (dict(n_folds=1), "n_folds must be an integer >= 2"),
+    (dict(n_folds=2.0), "n_folds must be an integer >= 2"),
+    (dict(n_folds=31), "rarest class"),
+    (dict(layers=[0, 1]), "layers names 2 rows"),
+])
+def test_cross_validation_bad_inputs(kwargs, match):
+    x, y = blobs(n=90)  # 30 of each class
+    args = {"features": x, "labels": y, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        cross_validated_probe(args.pop("features"), args.pop("labels"), **args)
+
+
+def test_untrained_like_is_the_models_step_zero():
+    cfg = ImageGPTConfig(vocab_size=9, n_positions=10, n_embd=16, n_layer=2, n_head=2)
+    model = ImageGPTForCausalImageModeling(cfg, seed=5)
+    fresh = untrained_like(model, seed=5)
+    assert type(fresh) is type(model) and fresh.config == model.config
+    assert all(np.array_equal(fresh.params[k], v) for k, v in model.params.items())
+    other = untrained_like(model, seed=6)
+    assert not np.array_equal(other.params["transformer.h.0.attn.c_attn.weight"],
+                              model.params["transformer.h.0.attn.c_attn.weight"])
+
+
+def small_task(n=120):
+    """Class 1 uses colours 4..7, class 0 colours 0..3: an easy task for every feature set."""
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 2
+    return rng.integers(0, 4, (n, 10)) + 4 * y[:, None], y
+
+
+def test_compare_probes_gives_three_curves_on_the_same_folds():
+    cfg = ImageGPTConfig(vocab_size=9, n_positions=10, n_embd=16, n_layer=2, n_head=2)
+    trained = ImageGPTForCausalImageModeling(cfg, seed=1)  # stands in for a trained model
+    ids, y = small_task()
+    curves = compare_probes(trained, ids, y, raw_pixels=ids.reshape(-1, 2, 5) / 8, n_folds=3)
+    assert list(curves) == ["trained", "untrained", "raw pixels"]
+    assert curves["trained"].layers == curves["untrained"].layers == [0, 1, 2]
+    assert curves["raw pixels"].layers == [0] and curves["raw pixels"].mean[0] > 0.9
+    # "untrained" is the same probe on untrained_like(model, 0)'s features, fitted on the same folds
+    feats = extract_features(untrained_like(trained, 0), ids, [0, 1, 2], add_sos=True)
+    np.testing.assert_array_equal(curves["untrained"].scores,
+                                  cross_validated_probe(feats, y, n_folds=3, layers=[0, 1, 2]).scores)
+    assert not np.array_equal(extract_features(trained, ids, 1, add_sos=True), feats[1])
+    assert list(compare_probes(trained, ids, y, untrained=False, layers=[2], n_folds=3)) == ["trained"]
+    given = compare_probes(trained, ids, y, untrained=trained, layers=[-1], n_folds=3)
+    assert given["trained"].layers == [-1]
+    np.testing.assert_array_equal(given["untrained"].scores, given["trained"].scores)
+
+
+def test_plot_draws_error_bars_and_the_raw_pixel_band():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y = blobs(n=150)
+    curves = {"trained": cross_validated_probe(np.stack([x, x[::-1]]), y, n_folds=3, name="trained"),
+              "raw pixels": cross_validated_probe(x, y, n_folds=3, name="raw pixels")}
+    ax = plot_probe_curves(curves, title="blobs")
+    labels = sorted(ax.get_legend_handles_labels()[1])
+    assert labels[0].startswith("raw pixels (1.000 ± 0.000)") and labels[1] == "trained (best: layer 0, 1.000 ± 0.000)"
+    assert len(ax.containers) == 1 and len(ax.containers[0].lines[2]) == 1  # one curve, with its error bars
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0\nemb", "1\n+ln_f"]
+    assert ax.get_title() == "blobs"
+    plt.close(ax.figure)
+
+
+def test_shifted_digits_paste_each_digit_whole_at_a_random_place():
+    from minigpt_pixels.train import load_digits_data
+
+    digits = np.stack(load_digits_data().images)
+    images, labels = shifted_digits(canvas=10, copies=2, seed=0)
+    assert images.shape == (2 * 1797, 10, 10) and images.dtype == np.uint8 and labels.shape == (2 * 1797,)
+    np.testing.assert_array_equal(images.reshape(len(images), -1).sum(1), np.tile(digits.reshape(1797, -1).sum(1), 2))
+    for i in (0, 1797, 2000):  # the digit sits whole somewhere, blank around it
+        hits = [(r, c) for r in range(3) for c in range(3)
+                if np.array_equal(images[i, r:r + 8, c:c + 8], digits[i % 1797])]
+        assert hits
+    moved = {tuple(np.argwhere(im.sum(0))[[0, -1], 0]) for im in images[:200]}
+    assert len(moved) > 3  # not always the same place
+    np.testing.assert_array_equal(shifted_digits(10, 1, seed=0)[0], shifted_digits(10, 1, seed=0)[0])
+    np.testing.assert_array_equal(shifted_digits(8)[0], digits)  # no room to move: the plain digits
+    with pytest.raises(ValueError, match="canvas must be >= 8"):
+        shifted_digits(canvas=7)
+
+
+# ---- the shipped models (the numbers of notebook 4 and the README) -------------------------------
+def stored_curve(setting, name):
+    return np.array(json.loads(PROBE_JSON.read_text())[setting]["curves"][name]["mean"])
+
+
 def test_default_model_probe_reads_the_digits():
     from minigpt_pixels.processor import ImageGPTImageProcessor
-    from minigpt_pixels.train import load_digits_data, split
+    from minigpt_pixels.train import load_digits_data
 
     model = ImageGPTForCausalImageModeling.from_pretrained(minigpt_pixels.DEFAULT_MODEL)
     processor = ImageGPTImageProcessor.from_pretrained(minigpt_pixels.DEFAULT_MODEL)
     data = load_digits_data()
-    train_idx, held_out = split(len(data.images), 0.1, seed=0)
     ids = processor(data.images)["input_ids"]
-    results = probe_by_layer(model, ids[train_idx], data.labels[train_idx], add_sos=True,
-                             test_input_ids=ids[held_out], test_labels=data.labels[held_out])
-    acc = [r.accuracy for r in results.values()]
-    print("probe accuracy by layer:", np.round(acc, 3))
-    assert len(acc) == model.config.n_layer + 1
-    assert max(acc[1:]) > 0.6  # far above the 0.1 of chance: the blocks learned what digits are
-    assert max(acc[1:]) > acc[0]  # and more than the pooled embeddings (a colour histogram) hold
+    trained = compare_probes(model, ids, data.labels, untrained=False)["trained"]
+    untrained = compare_probes(untrained_like(model), ids, data.labels, untrained=False, layers=[-1])["trained"]
+    print("probe accuracy by layer:", np.round(trained.mean, 3), "untrained, last layer:", untrained.mean.round(3))
+    assert len(trained.layers) == model.config.n_layer + 1
+    assert trained.mean[1:].min() > 0.85  # far above the 0.1 of chance: the blocks learned what digits are
+    assert trained.mean[1:].min() > trained.mean[0] + 0.5  # and more than the pooled embeddings hold
+    gain = trained.scores[-1] - untrained.scores[0]  # the same folds: pre-training's gain, fold by fold
+    assert gain.min() > 0.05, gain
 
     # the README's numbers (docs/images/probe.json) are these: regenerate them when the model changes
-    stored = json.loads(PROBE_JSON.read_text())
-    one_image = 1 / len(held_out)  # another BLAS may flip an image on the boundary, no more
-    assert [float(v) for v in stored["layers"].values()] == pytest.approx(acc, abs=one_image + 1e-9), \
+    one_image = 1 / (len(data.labels) // 5)  # another BLAS may flip an image on the boundary, no more
+    assert trained.mean == pytest.approx(stored_curve("digits", "trained"), abs=one_image), \
         "run python scripts/make_readme_images.py (and scripts/run_notebooks.py)"
+
+
+@pytest.mark.slow
+def test_shifted_digits_model_probe_is_the_readmes():
+    from minigpt_pixels.probe import SHIFTED_DIGITS_MODEL
+    from minigpt_pixels.processor import ImageGPTImageProcessor
+
+    model = ImageGPTForCausalImageModeling.from_pretrained(SHIFTED_DIGITS_MODEL)
+    processor = ImageGPTImageProcessor.from_pretrained(SHIFTED_DIGITS_MODEL)
+    images, labels = shifted_digits(canvas=10, copies=1, seed=1)
+    curves = compare_probes(model, processor(list(images))["input_ids"], labels, raw_pixels=images / 255.0,
+                            untrained=False)
+    trained, pixels = curves["trained"], curves["raw pixels"]
+    print("shifted digits, probe accuracy by layer:", np.round(trained.mean, 3), "raw pixels", pixels.mean.round(3))
+    assert trained.mean[1:].min() > pixels.mean[0]  # every block beats raw pixels on this task
+    one_image = 1 / (len(labels) // 5)
+    assert trained.mean == pytest.approx(stored_curve("shifted_digits", "trained"), abs=one_image), \
+        "run python scripts/make_readme_images.py (and scripts/run_notebooks.py)"
+    assert pixels.mean == pytest.approx(stored_curve("shifted_digits", "raw pixels"), abs=one_image)

@@ -8,7 +8,6 @@
 # image the model was surprised.
 
 # %%
-import time
 import warnings
 
 import matplotlib.pyplot as plt
@@ -73,9 +72,14 @@ print(f"colour frequencies alone (no context): {-(frequencies * np.log(frequenci
 #
 # ## Surprise heatmaps
 #
-# Where is the model surprised? Each pixel's surprise in bits, drawn on the image:
+# Where is the model surprised? Each pixel's surprise in bits, drawn on the image. A few pixels cost
+# several bits while most cost a small fraction of one, so a linear colour scale would leave almost
+# everything black; the scale below is logarithmic (from 0.01 bits, below which all is black), and one
+# scale is shared by the six images, so their colours compare:
 
 # %%
+from matplotlib.colors import LogNorm
+
 bits = nats / np.log(2)  # [180, 64]
 order = np.argsort(bits.sum(axis=1))  # least to most surprising image
 picks = list(order[:3]) + list(order[-3:])
@@ -85,10 +89,10 @@ fig, axes = plt.subplots(2, 6, figsize=(13, 4.6))
 for col, (i, image) in enumerate(zip(picks, images)):
     axes[0, col].imshow(image)
     axes[0, col].set_title(f"{bits[i].sum():.0f} bits" + (" (easy)" if col < 3 else " (hard)"))
-    im = axes[1, col].imshow(bits[i].reshape(8, 8), cmap="inferno", vmin=0, vmax=bits.max())
+    im = axes[1, col].imshow(bits[i].reshape(8, 8), cmap="inferno", norm=LogNorm(vmin=0.01, vmax=bits.max(), clip=True))
 for ax in axes.flat:
     ax.set_xticks([]); ax.set_yticks([])
-fig.colorbar(im, ax=axes[1].tolist(), label="bits")
+fig.colorbar(im, ax=axes[1].tolist(), label="bits (log scale,\nshared by all six)")
 axes[1, 0].set_ylabel("surprise")
 plt.show()
 
@@ -101,7 +105,7 @@ plt.show()
 # %%
 plt.figure(figsize=(3.5, 3))
 plt.imshow(bits.mean(axis=0).reshape(8, 8), cmap="inferno")
-plt.colorbar(label="mean bits"); plt.xticks([]); plt.yticks([])
+plt.colorbar(label="mean bits (linear scale)"); plt.xticks([]); plt.yticks([])
 plt.title("average surprise per position")
 print(f"the first pixel costs {bits[:, 0].mean():.2f} bits on average, the whole image {bits.sum(1).mean():.1f} bits")
 plt.show()
