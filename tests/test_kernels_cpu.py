@@ -5,8 +5,6 @@ that are not multiples of the query block (patched down to 16 so that several bl
 every length from 1 to 70. Every comparison checks shape, then dtype (float32), then values.
 """
 
-import re
-
 import numba
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from minigpt_pixels.kernels import cpu
 from minigpt_pixels.model import (ImageGPTForCausalImageModeling, KVCache, ModelInputError, init_weights,
                                   transformer_shapes)
 
+from .compiled_code import FLOAT64_OP, assembly
 from .conftest import report
 
 F32 = np.float32
@@ -434,10 +433,6 @@ def test_attention_rows_parallel_equals_serial(rng, T):
 
 
 # ---- float32 discipline --------------------------------------------------------------------------------
-FLOAT64_OP = re.compile(r"^\s*v?(add|sub|mul|div|sqrt|max|min|fmadd\w*|cvtss2|cvtsi2|cvtsd2|round)(sd|pd)\b",
-                        re.M)
-
-
 @njit
 def _uses_float64(x):
     return x * 0.5  # 0.5 is a float64 literal: promotes
@@ -462,7 +457,7 @@ def test_compiled_kernels_do_no_float64_arithmetic(rng):
                    cpu.causal_softmax_kernel, cpu.attention_rows_kernel, cpu.attention_rows_parallel,
                    cpu.decode_block_kernel, cpu.decode_layers_kernel):
         assert kernel.signatures, kernel.__name__
-        for sig, asm in kernel.inspect_asm().items():
+        for sig, asm in assembly(kernel).items():
             found = FLOAT64_OP.findall(asm)
             assert not found, f"{kernel.__name__}{sig}: float64 instructions {found[:5]}"
             assert "float64" not in str(sig), f"{kernel.__name__}: float64 argument in {sig}"

@@ -5,14 +5,14 @@ pairs), K not a multiple of 4 (the one-row-of-w tail), N not a multiple of 8 (th
 wider than a column tile, and 1 to 3 threads (the column split).
 """
 
-import re
-
 import numpy as np
 import pytest
 from numba import njit
 
 from minigpt_pixels.kernels import simd
 from minigpt_pixels.kernels.simd import vfma, vload, vsplat, vstore, vzero
+
+from .compiled_code import FLOAT64_OP, assembly
 
 F32 = np.float32
 
@@ -101,15 +101,11 @@ def test_small_matmul_non_contiguous_rows(rng):
     np.testing.assert_allclose(simd.small_matmul(a, w, 2), a @ w, rtol=1e-5, atol=1e-5)
 
 
-FLOAT64_OP = re.compile(r"^\s*v?(add|sub|mul|div|sqrt|max|min|fmadd\w*|cvtss2|cvtsi2|cvtsd2|round)(sd|pd)\b",
-                        re.M)
-
-
 def test_small_matmul_does_no_float64_arithmetic(rng):
     simd.small_matmul(rng.normal(size=(3, 9)).astype(F32), rng.normal(size=(9, 20)).astype(F32), 2)
     for kernel in (simd.matmul_columns_kernel, simd.matmul_parallel):
         assert kernel.signatures, kernel.__name__
-        for sig, asm in kernel.inspect_asm().items():
+        for sig, asm in assembly(kernel).items():
             found = FLOAT64_OP.findall(asm)
             assert not found, f"{kernel.__name__}{sig}: float64 instructions {found[:5]}"
 

@@ -24,8 +24,8 @@ reassociated float sums (`REDUCE`) so that reductions vectorise. Results agree w
 1e-6 on O(1) values.
 
 The kernels compile lazily on first use: about 2 s for a forward's, about 17 s more the first time a
-batch is decoded on several threads (parallel kernels compile slowly). No `cache=True`: it would write
-files into the package directory.
+batch is decoded on several threads (parallel kernels compile slowly). The compiled code is cached on
+disk (compile_cache.njit), so only a process's first run pays that.
 
 Fast path: causal self-attention with no mask or a padding mask (0 / MASK_MIN per key, as
 layers.additive_mask makes it). Anything else (a general additive mask, query rows that see no
@@ -42,11 +42,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import intrinsic
 
 from .. import layers
 from . import simd
+from .compile_cache import njit  # numba.njit, its compiled code cached on disk
 
 F32 = np.float32
 MASK_MIN = layers.MASK_MIN

@@ -23,10 +23,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core import cgutils
 from numba.core.datamodel import models, register_default
 from numba.extending import intrinsic
+
+from .compile_cache import njit  # numba.njit, its compiled code cached on disk
 
 F32 = np.float32
 LANES = 8
