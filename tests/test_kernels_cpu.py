@@ -453,6 +453,7 @@ def test_compiled_kernels_do_no_float64_arithmetic(rng):
     layer = (*(p["h.0." + name] for name in cpu.DECODE_BLOCK_WEIGHTS), keys, np.zeros_like(keys))
     cpu.decode_layers_kernel(x[:, 0], *((a, a) for a in layer), 3, np.ones((2, 8), np.uint8), F32(1e-5),
                              np.ones(2, F32), 2)
+    cpu.decode_block_kernel(x[:, 0], *layer, 3, np.ones((2, 8), np.uint8), F32(1e-5), F32(1), 2)  # itself too
     for kernel in (cpu.layer_norm_kernel, cpu.residual_layer_norm_kernel, cpu.bias_quick_gelu_kernel,
                    cpu.causal_softmax_kernel, cpu.attention_rows_kernel, cpu.attention_rows_parallel,
                    cpu.decode_block_kernel, cpu.decode_layers_kernel):
