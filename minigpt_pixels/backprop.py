@@ -17,21 +17,19 @@ from __future__ import annotations
 import numpy as np
 
 from . import layers
-from .model import ModelInputError, _check_floats, _check_inputs, _check_labels_like_ids, _check_mask
+from .inputs import check_classification_labels, check_encoder_states, check_input_ids, check_lm_labels, check_mask
 
 
 # ---- the body ------------------------------------------------------------------------------------
 def transformer_forward(model, input_ids, attention_mask=None, encoder_hidden_states=None, dropout_rng=None):
     """Embeddings, n_layer blocks, ln_f over whole sequences (no KV cache). -> h [B, T, C], caches."""
     cfg, p, pre = model.config, model.params, model.prefix
-    B, T = _check_inputs(cfg, input_ids, None)
+    B, T = check_input_ids(cfg, input_ids, None)
     mask = None
     if attention_mask is not None:
-        mask = layers.additive_mask(_check_mask("attention_mask", attention_mask, (B, T)))  # [B, 1, 1, T]
+        mask = layers.additive_mask(check_mask("attention_mask", attention_mask, (B, T)))  # [B, 1, 1, T]
     if encoder_hidden_states is not None:
-        if not cfg.add_cross_attention:
-            raise ModelInputError("encoder_hidden_states given, but the config has add_cross_attention=False")
-        encoder_hidden_states = _check_floats("encoder_hidden_states", encoder_hidden_states, (B, None, cfg.n_embd))
+        encoder_hidden_states = check_encoder_states(cfg, encoder_hidden_states, B)  # [B, S, C]
     position_ids = np.arange(T)[None, :]  # [1, T]
     x, emb = layers.embedding_forward(input_ids, p[pre + "wte.weight"], p[pre + "wpe.weight"], position_ids)
     x, emb_drop = layers.dropout_forward(x, cfg.embd_pdrop, dropout_rng)  # [B, T, C]
@@ -73,8 +71,8 @@ def causal_lm_value_and_grad(model, input_ids, labels, attention_mask=None, *, s
     feed SOS + pixels[:-1], target every pixel), which reaches the last position of n_positions.
     -> (loss float32, grads dict keyed like model.params).
     """
-    B, T = _check_inputs(model.config, input_ids, None)
-    labels = _check_labels_like_ids(labels, (B, T), model.config.vocab_size)
+    B, T = check_input_ids(model.config, input_ids, None)
+    labels = check_lm_labels(labels, (B, T), model.config.vocab_size)
     h, body = transformer_forward(model, input_ids, attention_mask, encoder_hidden_states, dropout_rng)
     logits, head = layers.lm_head_forward(h, model.params["lm_head.weight"])  # [B, T, V]
     loss, loss_cache = layers.lm_loss_forward(logits, labels, shift=shift)
@@ -91,16 +89,8 @@ def classification_value_and_grad(model, input_ids, labels, attention_mask=None,
     multi-label) and d loss / d every weight. The head mean-pools every position, as transformers does,
     so attention_mask changes the attention but not the pooling. -> (loss, grads keyed like model.params).
     """
-    cfg = model.config
-    B, T = _check_inputs(cfg, input_ids, None)
-    labels = np.asarray(labels)
-    if labels.shape[:1] != (B,):
-        raise ModelInputError(f"labels shape {labels.shape} does not match batch {B}")
-    kind = layers.classification_problem_type(cfg, labels)
-    if kind == "single_label_classification":
-        bad = labels[(labels != -100) & ((labels < 0) | (labels >= cfg.num_labels))]
-        if bad.size:
-            raise ModelInputError(f"labels must be in [0, num_labels={cfg.num_labels}) or -100, got {int(bad[0])}")
+    B, T = check_input_ids(model.config, input_ids, None)
+    labels, kind = check_classification_labels(model.config, labels, B)
     h, body = transformer_forward(model, input_ids, attention_mask, None, dropout_rng)
     logits, head = layers.classification_head_forward(h, model.params["score.weight"])  # [B, L]
     loss, loss_cache = layers.classification_loss_forward(logits, labels, kind)

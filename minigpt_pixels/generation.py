@@ -15,7 +15,9 @@ import time
 import numpy as np
 from tqdm import tqdm  # plain: tqdm.auto warns in Jupyter without ipywidgets
 
-from .model import KVCache, ModelInputError
+from .cache import KVCache
+from .inputs import ModelInputError
+from .layers import softmax
 
 F32 = np.float32
 NEG_INF = F32(-np.inf)
@@ -38,11 +40,6 @@ def top_p_filter(logits, p):
     keep = np.zeros_like(keep_sorted)
     np.put_along_axis(keep, order, keep_sorted, axis=-1)
     return np.where(keep, logits, NEG_INF)  # [B, V]
-
-
-def softmax(x):
-    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
-    return e / np.sum(e, axis=-1, keepdims=True)
 
 
 def sample_from_logits(logits, rng, temperature=1.0, top_k=None, top_p=None):

@@ -11,12 +11,16 @@ linear layer is `x @ w + b`. Everything stays float32: constants are float32 so 
 promotes a hot path to float64.
 
 Training, llm.c-style: beside each forward function `f` sits a pair `f_forward(...) -> (out, cache)`
-and `f_backward(dout, cache) -> gradients`. The forward computes exactly what `f` computes and keeps
-the few arrays its backward needs; the backward takes the gradient of the loss with respect to the
-output and returns the gradients with respect to the inputs and weights, in argument order.
+and `f_backward(dout, cache) -> gradients`. The forward computes what `f` computes and keeps the few
+arrays its backward needs; where both would write the same maths, `f` is `f_forward` without the
+cache, so there is one body and the two give the same bits. The backward takes the gradient of the
+loss with respect to the output and returns the gradients with respect to the inputs and weights, in
+argument order.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,9 +29,11 @@ MASK_MIN = np.finfo(np.float32).min  # what transformers adds at masked position
 
 
 # ---- embedding -----------------------------------------------------------------------------------
-def embedding(input_ids, wte, wpe, position_ids, token_type_ids=None):
-    """Token + position embedding. token_type_ids, when given, are looked up in wte too (as transformers does)."""
-    x = wte[input_ids] + wpe[position_ids]  # [B, T] -> [B, T, C]
+def embedding(input_ids, wte, wpe, position_ids, token_type_ids=None, inputs_embeds=None):
+    """Token + position embedding. inputs_embeds [B, T, C], when given, stand in for the token lookup;
+    token_type_ids, when given, are looked up in wte too (as transformers does)."""
+    tokens = wte[input_ids] if inputs_embeds is None else inputs_embeds  # [B, T] -> [B, T, C]
+    x = tokens + wpe[position_ids]  # [B, T, C]
     if token_type_ids is not None:
         x = x + wte[token_type_ids]  # [B, T, C]
     return x
@@ -74,15 +80,14 @@ def dropout_backward(dout, mask):
 # ---- normalisation and activation ----------------------------------------------------------------
 def layer_norm(x, weight, eps=1e-5):
     """ImageGPT's layer norm: divide by the root mean square. No mean subtraction, no bias."""
-    ms = np.mean(np.square(x), axis=-1, keepdims=True)  # [..., C] -> [..., 1]
-    return x / np.sqrt(ms + F32(eps)) * weight  # [..., C]
+    return layer_norm_forward(x, weight, eps)[0]  # [..., C]
 
 
 def layer_norm_forward(x, weight, eps=1e-5):
     ms = np.mean(np.square(x), axis=-1, keepdims=True)  # [..., C] -> [..., 1]
     rms = np.sqrt(ms + F32(eps))  # [..., 1]
     n = x / rms  # [..., C] the normalised input
-    return n * weight, (n, weight, rms)  # the same operations as layer_norm, so the same bits
+    return n * weight, (n, weight, rms)  # [..., C]
 
 
 def layer_norm_backward(dout, cache):
@@ -98,12 +103,12 @@ def layer_norm_backward(dout, cache):
 
 def quick_gelu(x):
     """x * sigmoid(1.702 x): OpenAI's "gelu2", not the exact erf GELU."""
-    return x / (F32(1.0) + np.exp(F32(-1.702) * x))  # [...]
+    return quick_gelu_forward(x)[0]  # [...]
 
 
 def quick_gelu_forward(x):
     e = F32(1.0) + np.exp(F32(-1.702) * x)  # [...] 1 / sigmoid(1.702 x)
-    return x / e, (x, e)  # the same operations as quick_gelu, so the same bits
+    return x / e, (x, e)  # [...]
 
 
 def quick_gelu_backward(dout, cache):
@@ -195,8 +200,8 @@ def linear_backward(dout, cache):
 
 
 def mlp(x, w_fc, b_fc, w_proj, b_proj, act="quick_gelu"):
-    h = activation(linear(x, w_fc, b_fc), act)  # [B, T, C] -> [B, T, F]
-    return linear(h, w_proj, b_proj)  # [B, T, F] -> [B, T, C]
+    """linear (c_fc), the activation, linear (c_proj): [B, T, C] -> [B, T, F] -> [B, T, C]."""
+    return mlp_forward(x, w_fc, b_fc, w_proj, b_proj, act)[0]  # [B, T, C]
 
 
 def mlp_forward(x, w_fc, b_fc, w_proj, b_proj, act="quick_gelu", dropout_p=0.0, rng=None):
@@ -266,11 +271,23 @@ def attention_weights(q, k, scale, causal=True, mask=None):
     return softmax(scores)  # [B, H, T, S]
 
 
+class AttentionCache(NamedTuple):
+    """What attention_backward needs; `weights` are also what the model returns as attentions."""
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    scale: np.float32
+    weights: np.ndarray  # [B, H, T, S]
+    dropped: np.ndarray  # the weights after dropout (the weights themselves when not training)
+    drop: np.ndarray | None  # the dropout mask
+
+
 def attention_forward(q, k, v, scale, causal=True, mask=None, dropout_p=0.0, rng=None):
     """attention, plus transformers' dropout on the weights (training only). -> out, cache."""
     weights = attention_weights(q, k, scale, causal, mask)  # [B, H, T, S]
     dropped, drop = dropout_forward(weights, dropout_p, rng)  # [B, H, T, S]; the weights when not training
-    return dropped @ v, (q, k, v, scale, weights, dropped, drop)  # [B, H, T, S] @ [B, H, S, D] -> [B, H, T, D]
+    out = dropped @ v  # [B, H, T, S] @ [B, H, S, D] -> [B, H, T, D]
+    return out, AttentionCache(q, k, v, scale, weights, dropped, drop)
 
 
 def attention_backward(dout, cache):
@@ -297,22 +314,20 @@ def additive_mask(attention_mask):
 def self_attention(x, w_attn, b_attn, w_proj, b_proj, n_head, scale, mask=None, cache=None, layer_idx=0):
     """Causal multi-head self-attention. With a KV cache, new keys and values are appended to it and
     the queries attend to everything cached so far. Returns the output [B, T, C] and the weights."""
-    C = x.shape[-1]
-    qkv = linear(x, w_attn, b_attn)  # [B, T, C] -> [B, T, 3C]
-    q, k, v = (split_heads(qkv[..., i * C:(i + 1) * C], n_head) for i in range(3))  # 3 x [B, H, T, D]
-    if cache is not None:
-        k, v = cache.update(layer_idx, k, v)  # [B, H, S, D]: the cache's past plus these T positions
-    out, weights = attention(q, k, v, scale, causal=True, mask=mask)  # [B, H, T, D]
-    return linear(merge_heads(out), w_proj, b_proj), weights  # [B, T, C]
+    y, (_, attn, _, _) = self_attention_forward(x, w_attn, b_attn, w_proj, b_proj, n_head, scale, mask,
+                                                cache=cache, layer_idx=layer_idx)
+    return y, attn.weights  # [B, T, C], [B, H, T, S]
 
 
 def self_attention_forward(x, w_attn, b_attn, w_proj, b_proj, n_head, scale, mask=None, attn_pdrop=0.0,
-                           resid_pdrop=0.0, rng=None):
-    """self_attention over a whole sequence (no KV cache: training sees every position at once), with
-    transformers' two dropouts when rng is given. -> out [B, T, C], cache."""
+                           resid_pdrop=0.0, rng=None, *, cache=None, layer_idx=0):
+    """self_attention, with transformers' two dropouts when rng is given. -> out [B, T, C], cache.
+    self_attention_backward takes no KV cache (training sees every position at once)."""
     C = x.shape[-1]
     qkv, qkv_cache = linear_forward(x, w_attn, b_attn)  # [B, T, C] -> [B, T, 3C]
     q, k, v = (split_heads(qkv[..., i * C:(i + 1) * C], n_head) for i in range(3))  # 3 x [B, H, T, D]
+    if cache is not None:
+        k, v = cache.update(layer_idx, k, v)  # [B, H, S, D]: the cache's past plus these T positions
     out, attn_cache = attention_forward(q, k, v, scale, True, mask, attn_pdrop, rng)  # [B, H, T, D]
     y, proj_cache = linear_forward(merge_heads(out), w_proj, b_proj)  # [B, T, C]
     y, drop = dropout_forward(y, resid_pdrop, rng)
@@ -331,13 +346,11 @@ def self_attention_backward(dout, cache):
 
 
 def cross_attention(x, enc, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head, scale, mask=None):
-    """Attention from x [B, T, C] to encoder states enc [B, S, C]; no causal mask."""
-    C = x.shape[-1]
-    q = split_heads(linear(x, w_q, b_q), n_head)  # [B, T, C] -> [B, H, T, D]
-    kv = linear(enc, w_kv, b_kv)  # [B, S, C] -> [B, S, 2C]
-    k, v = split_heads(kv[..., :C], n_head), split_heads(kv[..., C:], n_head)  # 2 x [B, H, S, D]
-    out, weights = attention(q, k, v, scale, causal=False, mask=mask)  # [B, H, T, D]
-    return linear(merge_heads(out), w_proj, b_proj), weights  # [B, T, C]
+    """Attention from x [B, T, C] to encoder states enc [B, S, C]; no causal mask. Returns the output
+    [B, T, C] and the weights [B, H, T, S]."""
+    y, (_, _, attn, _, _) = cross_attention_forward(x, enc, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head, scale,
+                                                    mask)
+    return y, attn.weights  # [B, T, C], [B, H, T, S]
 
 
 def cross_attention_forward(x, enc, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head, scale, mask=None,
@@ -380,31 +393,27 @@ def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, en
     Returns the new x [B, T, C] and a tuple of attention weights (self, and cross if used). This
     reference always computes the weights; faster versions may skip them when need_weights is False.
     """
-    eps, H = config.layer_norm_epsilon, config.n_head
-    scale = attention_scale(config.head_dim, config.scale_attn_weights, layer_idx,
-                            config.scale_attn_by_inverse_layer_idx)
-    a, w_self = self_attention(layer_norm(x, p[prefix + "ln_1.weight"], eps),
-                               p[prefix + "attn.c_attn.weight"], p[prefix + "attn.c_attn.bias"],
-                               p[prefix + "attn.c_proj.weight"], p[prefix + "attn.c_proj.bias"],
-                               H, scale, mask=mask, cache=cache, layer_idx=layer_idx)
-    x = x + a  # [B, T, C]
-    weights = (w_self,)
-    if encoder_hidden_states is not None:
-        c, w_cross = cross_attention(layer_norm(x, p[prefix + "ln_cross_attn.weight"], eps), encoder_hidden_states,
-                                     *cross_attention_weights(p, prefix), H, scale, mask=encoder_mask)
-        x = x + c  # [B, T, C]
-        weights += (w_cross,)
-    m = mlp(layer_norm(x, p[prefix + "ln_2.weight"], eps),
-            p[prefix + "mlp.c_fc.weight"], p[prefix + "mlp.c_fc.bias"],
-            p[prefix + "mlp.c_proj.weight"], p[prefix + "mlp.c_proj.bias"], config.activation_function)
-    return x + m, weights  # [B, T, C]
+    x, c = transformer_block_forward(x, p, prefix, config, layer_idx, mask, encoder_hidden_states, encoder_mask,
+                                     cache=cache)  # [B, T, C]
+    weights = (c.attn[1].weights,) if c.cross is None else (c.attn[1].weights, c.cross[1][2].weights)
+    return x, weights  # [B, T, C], ([B, H, T, S], [B, H, T, S_enc])
+
+
+class BlockCache(NamedTuple):
+    """What transformer_block_backward needs: each sublayer's cache, in the forward's order."""
+    prefix: str
+    ln_1: tuple
+    attn: tuple  # self_attention_forward's cache; attn[1] its AttentionCache
+    cross: tuple | None  # (ln_cross_attn's cache, cross_attention_forward's), or None
+    ln_2: tuple
+    mlp: tuple
 
 
 def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encoder_hidden_states=None,
-                              encoder_mask=None, rng=None):
-    """transformer_block over a whole sequence, keeping what the backward needs. With an rng, the
-    config's dropouts are applied where transformers applies them (attention weights, and each
-    branch's output before it joins the residual). -> out [B, T, C], cache."""
+                              encoder_mask=None, rng=None, *, cache=None):
+    """transformer_block, keeping what the backward needs. With an rng, the config's dropouts are
+    applied where transformers applies them (attention weights, and each branch's output before it
+    joins the residual). -> out [B, T, C], cache. The backward takes no KV cache."""
     eps, H, act = config.layer_norm_epsilon, config.n_head, config.activation_function
     pa, pr = (config.attn_pdrop, config.resid_pdrop) if rng is not None else (0.0, 0.0)
     scale = attention_scale(config.head_dim, config.scale_attn_weights, layer_idx,
@@ -412,7 +421,7 @@ def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encode
     h, ln1 = layer_norm_forward(x, p[prefix + "ln_1.weight"], eps)  # [B, T, C]
     a, attn = self_attention_forward(h, p[prefix + "attn.c_attn.weight"], p[prefix + "attn.c_attn.bias"],
                                      p[prefix + "attn.c_proj.weight"], p[prefix + "attn.c_proj.bias"],
-                                     H, scale, mask, pa, pr, rng)  # [B, T, C]
+                                     H, scale, mask, pa, pr, rng, cache=cache, layer_idx=layer_idx)  # [B, T, C]
     x = x + a  # [B, T, C]
     cross = None
     if encoder_hidden_states is not None:
@@ -424,7 +433,7 @@ def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encode
     h, ln2 = layer_norm_forward(x, p[prefix + "ln_2.weight"], eps)
     m, mlp_cache = mlp_forward(h, p[prefix + "mlp.c_fc.weight"], p[prefix + "mlp.c_fc.bias"],
                                p[prefix + "mlp.c_proj.weight"], p[prefix + "mlp.c_proj.bias"], act, pr, rng)
-    return x + m, (prefix, ln1, attn, cross, ln2, mlp_cache)  # [B, T, C]
+    return x + m, BlockCache(prefix, ln1, attn, cross, ln2, mlp_cache)  # [B, T, C]
 
 
 def transformer_block_backward(dout, cache):

@@ -1,5 +1,6 @@
 """The HF-named model classes. They hold a config and a flat dict of float32 weights keyed by the exact
-HF parameter names, check their inputs, and call the pure functions in layers.py.
+HF parameter names, check their inputs (inputs.py), and run `forward` below on the backend that
+`to()` chose (backends.py).
 
     ImageGPTModel                    wte, wpe, h.{i}.*, ln_f           -> last_hidden_state
     ImageGPTForCausalImageModeling   transformer.* + lm_head.weight    -> logits over the 512 colours
@@ -8,24 +9,25 @@ HF parameter names, check their inputs, and call the pure functions in layers.py
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
 
-from . import layers
-from .kernels import cpu as cpu_kernels
+from . import backprop, generation, layers
+from . import inputs as checks
+from .backends import CpuBackend, backend
+from .cache import KVCache, check_cache
 from .config import CONFIG_NAME, ImageGPTConfig
+from .inputs import ModelInputError
 from .weights import load_state_dict, save_state_dict
+
+__all__ = ["ImageGPTModel", "ImageGPTForCausalImageModeling", "ImageGPTForImageClassification", "KVCache",
+           "ModelInputError", "ModelOutput", "WeightsError", "forward"]
 
 # Non-persistent causal-mask buffers that older checkpoints saved: not weights, ignored on load.
 _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".crossattention.bias", ".crossattention.masked_bias")
-
-
-class ModelInputError(ValueError):
-    """An input (ids, mask, cache, embeddings) the model cannot take; the message names it."""
 
 
 class WeightsError(ValueError):
@@ -57,56 +59,57 @@ class ModelOutput:
         return tuple(getattr(self, k) for k in self.keys())
 
 
-# ---- the KV cache --------------------------------------------------------------------------------
-class KVCache:
-    """Preallocated float32 keys and values, one [B, H, max_length, D] pair per layer.
+# ---- the forward pass -----------------------------------------------------------------------------
+@dataclass
+class ForwardInputs:
+    """One call's inputs, checked (see ImageGPTPreTrainedModel.check_inputs): ids [B, T] or embeddings
+    [B, T, C], positions [B or 1, T], the additive masks layers.additive_mask makes, the KV cache."""
+    input_ids: np.ndarray | None
+    inputs_embeds: np.ndarray | None
+    position_ids: np.ndarray
+    token_type_ids: np.ndarray | None = None
+    attention_mask: np.ndarray | None = None  # the caller's 0/1 mask [B, P + T]; `mask` is what attention adds
+    mask: np.ndarray | None = None  # [B, 1, 1, P + T]
+    cache: KVCache | None = None
+    encoder_hidden_states: np.ndarray | None = None  # [B, S, C]
+    encoder_mask: np.ndarray | None = None  # [B, 1, 1, S]
+    output_attentions: bool = False
+    output_hidden_states: bool = False
 
-    Appending T new positions writes into the buffer (no reallocation, unlike a cache that
-    concatenates) and hands attention a view of everything so far. Cross-attention keys and values
-    are computed once per layer and kept here too.
+    @property
+    def rows(self):
+        """B * T: the positions this call runs through every weight."""
+        B, T = (self.input_ids if self.input_ids is not None else self.inputs_embeds).shape[:2]
+        return B * T
 
-    Public attributes: `keys[layer]` and `values[layer]` are the whole C-contiguous buffers (the
-    decode kernels in kernels/ read them directly), `lengths[layer]` how many positions are filled.
+    @property
+    def plain(self):
+        """Ids, positions and a KV cache alone: what a whole-forward fusion (the GPU's) takes."""
+        return (self.input_ids is not None and self.attention_mask is None and self.token_type_ids is None
+                and self.encoder_hidden_states is None and not self.output_attentions
+                and not self.output_hidden_states)
+
+
+def forward(ops, p, prefix, config, inputs):
+    """ImageGPT's body, picoGPT's gpt2(): the embeddings, n_layer pre-norm blocks, ln_f.
+
+    `ops` is the backend (backends.py): these same lines run layers.py's functions, the Numba kernels'
+    or the GPU fallback's. p: the flat weight dict; prefix: "transformer." in the head models.
+    -> the last hidden state [B, T, C], the n_layer + 1 hidden states (the embeddings, each block's
+    output, except that the last is taken after ln_f, as transformers does) and each block's tuple of
+    attention weights (None in it when not asked for).
     """
-
-    def __init__(self, config: ImageGPTConfig, batch_size: int, max_length: int | None = None):
-        self.max_length = int(max_length or config.n_positions)
-        if not 0 < self.max_length <= config.n_positions:
-            raise ModelInputError(f"KVCache max_length {self.max_length} must be in [1, n_positions="
-                                  f"{config.n_positions}]")
-        self.batch_size = batch_size
-        shape = (batch_size, config.n_head, self.max_length, config.head_dim)
-        self.keys = [np.zeros(shape, np.float32) for _ in range(config.n_layer)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(config.n_layer)]
-        self.lengths = [0] * config.n_layer
-        self.cross = [None] * config.n_layer  # per layer: (k, v) of the encoder states
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.lengths[layer_idx]
-
-    def claim(self, layer_idx, T):
-        """Count T more positions of one layer as filled and return the first: for a kernel that writes
-        them into keys[layer_idx] and values[layer_idx] itself (update() for everyone else)."""
-        start = self.lengths[layer_idx]
-        if start + T > self.max_length:
-            raise ModelInputError(f"KV cache is full: {start} cached + {T} new positions > max_length "
-                                  f"{self.max_length}")
-        self.lengths[layer_idx] = start + T
-        return start
-
-    def update(self, layer_idx, k, v):
-        """Append k, v [B, H, T, D] for one layer; return views of all cached keys and values [B, H, S, D]."""
-        T = k.shape[2]
-        start = self.claim(layer_idx, T)
-        self.keys[layer_idx][:, :, start:start + T] = k
-        self.values[layer_idx][:, :, start:start + T] = v
-        return self.keys[layer_idx][:, :, :start + T], self.values[layer_idx][:, :, :start + T]
-
-    def select(self, index):
-        """Keep only the sequences in `index` (e.g. to drop finished rows from a batch)."""
-        self.keys = [k[index] for k in self.keys]
-        self.values = [v[index] for v in self.values]
-        self.batch_size = self.keys[0].shape[0]
+    x = ops.embedding(inputs.input_ids, p[prefix + "wte.weight"], p[prefix + "wpe.weight"], inputs.position_ids,
+                      inputs.token_type_ids, inputs.inputs_embeds)  # [B, T] -> [B, T, C]
+    hidden, weights = [x], []
+    for i in range(config.n_layer):
+        x, w = ops.transformer_block(x, p, f"{prefix}h.{i}.", config, i, inputs.mask, inputs.cache,
+                                     inputs.encoder_hidden_states, inputs.encoder_mask,
+                                     need_weights=inputs.output_attentions)  # [B, T, C]
+        hidden.append(x)
+        weights.append(w)
+    x = ops.layer_norm(x, p[prefix + "ln_f.weight"], config.layer_norm_epsilon)  # [B, T, C]
+    return x, (*hidden[:-1], x), weights
 
 
 # ---- weights: expected names and shapes, random initialisation ----------------------------------
@@ -158,8 +161,7 @@ class ImageGPTPreTrainedModel:
         if not isinstance(config, ImageGPTConfig):
             raise TypeError(f"config must be an ImageGPTConfig, got {type(config).__name__}")
         self.config = config
-        self.device = "cpu"  # "numpy": the pure layers.py reference; "cpu": Numba kernels; "cuda": GPU
-        self._cuda = None  # the device copy of the weights when on "cuda" (kernels/cuda_model.py)
+        self.backend = CpuBackend()  # see to()
         shapes = self.expected_shapes()
         if params is None:
             params = init_weights(shapes, config, seed)
@@ -195,7 +197,7 @@ class ImageGPTPreTrainedModel:
         config = ImageGPTConfig.from_pretrained(os.path.join(directory, CONFIG_NAME))
         state = load_state_dict(path)
         model = cls.__new__(cls)
-        model.config, model.device, model._cuda = config, "cpu", None
+        model.config, model.backend = config, CpuBackend()
         shapes = model.expected_shapes()
         params = _rename_for(state, model.prefix, shapes, source=path)
         missing_heads = [n for n in model.head_shapes() if n not in params]
@@ -217,111 +219,71 @@ class ImageGPTPreTrainedModel:
 
     # ---- devices ----------------------------------------------------------------------------
     def to(self, device: str):
-        """Choose the backend explicitly: "numpy" runs layers.py line by line (the reference), "cpu" (the
-        default) the same maths with Numba kernels for the hot spots (kernels/cpu.py), "cuda" the Numba
-        CUDA kernels (kernels/cuda.py). All three agree with transformers."""
-        if device in ("cpu", "numpy"):
-            self.device, self._cuda = device, None
-        elif device == "cuda":
-            from .kernels.cuda_model import CudaRunner  # raises a clear error when CUDA is unavailable
-            self._cuda = CudaRunner(self.params, self.config, self.prefix)
-            self.device = "cuda"
-        else:
-            raise ValueError(f"unknown device {device!r}: use 'numpy' (pure reference), 'cpu' or 'cuda'")
+        """Choose the backend explicitly, once: "numpy" runs layers.py line by line (the reference), "cpu"
+        (the default) the same maths with Numba kernels for the hot spots (kernels/cpu.py), "cuda" the
+        Numba CUDA kernels (kernels/cuda.py), copying the weights to the GPU now. All three agree with
+        transformers; see backends.py."""
+        self.backend = backend(device, self.params, self.config, self.prefix)
         return self
 
-    # ---- the forward pass -------------------------------------------------------------------
-    def _blas_threads(self, rows):
-        """BLAS's thread count for a pass over `rows` new positions: the Numba kernels' policy (one thread
-        for a decode step, whose work runs on Numba's threads; see kernels/cpu.py), unchanged for the
-        pure-NumPy reference."""
-        return contextlib.nullcontext() if self.device == "numpy" else cpu_kernels.blas_threads_for(rows)
+    @property
+    def device(self) -> str:
+        return self.backend.name
 
-    def _decode_all_blocks(self, x, mask, cache):
-        """All n_layer blocks of a batch's decode step in one compiled call on "cpu" (kernels/cpu.py,
-        decode_layers), or None where that does not apply; the blocks then run one by one."""
+    @property
+    def _cuda(self):
+        """The GPU's copy of the weights and its forward (kernels/cuda_model.CudaRunner) on "cuda", else None."""
+        return getattr(self.backend, "runner", None)
+
+    # ---- the forward pass -------------------------------------------------------------------
+    def check_inputs(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                     inputs_embeds=None, past_key_values=None, use_cache=False, output_attentions=False,
+                     output_hidden_states=False, encoder_hidden_states=None, encoder_attention_mask=None):
+        """The arguments of a forward call, checked (inputs.py), as ForwardInputs. With use_cache and no
+        past_key_values, a new KVCache."""
         cfg = self.config
-        if self.device != "cpu" or cache is None:
-            return None
-        scales = [layers.attention_scale(cfg.head_dim, cfg.scale_attn_weights, i, cfg.scale_attn_by_inverse_layer_idx)
-                  for i in range(cfg.n_layer)]
-        return cpu_kernels.decode_layers(x, self.params, [f"{self.prefix}h.{i}." for i in range(cfg.n_layer)],
-                                         range(cfg.n_layer), cfg, mask, cache, scales)
+        B, T = checks.check_input_ids(cfg, input_ids, inputs_embeds)
+        cache = KVCache(cfg, B) if past_key_values is None and use_cache else past_key_values
+        past = 0 if cache is None else check_cache(cfg, cache, B).get_seq_length()
+        checks.check_positions(cfg, past, T)
+        inputs = ForwardInputs(
+            None if input_ids is None else np.asarray(input_ids),
+            None if inputs_embeds is None else checks.check_floats("inputs_embeds", inputs_embeds, (B, T, cfg.n_embd)),
+            np.arange(past, past + T)[None, :] if position_ids is None else  # [1, T]
+            checks.check_ids("position_ids", position_ids, cfg.n_positions, (B, T)),
+            cache=cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        if token_type_ids is not None:
+            inputs.token_type_ids = checks.check_ids("token_type_ids", token_type_ids, cfg.vocab_size, (B, T))
+        if attention_mask is not None:
+            inputs.attention_mask = checks.check_mask("attention_mask", attention_mask, (B, past + T))
+            inputs.mask = layers.additive_mask(inputs.attention_mask)  # [B, 1, 1, P + T]
+        if encoder_hidden_states is not None:
+            enc = inputs.encoder_hidden_states = checks.check_encoder_states(cfg, encoder_hidden_states, B)
+            if encoder_attention_mask is not None:
+                inputs.encoder_mask = layers.additive_mask(checks.check_mask(
+                    "encoder_attention_mask", encoder_attention_mask, enc.shape[:2]))  # [B, 1, 1, S]
+        return inputs
 
     def transformer(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                     inputs_embeds=None, past_key_values=None, use_cache=False, output_attentions=False,
                     output_hidden_states=False, encoder_hidden_states=None, encoder_attention_mask=None):
-        """The body: embeddings, n_layer blocks, ln_f. Returns a ModelOutput with last_hidden_state."""
-        cfg, p, pre = self.config, self.params, self.prefix
-        B, T = _check_inputs(cfg, input_ids, inputs_embeds)
-        cache = past_key_values
-        if cache is None and use_cache:
-            cache = KVCache(cfg, B)
-        if cache is not None:
-            _check_cache(cfg, cache, B, T)
-        past = cache.get_seq_length() if cache is not None else 0
-        if past + T > cfg.n_positions:
-            raise ModelInputError(f"sequence length {past + T} (cached {past} + new {T}) exceeds n_positions "
-                                  f"{cfg.n_positions}")
-        if position_ids is None:
-            position_ids = np.arange(past, past + T)[None, :]  # [1, T]
-        else:
-            position_ids = _check_ids("position_ids", position_ids, cfg.n_positions, (B, T))
-        if token_type_ids is not None:
-            token_type_ids = _check_ids("token_type_ids", token_type_ids, cfg.vocab_size, (B, T))
-        mask = None
-        if attention_mask is not None:
-            mask = layers.additive_mask(_check_mask("attention_mask", attention_mask, (B, past + T)))
-        encoder_mask = None
-        if encoder_hidden_states is not None:
-            if not cfg.add_cross_attention:
-                raise ModelInputError("encoder_hidden_states given, but the config has add_cross_attention=False")
-            encoder_hidden_states = _check_floats("encoder_hidden_states", encoder_hidden_states,
-                                                  (B, None, cfg.n_embd))
-            if encoder_attention_mask is not None:
-                encoder_mask = layers.additive_mask(_check_mask(
-                    "encoder_attention_mask", encoder_attention_mask, encoder_hidden_states.shape[:2]))
-
-        plain = not (output_attentions or output_hidden_states or attention_mask is not None or
-                     encoder_hidden_states is not None or token_type_ids is not None or inputs_embeds is not None)
-        if self.device == "cuda" and plain:  # the GPU runs the plain forward; the rest falls back to NumPy
-            x = self._cuda.hidden_states(np.asarray(input_ids), np.broadcast_to(position_ids, (B, T)), cache)
-            return ModelOutput(last_hidden_state=x, past_key_values=cache if use_cache else None)
-
-        if inputs_embeds is None:
-            x = layers.embedding(input_ids, p[pre + "wte.weight"], p[pre + "wpe.weight"], position_ids,
-                                 token_type_ids)  # [B, T, C]
-        else:
-            x = inputs_embeds + p[pre + "wpe.weight"][position_ids]
-            if token_type_ids is not None:
-                x = x + p[pre + "wte.weight"][token_type_ids]
-        x = x.astype(np.float32, copy=False)
-        block = layers.transformer_block if self.device == "numpy" else cpu_kernels.transformer_block
-        all_hidden, all_attn, all_cross = [], [], []
-        with self._blas_threads(B * T):
-            fused = None
-            if not (output_attentions or output_hidden_states or encoder_hidden_states is not None):
-                fused = self._decode_all_blocks(x, mask, cache)  # a batch's decode step: one call
-            if fused is not None:
-                x = fused
-            for i in range(cfg.n_layer) if fused is None else ():
-                if output_hidden_states:
-                    all_hidden.append(x)
-                x, weights = block(x, p, f"{pre}h.{i}.", cfg, i, mask=mask, cache=cache,
-                                   encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
-                                   need_weights=output_attentions)
-                all_attn.append(weights[0])
-                if len(weights) > 1:
-                    all_cross.append(weights[1])
-        x = layers.layer_norm(x, p[pre + "ln_f.weight"], cfg.layer_norm_epsilon)  # [B, T, C]
-        if output_hidden_states:
-            all_hidden.append(x)  # the last hidden state is after ln_f
+        """The body: embeddings, n_layer blocks, ln_f (`forward`, or the backend's fusion of it where it
+        has one for these inputs). Returns a ModelOutput with last_hidden_state."""
+        inputs = self.check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                                   past_key_values, use_cache, output_attentions, output_hidden_states,
+                                   encoder_hidden_states, encoder_attention_mask)
+        hidden = weights = None
+        with self.backend.threads(inputs.rows):
+            x = self.backend.fused_forward(self.params, self.prefix, self.config, inputs)  # or None
+            if x is None:
+                x, hidden, weights = forward(self.backend, self.params, self.prefix, self.config, inputs)
+        cross = [w[1] for w in weights or () if len(w) > 1]
         return ModelOutput(
             last_hidden_state=x,
-            past_key_values=cache if use_cache else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attn) if output_attentions else None,
-            cross_attentions=tuple(all_cross) if output_attentions and all_cross else None,
+            past_key_values=inputs.cache if use_cache else None,
+            hidden_states=hidden if output_hidden_states else None,
+            attentions=tuple(w[0] for w in weights) if output_attentions else None,
+            cross_attentions=tuple(cross) if output_attentions and cross else None,
         )
 
 
@@ -353,14 +315,11 @@ class ImageGPTForCausalImageModeling(ImageGPTPreTrainedModel):
         out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                past_key_values, use_cache, output_attentions, output_hidden_states,
                                encoder_hidden_states, encoder_attention_mask)
-        if self.device == "cuda" and out.hidden_states is None and out.attentions is None:
-            out.logits = self._cuda.lm_logits(out.last_hidden_state)
-        else:
-            h = out.last_hidden_state
-            with self._blas_threads(h.shape[0] * h.shape[1]):  # as for the blocks
-                out.logits = layers.lm_head(h, self.params["lm_head.weight"])  # [B, T, V]
+        h = out.last_hidden_state
+        with self.backend.threads(h.shape[0] * h.shape[1]):  # as for the blocks
+            out.logits = self.backend.lm_head(h, self.params["lm_head.weight"])  # [B, T, V]
         if labels is not None:
-            labels = _check_labels_like_ids(labels, out.logits.shape[:2], self.config.vocab_size)
+            labels = checks.check_lm_labels(labels, out.logits.shape[:2], self.config.vocab_size)
             out.loss = layers.lm_loss(out.logits, labels)
         out.last_hidden_state = None  # transformers' CausalLM output has logits, not last_hidden_state
         return out
@@ -368,15 +327,16 @@ class ImageGPTForCausalImageModeling(ImageGPTPreTrainedModel):
     def generate(self, input_ids, max_length=None, max_new_tokens=None, do_sample=False, temperature=1.0,
                  top_k=None, top_p=None, seed=None, progress=False):
         """Sample with the KV cache; see generation.generate."""
-        from .generation import generate
-        return generate(self, input_ids, max_length=max_length, max_new_tokens=max_new_tokens,
-                        do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                        progress=progress)
+        return generation.generate(self, input_ids, max_length=max_length, max_new_tokens=max_new_tokens,
+                                   do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   seed=seed, progress=progress)
 
-    def value_and_grad(self, input_ids, labels, attention_mask=None):
-        """The LM loss and its gradient for every weight, keyed like self.params; see backprop.py."""
-        from .backprop import causal_lm_value_and_grad
-        return causal_lm_value_and_grad(self, input_ids, labels, attention_mask)
+    def value_and_grad(self, input_ids, labels, attention_mask=None, *, shift=True, encoder_hidden_states=None,
+                       dropout_rng=None):
+        """The LM loss and its gradient for every weight, keyed like self.params; see
+        backprop.causal_lm_value_and_grad for shift and dropout_rng."""
+        return backprop.causal_lm_value_and_grad(self, input_ids, labels, attention_mask, shift=shift,
+                                                 encoder_hidden_states=encoder_hidden_states, dropout_rng=dropout_rng)
 
 
 class ImageGPTForImageClassification(ImageGPTPreTrainedModel):
@@ -395,24 +355,16 @@ class ImageGPTForImageClassification(ImageGPTPreTrainedModel):
                                past_key_values, use_cache, output_attentions, output_hidden_states)
         out.logits = layers.classification_head(out.last_hidden_state, self.params["score.weight"])  # [B, L]
         if labels is not None:
-            labels = np.asarray(labels)
-            if labels.shape[:1] != out.logits.shape[:1]:
-                raise ModelInputError(f"labels shape {labels.shape} does not match batch {out.logits.shape[0]}")
-            kind = layers.classification_problem_type(self.config, labels)
-            if kind == "single_label_classification":
-                bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.config.num_labels))]
-                if bad.size:
-                    raise ModelInputError(f"labels must be in [0, num_labels={self.config.num_labels}) or -100, "
-                                          f"got {int(bad[0])}")
+            labels, kind = checks.check_classification_labels(self.config, labels, out.logits.shape[0])
             out.loss = layers.classification_loss(out.logits, labels, kind)
         out.last_hidden_state = None
         return out
 
-    def value_and_grad(self, input_ids, labels, attention_mask=None):
-        """The classification loss and its gradient for every weight, keyed like self.params."""
-        from .backprop import classification_value_and_grad
-        return classification_value_and_grad(self, input_ids, labels, attention_mask)
-
+    def value_and_grad(self, input_ids, labels, attention_mask=None, *, dropout_rng=None):
+        """The classification loss and its gradient for every weight, keyed like self.params; see
+        backprop.classification_value_and_grad."""
+        return backprop.classification_value_and_grad(self, input_ids, labels, attention_mask,
+                                                      dropout_rng=dropout_rng)
 
 # ---- checks --------------------------------------------------------------------------------------
 def _rename_for(state: dict, prefix: str, shapes: dict, source: str) -> dict:
@@ -458,82 +410,3 @@ def check_weights(params: dict, shapes: dict, source: str) -> dict:
             raise WeightsError(f"{source}: tensor {name!r} has dtype {value.dtype}, expected floating point")
         out[name] = value if value.dtype == np.float32 else value.astype(np.float32)
     return out
-
-
-def _as_int_array(name, x):
-    arr = np.asarray(x)
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise ModelInputError(f"{name} must be an integer array, got dtype {arr.dtype}")
-    return arr
-
-
-def _check_ids(name, ids, upper, shape):
-    arr = _as_int_array(name, ids)
-    if arr.ndim != 2:
-        raise ModelInputError(f"{name} must have shape (batch, sequence), got shape {arr.shape}")
-    if arr.shape[1] != shape[1] or arr.shape[0] not in (1, shape[0]):  # a batch of 1 broadcasts
-        raise ModelInputError(f"{name} has shape {arr.shape}, expected {shape}")
-    if arr.size and (arr.min() < 0 or arr.max() >= upper):
-        bad = arr[(arr < 0) | (arr >= upper)].flat[0]
-        raise ModelInputError(f"{name} holds {int(bad)}, outside [0, {upper})")
-    return arr
-
-
-def _check_inputs(cfg, input_ids, inputs_embeds):
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ModelInputError("pass exactly one of input_ids and inputs_embeds")
-    if input_ids is not None:
-        arr = _as_int_array("input_ids", input_ids)
-        if arr.ndim != 2:
-            hint = " (add a batch axis: ids[None])" if arr.ndim == 1 else ""
-            raise ModelInputError(f"input_ids must have shape (batch, sequence), got shape {arr.shape}{hint}")
-        B, T = arr.shape
-        if T > cfg.n_positions:
-            raise ModelInputError(f"input_ids has {T} positions, more than n_positions {cfg.n_positions}")
-        if B == 0 or T == 0:
-            raise ModelInputError(f"input_ids is empty (shape {arr.shape})")
-        if arr.min() < 0 or arr.max() >= cfg.vocab_size:
-            bad = arr[(arr < 0) | (arr >= cfg.vocab_size)].flat[0]
-            raise ModelInputError(f"input_ids holds token id {int(bad)}, outside [0, vocab_size={cfg.vocab_size})")
-        return B, T
-    emb = _check_floats("inputs_embeds", inputs_embeds, (None, None, cfg.n_embd))
-    if emb.shape[1] > cfg.n_positions:
-        raise ModelInputError(f"inputs_embeds has {emb.shape[1]} positions, more than n_positions {cfg.n_positions}")
-    return emb.shape[0], emb.shape[1]
-
-
-def _check_floats(name, x, shape):
-    arr = np.asarray(x)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ModelInputError(f"{name} must be a float array, got dtype {arr.dtype}")
-    if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
-        want = tuple("*" if s is None else s for s in shape)
-        raise ModelInputError(f"{name} has shape {arr.shape}, expected {want}")
-    return arr.astype(np.float32, copy=False)
-
-
-def _check_mask(name, mask, shape):
-    arr = np.asarray(mask)
-    if tuple(arr.shape) != tuple(shape):
-        raise ModelInputError(f"{name} has shape {arr.shape}, expected {tuple(shape)} (batch, past + new positions)")
-    return arr
-
-
-def _check_cache(cfg, cache, B, T):
-    if not isinstance(cache, KVCache):
-        raise ModelInputError(f"past_key_values must be a minigpt_pixels KVCache, got {type(cache).__name__}")
-    if cache.batch_size != B:
-        raise ModelInputError(f"past_key_values holds batch {cache.batch_size}, but the input has batch {B}")
-    if len(cache.keys) != cfg.n_layer:
-        raise ModelInputError(f"past_key_values has {len(cache.keys)} layers, the model {cfg.n_layer}")
-
-
-def _check_labels_like_ids(labels, shape, vocab_size):
-    arr = _as_int_array("labels", labels)
-    if arr.shape != tuple(shape):
-        raise ModelInputError(f"labels has shape {arr.shape}, expected {tuple(shape)} like input_ids")
-    bad = arr[(arr != -100) & ((arr < 0) | (arr >= vocab_size - 1))]
-    if bad.size:
-        raise ModelInputError(f"labels holds {int(bad[0])}: labels must be palette ids in [0, {vocab_size - 1}) "
-                              f"or -100 (ignored); the SOS token is never a target")
-    return arr

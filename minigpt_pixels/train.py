@@ -239,11 +239,9 @@ def writable(params):
 def train_step(model, optimizer, inputs, targets, lr, grad_clip, dropout_rng):
     """Forward, backward, clip, AdamW. -> (loss, gradient norm before clipping). Raises NonFiniteLoss
     before touching the weights if the loss or the gradients are not finite."""
-    if isinstance(model, ImageGPTForImageClassification):
-        loss, grads = backprop.classification_value_and_grad(model, inputs, targets, dropout_rng=dropout_rng)
-    else:  # targets aligned with the inputs: position t predicts pixel t
-        loss, grads = backprop.causal_lm_value_and_grad(model, inputs, targets, shift=False,
-                                                        dropout_rng=dropout_rng)
+    # a causal model's targets are aligned with its inputs (position t predicts pixel t): no shift
+    aligned = {} if isinstance(model, ImageGPTForImageClassification) else {"shift": False}
+    loss, grads = model.value_and_grad(inputs, targets, dropout_rng=dropout_rng, **aligned)
     if not np.isfinite(loss):
         raise NonFiniteLoss(f"loss is {float(loss)}")
     norm = optim.clip_grad_norm(grads, grad_clip)

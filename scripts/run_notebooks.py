@@ -5,9 +5,9 @@
     python scripts/run_notebooks.py --no-write      # run them all as they are, write nothing (what the tests do)
     python scripts/run_notebooks.py --no-build notebooks/exercises/some_student.ipynb   # run one as it is
 
-By default the notebooks are first rebuilt from scripts/build_notebooks.py, then each runs in a fresh
-kernel in its own folder (so relative paths such as ../tests/golden work) and is written back with its
-outputs, pictures included: what people see when browsing the repository is what the code makes
+By default the notebooks are first rebuilt from their sources in notebooks/src/ (scripts/build_notebooks.py),
+then each runs in a fresh kernel in its own folder (so relative paths such as ../tests/golden work) and is
+written back with its outputs, pictures included: what people see when browsing the repository is what the code makes
 today. Each notebook gets `--timeout` seconds in all; a cell that raises or runs past that fails the
 run with the notebook and cell named. The check results printed by the exercise notebooks are
 listed at the end (a teacher can run a student's notebook this way to see where it stands).
@@ -122,7 +122,7 @@ def main(argv=None):
                     help="notebooks to run (default: every notebook under notebooks/)")
     ap.add_argument("--no-write", action="store_true", help="execute only; leave the files as they are")
     ap.add_argument("--no-build", action="store_true",
-                    help="run the files as they are, without rebuilding them from scripts/build_notebooks.py")
+                    help="run the files as they are, without rebuilding them from notebooks/src/")
     ap.add_argument("--timeout", type=int, default=TIMEOUT_S, help="seconds allowed per notebook")
     ap.add_argument("--kernel", default="python3", help="Jupyter kernel name")
     ap.add_argument("--threads", type=int, default=THREADS,

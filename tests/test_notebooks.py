@@ -1,7 +1,8 @@
 """Every notebook runs top to bottom in a fresh kernel, in a temporary copy of notebooks/ (so nothing
 it writes lands in the repository), within 600 s; the exercise skeletons report "not done yet"
 without raising, and the solutions pass every check. Also: the files on disk are what
-scripts/build_notebooks.py makes, and the walkthroughs are stored with their pictures."""
+scripts/build_notebooks.py makes from their jupytext sources in notebooks/src/, and the walkthroughs are
+stored with their pictures."""
 
 import json
 import pathlib

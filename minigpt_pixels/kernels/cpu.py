@@ -340,9 +340,20 @@ def blocked_causal_attention(q, k, v, scale, past, keep, out, weights=None, work
     in_parallel(attend, [(b, h) for b in range(B) for h in range(H)], workers)
 
 
-def self_attention(x, w_attn, b_attn, w_proj, n_head, scale, mask=None, cache=None, layer_idx=0,
+def self_attention(x, w_attn, b_attn, w_proj, b_proj, n_head, scale, mask=None, cache=None, layer_idx=0,
                    need_weights=True):
-    """layers.self_attention without the output projection's bias (the caller fuses it with the residual).
+    """Mirrors layers.self_attention: same arguments, same result; the weights [B, H, T, S] only when
+    need_weights, else None. x [B, T, C] -> [B, T, C]."""
+    a, weights = self_attention_unbiased(x, w_attn, b_attn, w_proj, n_head, scale, mask, cache, layer_idx,
+                                         need_weights)  # [B*T, C]
+    a += b_proj
+    return a.reshape(x.shape), weights
+
+
+def self_attention_unbiased(x, w_attn, b_attn, w_proj, n_head, scale, mask=None, cache=None, layer_idx=0,
+                            need_weights=True):
+    """self_attention without the output projection's bias, which transformer_block adds in the kernel
+    that also adds the residual and takes ln_2.
 
     x [B, T, C] -> (merge_heads(attention) @ w_proj as [B*T, C], the weights [B, H, T, S] or None).
     """
@@ -583,6 +594,19 @@ def layer_norm(x, w, eps):
     return out
 
 
+def mlp(x, w_fc, b_fc, w_proj, b_proj, act="quick_gelu"):
+    """Mirrors layers.mlp: x [..., C] -> [..., C], with the fc bias and quick_gelu in one kernel, in place."""
+    C = x.shape[-1]
+    f = linear(x.reshape(-1, C), w_fc)  # [N, C] -> [N, F]
+    if act == "quick_gelu":
+        bias_quick_gelu(f, b_fc)
+    else:
+        f = layers.activation(f + b_fc, act)
+    m = linear(f, w_proj)  # [N, F] -> [N, C]
+    m += b_proj
+    return m.reshape(*x.shape[:-1], w_proj.shape[1])
+
+
 def bias_quick_gelu(f, b):
     """In place on f [N, F]: f = quick_gelu(f + b), rows shared among threads when f is big."""
     def gelu(chunks):
@@ -595,8 +619,11 @@ def bias_quick_gelu(f, b):
 
 def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, encoder_hidden_states=None,
                       encoder_mask=None, need_weights=True):
-    """layers.transformer_block: same arguments, same result. The attention weights are computed only
-    when need_weights; otherwise the tuple holds None in their place (same length)."""
+    """Mirrors layers.transformer_block: same arguments, same result. The attention weights are computed
+    only when need_weights; otherwise the tuple holds None in their place (same length).
+
+    The block's wiring for this backend, written once: the fused residual + ln_2 kernel and the fused
+    decode step below change how the sums are grouped into passes, not their order."""
     eps, H = F32(config.layer_norm_epsilon), config.n_head
     scale = layers.attention_scale(config.head_dim, config.scale_attn_weights, layer_idx,
                                    config.scale_attn_by_inverse_layer_idx)
@@ -609,10 +636,10 @@ def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, en
             return out, (None,)
 
     # x1 = x + attn(ln_1(x)); h = ln_2(x1), the bias, residual and norm in one kernel
-    a, w_self = self_attention(layer_norm(x, p[prefix + "ln_1.weight"], eps),
-                               p[prefix + "attn.c_attn.weight"], p[prefix + "attn.c_attn.bias"],
-                               p[prefix + "attn.c_proj.weight"], H, scale, mask=mask, cache=cache,
-                               layer_idx=layer_idx, need_weights=need_weights)  # [B*T, C], no bias yet
+    a, w_self = self_attention_unbiased(layer_norm(x, p[prefix + "ln_1.weight"], eps),
+                                        p[prefix + "attn.c_attn.weight"], p[prefix + "attn.c_attn.bias"],
+                                        p[prefix + "attn.c_proj.weight"], H, scale, mask=mask, cache=cache,
+                                        layer_idx=layer_idx, need_weights=need_weights)  # [B*T, C], no bias yet
     weights = (w_self,)
     x1, h = np.empty((B, T, C), F32), np.empty((B, T, C), F32)
     residual_layer_norm_kernel(x.reshape(N, C), a, p[prefix + "attn.c_proj.bias"], p[prefix + "ln_2.weight"],
@@ -628,12 +655,7 @@ def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, en
         weights += (w_cross if need_weights else None,)
 
     # x1 + mlp(h)
-    f = linear(h.reshape(N, C), p[prefix + "mlp.c_fc.weight"])  # [B*T, C] -> [B*T, F]
-    if config.activation_function == "quick_gelu":
-        bias_quick_gelu(f, p[prefix + "mlp.c_fc.bias"])
-    else:
-        f = layers.activation(f + p[prefix + "mlp.c_fc.bias"], config.activation_function)
-    m = linear(f, p[prefix + "mlp.c_proj.weight"])  # [B*T, F] -> [B*T, C]
-    m += p[prefix + "mlp.c_proj.bias"]
-    m += x1.reshape(N, C)  # x1 + (m + b): the reference's order of additions
-    return m.reshape(B, T, C), weights
+    m = mlp(h, p[prefix + "mlp.c_fc.weight"], p[prefix + "mlp.c_fc.bias"], p[prefix + "mlp.c_proj.weight"],
+            p[prefix + "mlp.c_proj.bias"], config.activation_function)  # [B, T, C]
+    m += x1  # x1 + (m + b): the reference's order of additions
+    return m, weights

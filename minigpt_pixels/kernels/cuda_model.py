@@ -7,11 +7,11 @@
     layer_norm (ln_f)                                    [-> linear (lm_head), in lm_logits]
 
 Activations stay on the device between layers: the host sends ids and positions, and gets back the
-hidden states after ln_f (and the logits). model.py calls this only for plain inputs (ids, positions,
-an optional KVCache); masks, cross-attention, token types, embeddings or attention weights fall back
-to NumPy there.
+hidden states after ln_f (and the logits). The "cuda" backend (backends.py) calls this only for plain
+inputs (ids, positions, an optional KVCache); masks, cross-attention, token types, embeddings, hidden
+states or attention weights run the "cpu" backend's functions on the host.
 
-The KV cache. model.KVCache holds host arrays; on the GPU a mirror of it lives on the cache object
+The KV cache. cache.KVCache holds host arrays; on the GPU a mirror of it lives on the cache object
 (`cache._cuda_kv`: device keys and values [B, H, max_length, D] per layer) and attention reads that.
 The host arrays are kept in sync: each call writes its new keys and values into one staging buffer
 as well, copies it back in one transfer, and appends it through `KVCache.update`, so `lengths` and
@@ -27,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import layers
-from ..model import KVCache, ModelInputError
+from ..cache import KVCache
+from ..inputs import ModelInputError, check_cache_room
 from . import cuda as K
 
 F32 = np.float32
@@ -78,7 +79,7 @@ class _Workspace:
 
 
 class _DeviceKV:
-    """The device mirror of a model.KVCache (see the module docstring)."""
+    """The device mirror of a cache.KVCache (see the module docstring)."""
 
     def __init__(self, cache: KVCache):
         self.host_keys = cache.keys  # KVCache.select replaces this list: then the mirror is stale
@@ -137,10 +138,7 @@ class CudaRunner:
     def _device_kv(self, cache: KVCache, T):
         if len(set(cache.lengths)) != 1:
             raise ModelInputError(f"past_key_values has different lengths per layer {cache.lengths}")
-        past = cache.get_seq_length()
-        if past + T > cache.max_length:
-            raise ModelInputError(f"KV cache is full: {past} cached + {T} new positions > max_length "
-                                  f"{cache.max_length}")
+        check_cache_room(cache.get_seq_length(), T, cache.max_length)
         kv = getattr(cache, "_cuda_kv", None)
         if kv is None or not kv.matches(cache):
             kv = _DeviceKV(cache)

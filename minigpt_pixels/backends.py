@@ -1,0 +1,109 @@
+"""The backends `model.to(device)` chooses between, once. Each is an object holding the reference's
+functions under the reference's names and signatures, so model.forward is the same lines on all three:
+
+    embedding(input_ids, wte, wpe, position_ids, token_type_ids=None, inputs_embeds=None) -> x [B, T, C]
+    transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, encoder_hidden_states=None,
+                      encoder_mask=None, need_weights=True) -> x [B, T, C], attention weights
+    self_attention(x, w_attn, b_attn, w_proj, b_proj, n_head, scale, mask=None, cache=None, layer_idx=0)
+    mlp(x, w_fc, b_fc, w_proj, b_proj, act)      layer_norm(x, weight, eps)      lm_head(h, w)
+
+and two things a backend may do its own way:
+
+    fused_forward(p, prefix, config, inputs)  the whole body (embedding, blocks, ln_f) as one fusion,
+                                              or None where this backend has none for these inputs
+    threads(rows)                             the BLAS thread policy around a pass over `rows` positions
+
+    numpy  layers.py itself, line by line: the reference the others are tested against
+    cpu    kernels/cpu.py: the same maths with Numba kernels and a block wired for them; a batch's decode
+           step runs every block in one compiled call (cpu.decode_layers)
+    cuda   kernels/cuda_model.py: the plain forward (ids, positions, a KV cache) as one flat list of GPU
+           kernel launches, and the LM head on the GPU; anything else (masks, cross-attention, embeddings,
+           hidden states, weights) runs the "cpu" backend's functions on the host
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from . import layers
+from .kernels import cpu
+
+
+class NumpyBackend:
+    """The reference: layers.py's functions, no fusion, BLAS left as it is."""
+    name = "numpy"
+    embedding = staticmethod(layers.embedding)
+    transformer_block = staticmethod(layers.transformer_block)
+    self_attention = staticmethod(layers.self_attention)
+    mlp = staticmethod(layers.mlp)
+    layer_norm = staticmethod(layers.layer_norm)
+    lm_head = staticmethod(layers.lm_head)
+
+    def fused_forward(self, p, prefix, config, inputs):
+        return None
+
+    def threads(self, rows):
+        return contextlib.nullcontext()
+
+
+class CpuBackend(NumpyBackend):
+    """kernels/cpu.py's versions of the block and its parts; each mirrors the layers.py function of its name."""
+    name = "cpu"
+    transformer_block = staticmethod(cpu.transformer_block)
+    self_attention = staticmethod(cpu.self_attention)
+    mlp = staticmethod(cpu.mlp)
+    layer_norm = staticmethod(cpu.layer_norm)
+
+    def fused_forward(self, p, prefix, config, inputs):
+        """model.forward for a batch's decode step, its n_layer blocks in one compiled call
+        (cpu.decode_layers); None where that does not apply (see decode_layers), and then the model runs
+        forward block by block. Asking for attention weights, hidden states or cross-attention opts out."""
+        if inputs.cache is None or inputs.output_attentions or inputs.output_hidden_states or \
+                inputs.encoder_hidden_states is not None:
+            return None
+        x = self.embedding(inputs.input_ids, p[prefix + "wte.weight"], p[prefix + "wpe.weight"], inputs.position_ids,
+                           inputs.token_type_ids, inputs.inputs_embeds)  # [B, 1, C]
+        scales = [layers.attention_scale(config.head_dim, config.scale_attn_weights, i,
+                                         config.scale_attn_by_inverse_layer_idx) for i in range(config.n_layer)]
+        x = cpu.decode_layers(x, p, [f"{prefix}h.{i}." for i in range(config.n_layer)], range(config.n_layer),
+                              config, inputs.mask, inputs.cache, scales)  # [B, 1, C] or None
+        return None if x is None else self.layer_norm(x, p[prefix + "ln_f.weight"], config.layer_norm_epsilon)
+
+    def threads(self, rows):
+        return cpu.blas_threads_for(rows)  # one BLAS thread for decode steps: see kernels/cpu.py
+
+
+class CudaBackend(CpuBackend):
+    """The GPU for plain forwards and the LM head; "cpu"'s functions for the rest (on the host).
+
+    The weights are copied to the device once, here: after changing model.params, call model.to("cuda")
+    again."""
+    name = "cuda"
+
+    def __init__(self, params, config, prefix):
+        # imported here, not at the top: loading Numba's CUDA support needs a CUDA driver, which
+        # "numpy" and "cpu" users need not have (kernels/__init__.py)
+        from .kernels.cuda_model import CudaRunner  # raises a clear error when CUDA is unavailable
+        self.runner = CudaRunner(params, config, prefix)
+
+    def fused_forward(self, p, prefix, config, inputs):
+        """model.forward as cuda_model.hidden_states' launches, for ids, positions and a KV cache alone."""
+        if not inputs.plain:
+            return None
+        return self.runner.hidden_states(inputs.input_ids, inputs.position_ids, inputs.cache)
+
+    def lm_head(self, h, w):
+        """layers.lm_head on the device, with the device's copy of w; h is not uploaded again when it is
+        the hidden state hidden_states just left there."""
+        return self.runner.lm_logits(h)
+
+
+def backend(device, params, config, prefix):
+    """The backend object for a device name (see the module docstring)."""
+    if device == "numpy":
+        return NumpyBackend()
+    if device == "cpu":
+        return CpuBackend()
+    if device == "cuda":
+        return CudaBackend(params, config, prefix)
+    raise ValueError(f"unknown device {device!r}: use 'numpy' (pure reference), 'cpu' or 'cuda'")

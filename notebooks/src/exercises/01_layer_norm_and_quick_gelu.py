@@ -1,0 +1,128 @@
+# %% [markdown]
+# # Exercise 1: ImageGPT's layer norm and quick_gelu
+#
+# Two of the smallest pieces of ImageGPT, each with a quirk that trips people up. You will write
+# them from scratch and check them against `minigpt_pixels.layers.layer_norm` and
+# `minigpt_pixels.layers.quick_gelu` (which agree with Hugging Face transformers).
+# Background: notebook `02_transformer_piece_by_piece.ipynb`.
+#
+# **How this works.** Each exercise is a function with `# YOUR CODE HERE`. Replace the
+# `raise NotImplementedError` with your code, run that cell, then run the `check` cell under it.
+# `check(name, function)` runs your function on a few small seeded inputs, compares it with the package's
+# own function, and tells you what is wrong: the shape, the first differing values, and the likely
+# mistake. Until you start it says *not done yet*, so the notebook always runs top to bottom.
+#
+# Rules of the game: NumPy only, keep everything `float32`, and never change the input arrays in place.
+# `describe(name)` lists what an exercise is checked on.
+
+# %%
+import numpy as np
+import matplotlib.pyplot as plt
+
+from minigpt_pixels.exercises import check, describe
+
+
+# %% [markdown]
+# ## 1. Layer norm without the mean
+#
+# ImageGPT's layer norm is **not** `torch.nn.LayerNorm`. It does not subtract the mean and has
+# no bias; it divides each position's features by their root mean square and multiplies by a
+# learned gain:
+#
+# $$y = \frac{x}{\sqrt{\operatorname{mean}(x^2) + \epsilon}} \cdot w$$
+#
+# The mean is over the last axis (the `C` features of one position), so `x` of shape
+# `[B, T, C]` gives one number per `(b, t)`. (Today this is called RMSNorm.)
+#
+# <details><summary>Hint</summary>
+#
+# `np.mean(x ** 2, axis=-1, keepdims=True)` has shape `[..., 1]`, which broadcasts against
+# `[..., C]`. `eps` goes inside the square root.
+# </details>
+
+# %%
+def layer_norm(x, weight, eps=1e-5):
+    """ImageGPT's layer norm; replaces minigpt_pixels.layers.layer_norm.
+
+    x:      float32 [..., C]  normalise each row over its last axis
+    weight: float32 [C]       the learned gain (there is no bias)
+    eps:    float             added to the mean square, inside the square root
+    returns float32 [..., C]
+    """
+    ### BEGIN SOLUTION
+    ms = np.mean(np.square(x), axis=-1, keepdims=True)  # [..., 1]
+    return x / np.sqrt(ms + eps) * weight  # [..., C]
+    ### END SOLUTION
+
+
+# %%
+layer_norm_result = check("layer_norm", layer_norm)
+layer_norm_result
+
+# %% [markdown]
+# Once it passes: unlike torch's LayerNorm, the rows keep their mean; it is their root mean square that becomes 1 (here the gain is 1).
+
+# %%
+if layer_norm_result.passed:
+    x = np.random.default_rng(0).normal(2.0, 1.0, size=(3, 8)).astype(np.float32)
+    y = layer_norm(x, np.ones(8, np.float32))
+    print("row means:", y.mean(-1).round(3), " root mean squares:", np.sqrt((y ** 2).mean(-1)).round(3))
+else:
+    print("finish layer_norm above first")
+
+
+# %% [markdown]
+# ## 2. quick_gelu
+#
+# The MLP's activation is OpenAI's "gelu2", which transformers calls `quick_gelu`:
+#
+# $$\text{quick\_gelu}(x) = x \cdot \sigma(1.702\,x) = \frac{x}{1 + e^{-1.702 x}}$$
+#
+# It approximates GELU, but it is **not** the exact GELU $x\,\Phi(x)$ (with `erf`), nor
+# GPT-2's tanh approximation. The differences are small (at most about 0.02) yet they change
+# every output of a trained model.
+
+# %%
+def quick_gelu(x):
+    """x * sigmoid(1.702 * x); replaces minigpt_pixels.layers.quick_gelu.
+
+    x:      float32 array of any shape
+    returns float32, the same shape
+    """
+    ### BEGIN SOLUTION
+    return x / (1 + np.exp(-1.702 * x))
+    ### END SOLUTION
+
+
+# %%
+quick_gelu_result = check("quick_gelu", quick_gelu)
+quick_gelu_result
+
+# %% [markdown]
+# Once it passes, compare it with the exact GELU and ReLU:
+
+# %%
+from minigpt_pixels import layers
+
+if quick_gelu_result.passed:
+    x = np.linspace(-4, 4, 201, dtype=np.float32)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
+    a.plot(x, quick_gelu(x), label="your quick_gelu")
+    a.plot(x, layers.activation(x, "gelu"), "--", label="exact GELU")
+    a.plot(x, np.maximum(x, 0), ":", label="ReLU")
+    a.legend()
+    b.plot(x, quick_gelu(x) - layers.activation(x, "gelu"))
+    b.set_title("quick_gelu - exact GELU")
+    plt.tight_layout()
+else:
+    print("finish quick_gelu above first")
+plt.show()
+
+# %% [markdown]
+# ## Summary
+#
+# Every exercise of this notebook, checked again:
+
+# %%
+for name, fn in [("layer_norm", layer_norm), ("quick_gelu", quick_gelu)]:
+    print(check(name, fn))
