@@ -118,6 +118,28 @@ def _cluster_sums(x, ids, k):
     return np.bincount(ids, minlength=k), sums
 
 
+def lloyd_step(pixels, centres, exact=False):
+    """One Lloyd iteration of k-means: float32 [N, D] pixels, [K, D] centres -> the new centres [K, D].
+
+    Each pixel goes to its nearest centre (squared Euclidean distance, the lowest id on a tie; with
+    `exact`, near ties are settled in float64 as `quantize` does), and each centre moves to the mean
+    of its pixels. A centre no pixel chose moves to the pixel farthest from its own nearest centre:
+    with several such centres, the first gets the farthest pixel, the next the second farthest, ...
+    `fit_palette` repeats this step; the k-means classroom exercise asks for exactly this function.
+    """
+    k = len(centres)
+    ids, dist = _nearest(pixels, centres, exact=exact)  # [N], [N]
+    counts, sums = _cluster_sums(pixels, ids, k)  # [K], [K, D]
+    new = centres.copy()
+    filled = counts > 0
+    new[filled] = sums[filled] / counts[filled, None]  # [K, D] means, rounded to float32
+    empty = np.flatnonzero(~filled)
+    if len(empty):  # re-seed at the pixels worst served by their centres, the worst first
+        worst = np.argpartition(dist, -len(empty))[-len(empty):]
+        new[empty] = pixels[worst[np.argsort(-dist[worst], kind="stable")]]
+    return new
+
+
 def fit_palette(pixels, n_colors, seed=None, max_iter=300, tol=1e-4, batch_size=None):
     """Fit a palette of `n_colors` colours to `pixels` by k-means: [N, D] -> [n_colors, D] float32.
 
@@ -163,14 +185,7 @@ def fit_palette(pixels, n_colors, seed=None, max_iter=300, tol=1e-4, batch_size=
 
     if batch_size is None:
         for _ in range(max_iter):
-            ids, dist = _nearest(x, centres)  # [N], [N]
-            counts, sums = _cluster_sums(x, ids, k)  # [K], [K, D]
-            new = centres.copy()
-            filled = counts > 0
-            new[filled] = sums[filled] / counts[filled, None]  # [K, D] means, rounded to float32
-            empty = np.flatnonzero(~filled)
-            if len(empty):  # re-seed at the pixels worst served by their centres
-                new[empty] = x[np.argpartition(dist, -len(empty))[-len(empty) :]]
+            new = lloyd_step(x, centres)  # [K, D]
             shift = float(np.sum((new - centres) ** 2))
             centres = new
             if shift <= shift_tol:

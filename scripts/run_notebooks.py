@@ -3,14 +3,15 @@
     python scripts/run_notebooks.py                 # rebuild every notebook, run it, write it back with outputs
     python scripts/run_notebooks.py notebooks/03_sampling.ipynb    # rebuild and run just that one
     python scripts/run_notebooks.py --no-write      # run them all as they are, write nothing (what the tests do)
-    python scripts/run_notebooks.py --no-build notebooks/exercises/some_student.ipynb   # run one as it is
+    python scripts/run_notebooks.py --no-build path/to/notebook.ipynb   # run one as it is
 
 By default the notebooks are first rebuilt from their sources in notebooks/src/ (scripts/build_notebooks.py),
 then each runs in a fresh kernel in its own folder (so relative paths such as ../tests/golden work) and is
 written back with its outputs, pictures included: what people see when browsing the repository is what the code makes
 today. Each notebook gets `--timeout` seconds in all; a cell that raises or runs past that fails the
-run with the notebook and cell named. The check results printed by the exercise notebooks are
-listed at the end (a teacher can run a student's notebook this way to see where it stands).
+run with the notebook and cell named. The check results the exercise notebooks show are listed
+after each. (To mark students' notebooks, use `python -m minigpt_pixels.grade` instead: running a
+student's notebook here runs all of its code in this kernel and believes what it prints.)
 """
 
 from __future__ import annotations
@@ -41,9 +42,8 @@ class NotebookError(Exception):
 
 
 def notebook_paths(root=NOTEBOOK_DIR):
-    """Every notebook we ship, in reading order: the walkthroughs, the exercises, their solutions."""
-    return (sorted(root.glob("[0-9]*.ipynb")) + sorted((root / "exercises").glob("*.ipynb"))
-            + sorted((root / "exercises" / "solutions").glob("*.ipynb")))
+    """Every notebook we ship, in reading order: the walkthroughs, then the exercises (students' versions)."""
+    return sorted(root.glob("[0-9]*.ipynb")) + sorted((root / "exercises").glob("*.ipynb"))
 
 
 def execute(path, timeout=TIMEOUT_S, kernel_name="python3", threads=THREADS):

@@ -298,3 +298,106 @@ def test_inputs_are_seeded_and_small():
             arrays = [x for x in a if isinstance(x, np.ndarray)]
             assert all(np.array_equal(x, y) for x, y in zip(arrays, b))
             assert sum(x.size for x in arrays) <= 100_000
+
+
+# ---- hints only for the mistake actually made ---------------------------------------------------
+@pytest.mark.parametrize("name,fn", [
+    ("causal_attention", lambda q, k, v, s: student_attention(q, k, v, s)[0].astype(np.float64)),
+    ("layer_norm", lambda x, w, eps=1e-5: student_layer_norm(x, w, eps).astype(np.float64)),
+    ("top_k_filter", lambda lg, k: student_top_k_filter(lg, k).astype(np.float64)),
+    ("kmeans_step", lambda p, c: student_kmeans_step(p, c).astype(np.float64)),
+])
+def test_only_the_dtype_wrong_says_exactly_that_and_names_no_mistake(name, fn):
+    result = check(name, fn)
+    assert result.status == "failed" and result.mistake is None
+    assert "The values are right: only the dtype is wrong" in result.message
+    assert "Likely mistake" not in result.message and "Reminder" not in result.message
+
+
+def test_a_mistake_invisible_on_a_case_is_not_named_there():
+    """With scale = 1/sqrt(D) (case 1), hard-coding 1/sqrt(D) gives the right answer: a student whose
+    output is wrong some other way on case 1 is not told they hard-coded the scale."""
+    def scaled_and_float64(q, k, v, s):
+        return student_attention(q, k, v, s)[0].astype(np.float64) * 1.5
+    result = check("causal_attention", scaled_and_float64)
+    assert "instead of the scale argument" not in result.message
+    hard_coded = check("causal_attention", EXERCISES["causal_attention"].mistakes[5].fn)
+    assert hard_coded.mistake == "scale_hard_coded" and "case 2" in hard_coded.message
+
+
+def test_wrong_output_matching_no_mistake_gets_the_reminder_not_a_guess():
+    result = check("quick_gelu", lambda x: x * 0.5)
+    assert result.mistake is None and "Likely mistake" not in result.message and "Reminder" in result.message
+
+
+def renormalised_in_float32_choice(logits, k, rng):
+    ids = []
+    for row in logits:
+        p = np.exp(row - row.max()).astype(np.float32)
+        p[row < np.sort(row)[-k]] = 0
+        ids.append(rng.choice(len(row), p=np.round(p / p.sum(), 3)))  # renormalised, imprecisely
+    return np.array(ids)
+
+
+def renormalised_cdf_ending_below_one(logits, k, rng):
+    kth = np.sort(logits, -1)[:, -k][:, None]
+    p = np.where(logits >= kth, np.exp(logits - logits.max(-1, keepdims=True)), 0)
+    p = np.round(p / p.sum(-1, keepdims=True), 3)  # sums to 1 within 0.0015
+    u = rng.random(len(logits))
+    return np.array([np.searchsorted(np.cumsum(row), x, side="right") for row, x in zip(p, u)])
+
+
+def test_top_k_sample_renormalised_imprecisely_is_not_told_it_did_not_renormalise():
+    choice = check("top_k_sample", renormalised_in_float32_choice)
+    assert choice.status == "failed" and "do not sum to 1" in choice.message
+    assert "Either the kept probabilities were not renormalised" in choice.message and "float32" in choice.message
+    cdf = check("top_k_sample", renormalised_cdf_ending_below_one)
+    assert cdf.status == "failed" and cdf.mistake is None
+    assert "the probabilities were renormalised" in cdf.message and "not renormalised" not in cdf.message
+    not_renormalised = check("top_k_sample", EXERCISES["top_k_sample"].mistakes[2].fn)
+    assert not_renormalised.mistake == "no_renormalise"
+
+
+# ---- the engine apart from the calls: what the class grader uses ----------------------------------
+def test_judge_works_on_returned_arrays_alone():
+    from minigpt_pixels.exercises import engine
+    ex = EXERCISES["layer_norm"]
+    cases = exercises.make_cases(ex, seed=7)
+    right = [engine.Returned(student_layer_norm(*a)) for a in cases]
+    assert exercises.judge(ex, cases, right).passed
+    assert not exercises.judge(ex, cases, right[:2]).passed  # a case with no result is not a pass
+    wrong = [engine.Returned(np.asarray(a[0])) for a in cases]
+    assert exercises.judge(ex, cases, wrong).status == "failed"
+    assert exercises.judge(ex, cases, [engine.NotDone()]).status == "not done"
+    assert "longer than 3 s" in exercises.judge(ex, cases, [engine.TimedOut(3)]).message
+    assert "returned None" in exercises.judge(ex, cases, [engine.Returned(None)]).message
+    tensor = engine.Opaque("Tensor", has_numpy=True)
+    assert ".numpy()" in exercises.judge(ex, cases, [engine.Returned(tensor)]).message
+
+
+def test_another_seed_draws_other_inputs():
+    ex = EXERCISES["quick_gelu"]
+    a, b = exercises.make_cases(ex)[1][0], exercises.make_cases(ex, seed=99)[1][0]
+    assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+def test_one_module_per_exercise():
+    import importlib
+    for name, ex in EXERCISES.items():
+        assert importlib.import_module(f"minigpt_pixels.exercises.{name}").EXERCISE is ex
+        assert ex.points >= 1
+    assert [n for names in exercises.NOTEBOOKS.values() for n in names] == list(EXERCISES)
+
+
+def test_the_k_means_exercise_is_the_step_fit_palette_repeats():
+    """palette.lloyd_step is both fit_palette's iteration and the exercise's reference."""
+    from unittest import mock
+
+    from minigpt_pixels import palette
+    pixels = np.random.default_rng(0).uniform(-1, 1, size=(300, 3)).astype(F32)
+    with mock.patch.object(palette, "lloyd_step", wraps=palette.lloyd_step) as step:
+        palette.fit_palette(pixels, 4, seed=0)
+    assert step.call_count >= 1
+    args = exercises.make_cases(EXERCISES["kmeans_step"])[1]  # the case with an empty cluster
+    np.testing.assert_array_equal(EXERCISES["kmeans_step"].reference(*args), palette.lloyd_step(*args, exact=True))
+    assert check("kmeans_step", lambda p, c: palette.lloyd_step(p, c)).passed

@@ -1,8 +1,9 @@
 """Every notebook runs top to bottom in a fresh kernel, in a temporary copy of notebooks/ (so nothing
-it writes lands in the repository), within 600 s; the exercise skeletons report "not done yet"
-without raising, and the solutions pass every check. Also: the files on disk are what
-scripts/build_notebooks.py makes from their jupytext sources in notebooks/src/, and the walkthroughs are
-stored with their pictures."""
+it writes lands in the repository), within 600 s; the exercise notebooks students get report "not done
+yet" without raising, and the teacher's versions (built from notebooks/src/exercises/, solutions in)
+pass every check. Also: the files on disk are what scripts/build_notebooks.py makes from their jupytext
+sources in notebooks/src/, no solution reaches what students get, and the walkthroughs are stored with
+their pictures."""
 
 import json
 import pathlib
@@ -26,6 +27,7 @@ import run_notebooks  # noqa: E402
 
 TIMEOUT_S = 600  # per notebook
 PATHS = [p.relative_to(ROOT) for p in run_notebooks.notebook_paths()]
+TEACHER = build_notebooks.teacher_notebooks()  # {assignment name: the teacher's notebook, solutions in}
 WALKTHROUGHS = [p for p in PATHS if p.parent.name == "notebooks"]
 DURATIONS = {}
 EXPECTED = {  # a line each walkthrough must print: its point, made
@@ -81,13 +83,27 @@ def outputs_text(nb):
 def test_the_notebooks_are_all_there():
     names = [p.name for p in WALKTHROUGHS]
     assert [n[:2] for n in names] == ["01", "02", "03", "04", "05", "06", "07"], names
-    skeletons = sorted(p.name for p in PATHS if p.parent.name == "exercises")
-    solutions = sorted(p.name for p in PATHS if p.parent.name == "solutions")
-    assert len(skeletons) >= 5 and skeletons == solutions
+    assert sorted(p.stem for p in (ROOT / "notebooks" / "src").glob("[0-9]*.py")) == [p.stem for p in WALKTHROUGHS]
+    skeletons = sorted(p.stem for p in PATHS if p.parent.name == "exercises")
+    assert len(skeletons) >= 5 and skeletons == sorted(TEACHER)
 
 
-def test_the_files_on_disk_are_what_the_builder_makes():
-    assert build_notebooks.main(["--check"]) == 0, "run python scripts/run_notebooks.py"
+def test_no_solution_reaches_what_students_get():
+    """Each answer cell students get holds nbgrader's stub after the docstring, where the teacher's holds
+    the solution; no notebook is in the installed package, and there is no solutions folder."""
+    for path in PATHS:
+        if path.parent.name != "exercises":
+            continue
+        student = nbformat.read(ROOT / path, as_version=4)
+        teacher = TEACHER[path.stem]
+        for mine, theirs in zip(student.cells, teacher.cells):
+            assert "SOLUTION" not in mine.source and "HIDDEN TESTS" not in mine.source, path
+            if mine.metadata.get("nbgrader", {}).get("solution"):
+                code = [line.strip() for line in mine.source.split('"""')[-1].strip().splitlines()]
+                assert code == ["# YOUR CODE HERE", "raise NotImplementedError()"], (path, code)
+                assert "### BEGIN SOLUTION" in theirs.source and "return" in theirs.source.split("BEGIN SOLUTION")[1]
+    assert not list((ROOT / "minigpt_pixels").rglob("*.ipynb"))
+    assert not (ROOT / "notebooks" / "exercises" / "solutions").exists()
 
 
 @pytest.mark.parametrize("path", WALKTHROUGHS, ids=[p.name for p in WALKTHROUGHS])
@@ -108,13 +124,23 @@ def test_notebook_runs_top_to_bottom(path, workdir):
     text = outputs_text(nb)
     assert "Traceback" not in text
     results = run_notebooks.check_results(nb)
-    if path.parent.name == "exercises":  # skeletons, as shipped: every check says "not done yet"
+    if path.parent.name == "exercises":  # as students get them: every check says "not done yet"
         assert results and all(r.startswith("\u23f3") and "not done yet" in r for r in results), results
-    elif path.parent.name == "solutions":
-        assert results and all(r.startswith("\u2705") for r in results), results
     else:
         assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
         assert EXPECTED[path.name] in text
         if path.name == "04_linear_probe.ipynb":
             check_probe_numbers(nb, "executed notebook")
     assert not list(workdir.glob("notebooks/**/*.png")), "a notebook wrote files into its folder"
+
+
+@pytest.mark.parametrize("name", sorted(TEACHER))
+def test_the_teacher_s_notebook_passes_every_check(name, workdir):
+    """The solutions in notebooks/src/exercises/ pass, hidden tests (nbgrader's autograde asserts) included."""
+    path = workdir / "notebooks" / "exercises" / f"{name}.teacher.ipynb"
+    nbformat.write(TEACHER[name], path)
+    nb, seconds = run_notebooks.execute(path, timeout=TIMEOUT_S)
+    path.unlink()
+    results = run_notebooks.check_results(nb)
+    assert results and all(r.startswith("\u2705") for r in results), results
+    assert "Traceback" not in outputs_text(nb)

@@ -652,11 +652,11 @@ def _uniform_c_float32(arrays):
 
 
 # ---- the block -------------------------------------------------------------------------------------
-def layer_norm(x, w, eps):
-    """layers.layer_norm through the kernel; x [..., C]."""
+def layer_norm(x, weight, eps=1e-5):
+    """Mirrors layers.layer_norm, through the kernel; x [..., C]."""
     out = np.empty(x.shape, F32)
     C = x.shape[-1]
-    layer_norm_kernel(x.reshape(-1, C), w, F32(eps), out.reshape(-1, C))
+    layer_norm_kernel(x.reshape(-1, C), weight, F32(eps), out.reshape(-1, C))
     return out
 
 

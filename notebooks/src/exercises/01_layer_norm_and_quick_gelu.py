@@ -13,11 +13,14 @@
 # mistake. Until you start it says *not done yet*, so the notebook always runs top to bottom.
 #
 # Rules of the game: NumPy only, keep everything `float32`, and never change the input arrays in place.
-# `describe(name)` lists what an exercise is checked on.
+# `describe(name)` lists what an exercise is checked on. Your teacher grades the functions
+# themselves, on inputs you have not seen: write everything a function needs inside its cell
+# (or in a cell of your own that only defines helper functions), without the package's own functions.
 
 # %%
-import numpy as np
 import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import display
 
 from minigpt_pixels.exercises import check, describe
 
@@ -57,7 +60,10 @@ def layer_norm(x, weight, eps=1e-5):
 
 # %%
 layer_norm_result = check("layer_norm", layer_norm)
-layer_norm_result
+### BEGIN HIDDEN TESTS
+assert layer_norm_result.passed, layer_norm_result.message  # what nbgrader's autograde scores
+### END HIDDEN TESTS
+display(layer_norm_result)
 
 # %% [markdown]
 # Once it passes: unlike torch's LayerNorm, the rows keep their mean; it is their root mean square that becomes 1 (here the gain is 1).
@@ -96,7 +102,10 @@ def quick_gelu(x):
 
 # %%
 quick_gelu_result = check("quick_gelu", quick_gelu)
-quick_gelu_result
+### BEGIN HIDDEN TESTS
+assert quick_gelu_result.passed, quick_gelu_result.message  # what nbgrader's autograde scores
+### END HIDDEN TESTS
+display(quick_gelu_result)
 
 # %% [markdown]
 # Once it passes, compare it with the exact GELU and ReLU:

@@ -14,11 +14,14 @@
 # mistake. Until you start it says *not done yet*, so the notebook always runs top to bottom.
 #
 # Rules of the game: NumPy only, keep everything `float32`, and never change the input arrays in place.
-# `describe(name)` lists what an exercise is checked on.
+# `describe(name)` lists what an exercise is checked on. Your teacher grades the functions
+# themselves, on inputs you have not seen: write everything a function needs inside its cell
+# (or in a cell of your own that only defines helper functions), without the package's own functions.
 
 # %%
-import numpy as np
 import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import display
 
 from minigpt_pixels.exercises import check, describe
 
@@ -63,7 +66,10 @@ def causal_attention(q, k, v, scale):
 
 # %%
 causal_attention_result = check("causal_attention", causal_attention)
-causal_attention_result
+### BEGIN HIDDEN TESTS
+assert causal_attention_result.passed, causal_attention_result.message  # what nbgrader's autograde scores
+### END HIDDEN TESTS
+display(causal_attention_result)
 
 # %% [markdown]
 # A trick to see the weights: with `v` the identity matrix, the output *is* the weight matrix. Each row sums to 1 and nothing lies above the diagonal:
@@ -120,7 +126,10 @@ def kv_cache_step(q, k, v, past_k, past_v, scale):
 
 # %%
 kv_cache_step_result = check("kv_cache_step", kv_cache_step)
-kv_cache_step_result
+### BEGIN HIDDEN TESTS
+assert kv_cache_step_result.passed, kv_cache_step_result.message  # what nbgrader's autograde scores
+### END HIDDEN TESTS
+display(kv_cache_step_result)
 
 # %% [markdown]
 # The point of the cache: a prompt of 4 positions, then one position at a time, gives exactly what attention over all 6 positions at once gives:

@@ -12,11 +12,14 @@
 # mistake. Until you start it says *not done yet*, so the notebook always runs top to bottom.
 #
 # Rules of the game: NumPy only, keep everything `float32`, and never change the input arrays in place.
-# `describe(name)` lists what an exercise is checked on.
+# `describe(name)` lists what an exercise is checked on. Your teacher grades the functions
+# themselves, on inputs you have not seen: write everything a function needs inside its cell
+# (or in a cell of your own that only defines helper functions), without the package's own functions.
 
 # %%
-import numpy as np
 import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import display
 
 from minigpt_pixels.exercises import check, describe
 
@@ -50,7 +53,10 @@ def top_k_filter(logits, k):
 
 # %%
 top_k_filter_result = check("top_k_filter", top_k_filter)
-top_k_filter_result
+### BEGIN HIDDEN TESTS
+assert top_k_filter_result.passed, top_k_filter_result.message  # what nbgrader's autograde scores
+### END HIDDEN TESTS
+display(top_k_filter_result)
 
 
 # %% [markdown]
@@ -91,7 +97,10 @@ def top_k_sample(logits, k, rng):
 
 # %%
 top_k_sample_result = check("top_k_sample", top_k_sample)
-top_k_sample_result
+### BEGIN HIDDEN TESTS
+assert top_k_sample_result.passed, top_k_sample_result.message  # what nbgrader's autograde scores
+### END HIDDEN TESTS
+display(top_k_sample_result)
 
 # %% [markdown]
 # Once it passes: your draws against the probabilities, for one row of logits and a few `k`:

@@ -12,11 +12,14 @@
 # mistake. Until you start it says *not done yet*, so the notebook always runs top to bottom.
 #
 # Rules of the game: NumPy only, keep everything `float32`, and never change the input arrays in place.
-# `describe(name)` lists what an exercise is checked on.
+# `describe(name)` lists what an exercise is checked on. Your teacher grades the functions
+# themselves, on inputs you have not seen: write everything a function needs inside its cell
+# (or in a cell of your own that only defines helper functions), without the package's own functions.
 
 # %%
-import numpy as np
 import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import display
 
 from minigpt_pixels.exercises import check, describe
 
@@ -63,7 +66,10 @@ def kmeans_step(pixels, centres):
 
 # %%
 kmeans_step_result = check("kmeans_step", kmeans_step)
-kmeans_step_result
+### BEGIN HIDDEN TESTS
+assert kmeans_step_result.passed, kmeans_step_result.message  # what nbgrader's autograde scores
+### END HIDDEN TESTS
+display(kmeans_step_result)
 
 # %% [markdown]
 # Once it passes: ten of your steps on a photo. The mean squared error (k-means' objective, `palette.inertia` / N) must go down at every step:

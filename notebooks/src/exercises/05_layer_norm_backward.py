@@ -13,11 +13,13 @@
 # mistake. Until you start it says *not done yet*, so the notebook always runs top to bottom.
 #
 # Rules of the game: NumPy only, keep everything `float32`, and never change the input arrays in place.
-# `describe(name)` lists what an exercise is checked on.
+# `describe(name)` lists what an exercise is checked on. Your teacher grades the functions
+# themselves, on inputs you have not seen: write everything a function needs inside its cell
+# (or in a cell of your own that only defines helper functions), without the package's own functions.
 
 # %%
 import numpy as np
-import matplotlib.pyplot as plt
+from IPython.display import display
 
 from minigpt_pixels.exercises import check, describe
 
@@ -58,7 +60,10 @@ def layer_norm_backward(dout, cache):
 
 # %%
 layer_norm_backward_result = check("layer_norm_backward", layer_norm_backward)
-layer_norm_backward_result
+### BEGIN HIDDEN TESTS
+assert layer_norm_backward_result.passed, layer_norm_backward_result.message  # what nbgrader's autograde scores
+### END HIDDEN TESTS
+display(layer_norm_backward_result)
 
 # %% [markdown]
 # Once it passes, check it the way gradients are always checked: against finite differences, $\partial L/\partial x_i \approx (L(x + h e_i) - L(x - h e_i)) / 2h$, in float64 so the subtraction keeps its digits:

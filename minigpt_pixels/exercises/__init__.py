@@ -1,0 +1,48 @@
+"""Classroom exercises and their grader.
+
+A student writes one function of the package from scratch; `check(name, fn)` runs it on small seeded
+inputs, compares it with the package's own function, and says what went wrong:
+
+    from minigpt_pixels.exercises import check
+    check("layer_norm", my_layer_norm)   # -> CheckResult: status "passed", "failed" or "not done"
+
+Every exercise replaces one function of the package and takes the same arguments:
+
+    layer_norm(x, weight, eps=1e-5)                  layers.layer_norm
+    quick_gelu(x)                                    layers.quick_gelu
+    causal_attention(q, k, v, scale)                 layers.attention with the causal mask, no padding mask
+    kv_cache_step(q, k, v, past_k, past_v, scale)    KVCache.update, then layers.attention
+    top_k_filter(logits, k)                          generation.top_k_filter
+    top_k_sample(logits, k, rng)                     generation.sample_from_logits(logits, rng, top_k=k)
+    kmeans_step(pixels, centres)                     palette.lloyd_step, one iteration of fit_palette
+    layer_norm_backward(dout, cache)                 layers.layer_norm_backward
+
+Each exercise is one module here (its reference from the package, its cases, its classic mistakes
+with their hints); `engine` holds what they share: calling the student's function, and judging what
+it returned. `check` calls the function in the notebook's own process, for feedback while working;
+`python -m minigpt_pixels.grade` grades a class, calling each student's functions in a separate,
+limited process and judging the arrays it returns here (see that module).
+
+The grader never raises to the student: a function that raises, returns None, a list, the wrong
+shape or dtype, NaN, changes its inputs in place, or runs past `timeout` seconds gives a failed result
+with a message; `raise NotImplementedError` (the skeletons' body) gives "not done yet".
+"""
+
+from . import (causal_attention, kmeans_step, kv_cache_step, layer_norm, layer_norm_backward, quick_gelu,
+               top_k_filter, top_k_sample)
+from .engine import SEED, TIMEOUT_S, CheckResult, Exercise, check, describe, judge, make_cases
+
+EXERCISES = {m.EXERCISE.name: m.EXERCISE for m in (
+    layer_norm, quick_gelu, causal_attention, kv_cache_step, top_k_filter, top_k_sample, kmeans_step,
+    layer_norm_backward)}
+
+NOTEBOOKS = {  # exercise notebook (file stem) -> the exercises it holds, in order
+    "01_layer_norm_and_quick_gelu": ("layer_norm", "quick_gelu"),
+    "02_causal_attention_and_kv_cache": ("causal_attention", "kv_cache_step"),
+    "03_top_k_sampling": ("top_k_filter", "top_k_sample"),
+    "04_kmeans_step": ("kmeans_step",),
+    "05_layer_norm_backward": ("layer_norm_backward",),
+}
+
+__all__ = ["EXERCISES", "NOTEBOOKS", "SEED", "TIMEOUT_S", "CheckResult", "Exercise", "check", "describe", "judge",
+           "make_cases"]

@@ -1,0 +1,264 @@
+"""The structure the backends promise (backends.py), checked:
+
+1. every backend holds the reference's functions under the reference's names and signatures, and each
+   of kernels/cpu.py's says which layers.py function it mirrors and gives that function's result;
+2. the one forward (model.forward) gives the same hidden states on "numpy" and "cpu", and the "cpu"
+   backend's fusion of it (a batch's decode step) gives forward's numbers, or declines;
+3. layers.py's `f` and `f_forward` are one body: the same bits;
+4. one check, one message, whichever door an input comes in by (model, backprop);
+5. the package's imports form no circle, counting imports inside functions.
+"""
+
+import ast
+import inspect
+import pathlib
+
+import numpy as np
+import pytest
+
+from minigpt_pixels import backends, layers
+from minigpt_pixels.cache import KVCache
+from minigpt_pixels.config import ImageGPTConfig
+from minigpt_pixels.inputs import ModelInputError
+from minigpt_pixels.kernels import cpu
+from minigpt_pixels.model import (ForwardInputs, ImageGPTForCausalImageModeling, ImageGPTForImageClassification,
+                                  forward, init_weights, transformer_shapes)
+
+from .conftest import report
+
+F32 = np.float32
+TOL = 1e-5  # a kernel against the reference on O(1) float32 values
+NAMES = ("embedding", "transformer_block", "self_attention", "mlp", "layer_norm", "lm_head")
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "minigpt_pixels"
+
+
+def check(name, ours, ref, tol=TOL):
+    assert ours.dtype == np.float32, f"{name}: dtype {ours.dtype}, expected float32"
+    return report(name, ours, ref, tol)
+
+
+def setup(seed=0, **kw):
+    cfg = ImageGPTConfig(**{**dict(vocab_size=17, n_positions=40, n_embd=36, n_layer=2, n_head=3), **kw})
+    params = init_weights(transformer_shapes(cfg), cfg, seed)
+    rng = np.random.default_rng(seed + 1)
+    for name in params:  # away from the default init: attention that is not uniform, norms that matter
+        params[name] = (params[name] + rng.normal(0, 0.1, params[name].shape)).astype(F32)
+    return cfg, params
+
+
+# ---- 1. the same names, signatures and results ----------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("backend", [backends.CpuBackend, backends.CudaBackend], ids=["cpu", "cuda"])
+def test_backend_functions_take_the_references_arguments(backend, name):
+    """The reference's parameters, in order, with the same defaults; a backend may add keyword ones
+    after them (need_weights: skip computing the attention weights)."""
+    ref = list(inspect.signature(getattr(backends.NumpyBackend, name)).parameters.values())
+    ours = list(inspect.signature(getattr(backend, name)).parameters.values())
+    if ours[0].name == "self":  # a method of the backend (CudaBackend.lm_head), not a plain function
+        ours = ours[1:]
+    assert [(p.name, p.default) for p in ours[:len(ref)]] == [(p.name, p.default) for p in ref]
+    assert all(p.default is not inspect.Parameter.empty for p in ours[len(ref):])
+
+
+@pytest.mark.parametrize("name", ["transformer_block", "self_attention", "mlp", "layer_norm"])
+def test_cpu_functions_say_what_they_mirror(name):
+    fn = getattr(backends.CpuBackend, name)
+    assert fn.__module__ == cpu.__name__ and f"Mirrors layers.{name}" in fn.__doc__
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu_new"])
+def test_cpu_mlp_against_reference(act, rng):
+    cfg, p = setup()
+    x = rng.normal(size=(2, 11, cfg.n_embd)).astype(F32)
+    w = [p[f"h.0.mlp.{n}"] for n in ("c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias")]
+    check(f"cpu.mlp {act}", cpu.mlp(x, *w, act), layers.mlp(x, *w, act))
+
+
+@pytest.mark.parametrize("mask_kind", [None, "padding", "general"])
+def test_cpu_self_attention_against_reference(mask_kind, rng):
+    """The whole sequence, then a prompt and decode steps through a KV cache: outputs (bias included)
+    and weights as layers.self_attention gives them; need_weights=False gives None for the weights."""
+    cfg, p = setup()
+    B, T, C = 2, 23, cfg.n_embd
+    x = rng.normal(size=(B, T, C)).astype(F32)
+    keep = np.ones((B, T), np.int64)
+    keep[1, -4:] = 0
+    mask = {None: None, "padding": layers.additive_mask(keep),
+            "general": rng.normal(size=(B, 1, T, T)).astype(F32)}[mask_kind]
+    w = [p[f"h.1.attn.{n}"] for n in ("c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")]
+    args = (*w, cfg.n_head, F32(0.3))
+    ref, ref_weights = layers.self_attention(x, *args, mask=mask)
+    ours, weights = cpu.self_attention(x, *args, mask=mask)
+    check(f"cpu.self_attention {mask_kind}", ours, ref)
+    check(f"cpu.self_attention {mask_kind} weights", weights, ref_weights)
+    assert cpu.self_attention(x, *args, mask=mask, need_weights=False)[1] is None
+
+    cache = KVCache(cfg, B, max_length=T)
+    outs = []
+    for start, stop in [(0, 17)] + [(t, t + 1) for t in range(17, T)]:
+        step_mask = None if mask is None else mask[..., start:stop, :stop] if mask_kind == "general" \
+            else mask[..., :stop]
+        outs.append(cpu.self_attention(x[:, start:stop], *args, mask=step_mask, cache=cache, layer_idx=1)[0])
+    check(f"cpu.self_attention {mask_kind} through a KV cache", np.concatenate(outs, axis=1), ref)
+
+
+def test_cpu_layer_norm_against_reference(rng):
+    x = (rng.normal(size=(3, 7, 45)) * 3).astype(F32)
+    w = rng.normal(size=45).astype(F32)
+    check("cpu.layer_norm", cpu.layer_norm(x, w, 1e-5), layers.layer_norm(x, w, 1e-5))
+
+
+# ---- 2. one forward on every backend ----------------------------------------------------------------
+def inputs_for(ids, **kw):
+    return ForwardInputs(ids, None, np.arange(ids.shape[1])[None, :], **kw)
+
+
+@pytest.mark.parametrize("output_attentions", [False, True])
+def test_forward_is_the_same_on_numpy_and_cpu(output_attentions, rng):
+    cfg, p = setup()
+    ids = rng.integers(0, cfg.vocab_size, size=(2, 19))
+    inputs = inputs_for(ids, output_attentions=output_attentions)
+    h_ref, hidden_ref, w_ref = forward(backends.NumpyBackend(), p, "", cfg, inputs)
+    h, hidden, w = forward(backends.CpuBackend(), p, "", cfg, inputs)
+    check("forward last hidden state, cpu vs numpy", h, h_ref)
+    assert len(hidden) == len(hidden_ref) == cfg.n_layer + 1 and hidden[-1] is h
+    for i, (a, b) in enumerate(zip(hidden, hidden_ref)):
+        check(f"forward hidden_states[{i}], cpu vs numpy", a, b)
+    for i, (a, b) in enumerate(zip(w, w_ref, strict=True)):
+        if output_attentions:
+            check(f"forward attentions[{i}], cpu vs numpy", a[0], b[0])
+        else:
+            assert a == (None,)
+
+
+def test_cpu_fused_decode_step_is_forward(monkeypatch, rng):
+    """On threads, a batch's decode step runs every block in one compiled call and gives forward's
+    numbers; a single sequence, a prompt, or a step asking for weights or hidden states is declined
+    (None) and the model runs forward."""
+    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    cfg, p = setup()
+    ids = rng.integers(0, cfg.vocab_size - 1, size=(3, 9))
+    cpu_backend, ref = backends.CpuBackend(), backends.NumpyBackend()
+    fused_cache, ref_cache = KVCache(cfg, 3), KVCache(cfg, 3)
+    prompt = inputs_for(ids[:, :8], cache=fused_cache)
+    assert cpu_backend.fused_forward(p, "", cfg, prompt) is None  # 8 positions: no decode step
+    forward(cpu_backend, p, "", cfg, prompt)
+    forward(ref, p, "", cfg, inputs_for(ids[:, :8], cache=ref_cache))
+    step = ForwardInputs(ids[:, 8:], None, np.array([[8]]), cache=fused_cache)
+    assert cpu_backend.fused_forward(p, "", cfg, ForwardInputs(ids[:, 8:], None, np.array([[8]]),
+                                                               cache=fused_cache, output_hidden_states=True)) is None
+    h = cpu_backend.fused_forward(p, "", cfg, step)
+    h_ref, _, _ = forward(ref, p, "", cfg, ForwardInputs(ids[:, 8:], None, np.array([[8]]), cache=ref_cache))
+    check("cpu fused decode step vs numpy forward", h, h_ref)
+    assert fused_cache.lengths == ref_cache.lengths == [9] * cfg.n_layer
+    single = ForwardInputs(ids[:1, 8:], None, np.array([[8]]), cache=KVCache(cfg, 1))
+    monkeypatch.undo()
+    assert cpu_backend.fused_forward(p, "", cfg, single) is None  # one sequence: one thread, block by block
+
+
+def test_model_to_picks_the_backend_once():
+    model = ImageGPTForCausalImageModeling(setup()[0], seed=0)
+    assert isinstance(model.backend, backends.CpuBackend) and model.device == "cpu" and model._cuda is None
+    assert isinstance(model.to("numpy").backend, backends.NumpyBackend) and model.device == "numpy"
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        model.to("tpu")
+
+
+# ---- 3. f and f_forward: one body ------------------------------------------------------------------
+def test_each_function_is_its_forward_without_the_cache(rng):
+    cfg, p = setup(add_cross_attention=True)
+    B, T, C = 2, 9, cfg.n_embd
+    x = rng.normal(size=(B, T, C)).astype(F32)
+    enc = rng.normal(size=(B, 5, C)).astype(F32)
+    w = p["h.0.ln_1.weight"]
+    mlp_w = [p[f"h.0.mlp.{n}"] for n in ("c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias")]
+    attn_w = [p[f"h.0.attn.{n}"] for n in ("c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")]
+    cross_w = layers.cross_attention_weights(p, "h.0.")
+    pairs = {
+        "layer_norm": (layers.layer_norm(x, w), layers.layer_norm_forward(x, w)[0]),
+        "quick_gelu": (layers.quick_gelu(x), layers.quick_gelu_forward(x)[0]),
+        "mlp": (layers.mlp(x, *mlp_w), layers.mlp_forward(x, *mlp_w)[0]),
+        "self_attention": (layers.self_attention(x, *attn_w, 3, F32(0.5))[0],
+                           layers.self_attention_forward(x, *attn_w, 3, F32(0.5))[0]),
+        "cross_attention": (layers.cross_attention(x, enc, *cross_w, 3, F32(0.5))[0],
+                            layers.cross_attention_forward(x, enc, *cross_w, 3, F32(0.5))[0]),
+        "transformer_block": (layers.transformer_block(x, p, "h.0.", cfg, 0, encoder_hidden_states=enc)[0],
+                              layers.transformer_block_forward(x, p, "h.0.", cfg, 0, encoder_hidden_states=enc)[0]),
+    }
+    for name, (plain, with_cache) in pairs.items():
+        assert plain.dtype == np.float32, name
+        np.testing.assert_array_equal(plain, with_cache, err_msg=name)
+
+
+def test_block_weights_come_from_its_forward_cache(rng):
+    cfg, p = setup(add_cross_attention=True)
+    x = rng.normal(size=(2, 6, cfg.n_embd)).astype(F32)
+    enc = rng.normal(size=(2, 4, cfg.n_embd)).astype(F32)
+    _, (w_self, w_cross) = layers.transformer_block(x, p, "h.1.", cfg, 1, encoder_hidden_states=enc)
+    assert w_self.shape == (2, 3, 6, 6) and w_cross.shape == (2, 3, 6, 4)
+    np.testing.assert_allclose(w_self.sum(-1), 1, rtol=1e-5)
+    assert np.all(np.triu(w_self, k=1) == 0)  # causal
+    np.testing.assert_allclose(w_cross.sum(-1), 1, rtol=1e-5)
+
+
+# ---- 4. one check, one message ----------------------------------------------------------------------
+def message(fn):
+    with pytest.raises(ModelInputError) as err:
+        fn()
+    return str(err.value)
+
+
+def test_model_and_backprop_say_the_same_about_bad_labels_and_encoder_states():
+    cfg = setup(num_labels=3)[0]
+    ids = np.zeros((2, 4), np.int64)
+    clf = ImageGPTForImageClassification(cfg, seed=0)
+    for labels in (np.array([0, 3]), np.array([0, 1, 2])):
+        said = message(lambda: clf(ids, labels=labels))
+        assert said == message(lambda: clf.value_and_grad(ids, labels))
+    lm = ImageGPTForCausalImageModeling(cfg, seed=0)
+    enc = np.zeros((2, 3, cfg.n_embd), F32)
+    said = message(lambda: lm(ids, encoder_hidden_states=enc))
+    assert "add_cross_attention=False" in said
+    assert said == message(lambda: lm.value_and_grad(ids, ids, encoder_hidden_states=enc))
+    bad = np.full((2, 4), cfg.vocab_size - 1)  # SOS is never a target
+    assert message(lambda: lm(ids, labels=bad)) == message(lambda: lm.value_and_grad(ids, bad))
+
+
+# ---- 5. imports run one way -------------------------------------------------------------------------
+def package_imports():
+    """module -> the package modules it imports anywhere in its file (inside functions too)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = name if parts[-1] == "__init__" else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+                edges.add(target)
+                edges.update(f"{target}.{a.name}" for a in node.names)  # `from . import layers`
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("minigpt_pixels"):
+                edges.add(node.module)
+        graph[name] = edges
+    return {m: {e for e in edges if e in graph and e != m} for m, edges in graph.items()}
+
+
+def test_no_import_circle():
+    graph = package_imports()
+    assert {"minigpt_pixels.model", "minigpt_pixels.inputs", "minigpt_pixels.cache"} <= set(graph)
+    assert "minigpt_pixels.model" not in graph["minigpt_pixels.generation"] | graph["minigpt_pixels.backprop"]
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            assert state.get(n) != "open", f"import circle: {' -> '.join(path + [n])}"
+            if n not in state:
+                visit(n, path + [n])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
