@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.generation import generate
+from minigpt_pixels.kernels import cpu as cpu_kernels
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 
 
@@ -105,6 +106,11 @@ def main(argv=None):
             print(f"batch {batch}: ours {mo:.2f} s, transformers {mh:.2f} s, ratio {mo / mh:.2f}; "
                   f"{batch * args.tokens / mo:.0f} vs {batch * args.tokens / mh:.0f} tokens/s; "
                   f"bandwidth floor {floor:.2f} s, ours at {floor / mo:.0%} of it")
+            clock = {k: v for k, v in cpu_kernels.STEP_CLOCK.seconds.items() if k[0] == batch}
+            for (_, _, _, most), times in clock.items():  # the fused decode step's choice (kernels/cpu.py)
+                kept = min(times, key=times.get)
+                print(f"batch {batch}: decode steps kept on {kept} of {most} threads (latest step times: "
+                      + ", ".join(f"{n} threads {t * 1e3:.1f} ms" for n, t in sorted(times.items())) + ")")
 
 
 if __name__ == "__main__":

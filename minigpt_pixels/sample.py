@@ -299,8 +299,11 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(args, parser)
+    from .kernels.compile_cache import compiling_notice  # here, not at the top: --help stays instant
+
     try:
-        run(args, parser)
+        with compiling_notice():  # one line on stderr when the kernels compile (a first run)
+            run(args, parser)
     except KeyboardInterrupt:
         print("interrupted; nothing written", file=sys.stderr)
         return 130

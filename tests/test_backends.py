@@ -136,9 +136,9 @@ def test_forward_is_the_same_on_numpy_and_cpu(output_attentions, rng):
 
 def test_cpu_fused_decode_step_is_forward(monkeypatch, rng):
     """On threads, a batch's decode step runs every block in one compiled call and gives forward's
-    numbers; a single sequence, a prompt, or a step asking for weights or hidden states is declined
-    (None) and the model runs forward."""
-    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    numbers; a model too small for threads, a prompt, or a step asking for weights or hidden states is
+    declined (None) and the model runs forward."""
+    monkeypatch.setattr(cpu, "fused_step_threads", lambda work: 2)
     cfg, p = setup()
     ids = rng.integers(0, cfg.vocab_size - 1, size=(3, 9))
     cpu_backend, ref = backends.CpuBackend(), backends.NumpyBackend()
@@ -156,7 +156,7 @@ def test_cpu_fused_decode_step_is_forward(monkeypatch, rng):
     assert fused_cache.lengths == ref_cache.lengths == [9] * cfg.n_layer
     single = ForwardInputs(ids[:1, 8:], None, np.array([[8]]), cache=KVCache(cfg, 1))
     monkeypatch.undo()
-    assert cpu_backend.fused_forward(p, "", cfg, single) is None  # one sequence: one thread, block by block
+    assert cpu_backend.fused_forward(p, "", cfg, single) is None  # a tiny model: block by block
 
 
 @pytest.mark.skipif(not cuda.is_available(), reason="no CUDA GPU and the simulator is off")

@@ -5,8 +5,6 @@ that are not multiples of the query block (patched down to 16 so that several bl
 every length from 1 to 70. Every comparison checks shape, then dtype (float32), then values.
 """
 
-import re
-
 import numba
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from minigpt_pixels.kernels import cpu
 from minigpt_pixels.model import (ImageGPTForCausalImageModeling, KVCache, ModelInputError, init_weights,
                                   transformer_shapes)
 
+from .compiled_code import FLOAT64_OP, assembly
 from .conftest import report
 
 F32 = np.float32
@@ -208,6 +207,7 @@ def threads(request, monkeypatch):
     this many threads, however small."""
     monkeypatch.setattr(cpu, "workers_for", lambda work: request.param)
     monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: request.param)
+    monkeypatch.setattr(cpu, "fused_step_threads", lambda work: request.param)
     return request.param
 
 
@@ -302,7 +302,7 @@ def test_decode_block_kernel_equals_python_path(B, mask_kind, threads, monkeypat
 def test_decode_block_declines_what_it_does_not_take(monkeypatch):
     """decode_layers returns None, and leaves the cache as it was, for every case its kernel does not
     take; transformer_block then runs the Python path."""
-    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    monkeypatch.setattr(cpu, "fused_step_threads", lambda work: 2)
     rng = np.random.default_rng(9)
 
     def attempt(B=2, T=1, mask=None, cfg_kw=None, weights=None):
@@ -325,7 +325,7 @@ def test_decode_block_declines_what_it_does_not_take(monkeypatch):
                  dict(weights={"h.0.attn.c_attn.bias": p["h.0.attn.c_attn.bias"].astype(np.float64)})):
         out, length = attempt(**case)
         assert out is None and length == 4, case
-    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 1)  # one thread: the Python path
+    monkeypatch.setattr(cpu, "fused_step_threads", lambda work: 1)  # a model too small: the Python path
     out, length = attempt()
     assert out is None and length == 4
 
@@ -333,7 +333,7 @@ def test_decode_block_declines_what_it_does_not_take(monkeypatch):
 def test_decode_layers_needs_layers_numba_types_alike(monkeypatch):
     """Several layers go through one kernel call only when each weight's arrays type alike in Numba
     (a read-only one among writable ones would not index as one tuple), and only at one cache length."""
-    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    monkeypatch.setattr(cpu, "fused_step_threads", lambda work: 2)
     cfg, p = block_setup()
     x = np.random.default_rng(10).normal(size=(2, 1, cfg.n_embd)).astype(F32)
 
@@ -408,7 +408,7 @@ def test_linear_takes_the_small_matmul_for_decode_steps(monkeypatch, rng):
         out = cpu.linear(a, w)
         assert out.shape == (rows, 44) and out.dtype == np.float32
         np.testing.assert_allclose(out, a @ w, rtol=1e-5, atol=1e-5)
-    assert calls == [(2, 2), (9, 2), (cpu.SMALL_ROWS, 2)]
+    assert calls == [(2, cpu.DECODE_PARTS), (9, cpu.DECODE_PARTS), (cpu.SMALL_ROWS, cpu.DECODE_PARTS)]
     calls.clear()
     monkeypatch.setattr(cpu, "DECODE_PARALLEL_MIN_WORK", 36 * 44 * 3)
     cpu.linear(rng.normal(size=(2, 36)).astype(F32), w)  # 2 rows, less work than the threshold
@@ -434,10 +434,6 @@ def test_attention_rows_parallel_equals_serial(rng, T):
 
 
 # ---- float32 discipline --------------------------------------------------------------------------------
-FLOAT64_OP = re.compile(r"^\s*v?(add|sub|mul|div|sqrt|max|min|fmadd\w*|cvtss2|cvtsi2|cvtsd2|round)(sd|pd)\b",
-                        re.M)
-
-
 @njit
 def _uses_float64(x):
     return x * 0.5  # 0.5 is a float64 literal: promotes
@@ -458,11 +454,12 @@ def test_compiled_kernels_do_no_float64_arithmetic(rng):
     layer = (*(p["h.0." + name] for name in cpu.DECODE_BLOCK_WEIGHTS), keys, np.zeros_like(keys))
     cpu.decode_layers_kernel(x[:, 0], *((a, a) for a in layer), 3, np.ones((2, 8), np.uint8), F32(1e-5),
                              np.ones(2, F32), 2)
+    cpu.decode_block_kernel(x[:, 0], *layer, 3, np.ones((2, 8), np.uint8), F32(1e-5), F32(1), 2)  # itself too
     for kernel in (cpu.layer_norm_kernel, cpu.residual_layer_norm_kernel, cpu.bias_quick_gelu_kernel,
                    cpu.causal_softmax_kernel, cpu.attention_rows_kernel, cpu.attention_rows_parallel,
                    cpu.decode_block_kernel, cpu.decode_layers_kernel):
         assert kernel.signatures, kernel.__name__
-        for sig, asm in kernel.inspect_asm().items():
+        for sig, asm in assembly(kernel).items():
             found = FLOAT64_OP.findall(asm)
             assert not found, f"{kernel.__name__}{sig}: float64 instructions {found[:5]}"
             assert "float64" not in str(sig), f"{kernel.__name__}: float64 argument in {sig}"
@@ -517,7 +514,7 @@ def test_model_decode_step_runs_every_block_in_one_call(models, rng, monkeypatch
     every layer; asking for hidden states runs the blocks one by one instead. Same logits, to the bit,
     and the numpy forward's."""
     model, ref = models
-    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    monkeypatch.setattr(cpu, "fused_step_threads", lambda work: 2)
     layer_counts = []
     real = cpu.decode_layers_kernel
     monkeypatch.setattr(cpu, "decode_layers_kernel",
@@ -544,7 +541,7 @@ def test_generate_through_one_call_steps_equals_numpy(models, monkeypatch):
     """Greedy generate on "cpu" with its batch steps in one decode_layers_kernel call each gives the
     pure-NumPy reference's tokens."""
     model, ref = models
-    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    monkeypatch.setattr(cpu, "fused_step_threads", lambda work: 2)
     steps = []
     real = cpu.decode_layers_kernel
     monkeypatch.setattr(cpu, "decode_layers_kernel", lambda *a: steps.append(1) or real(*a))
@@ -553,6 +550,62 @@ def test_generate_through_one_call_steps_equals_numpy(models, monkeypatch):
     assert len(steps) == 25  # SOS alone (one position), then 24 tokens fed back (the last never is)
     np.testing.assert_array_equal(ours, ref.generate(prompt, max_new_tokens=25))
 
+
+
+class FixedClock:
+    """A StepClock that always picks `threads`, and records what it was told."""
+    def __init__(self, threads):
+        self.threads, self.recorded = threads, []
+
+    def choose(self, key, most):
+        return min(self.threads, most)
+
+    def record(self, key, threads, seconds):
+        self.recorded.append((key, threads))
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_fused_steps_give_the_same_bits_on_any_thread_count(models, monkeypatch, B):
+    """A single sequence's decode steps go through decode_layers_kernel too, and a fused step's logits are
+    the same bits on one thread as on several (DECODE_PARTS blocks of K whatever the count): so StepClock
+    may choose by timing alone. Both agree with the numpy reference."""
+    model, ref = models
+    monkeypatch.setattr(cpu, "fused_step_threads", lambda work: 2)
+    ids = np.random.default_rng(11).integers(0, 16, size=(B, 9))
+    ids[:, 0] = 16
+
+    def steps(threads):
+        clock = FixedClock(threads)
+        monkeypatch.setattr(cpu, "STEP_CLOCK", clock)
+        cache = KVCache(model.config, B)
+        logits = [model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits for t in range(9)]
+        assert [n for _, n in clock.recorded] == [threads] * 9  # every step fused, on `threads` threads
+        return np.concatenate(logits, axis=1)
+
+    one, several = steps(1), steps(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(one, several)
+    check(f"fused decode steps, batch {B}", one, ref(ids).logits)
+
+
+def test_step_clock_keeps_the_faster_setting_and_retries_the_other_ever_less_often():
+    clock = cpu.StepClock(explore=2, longest=8)
+    key, picks = "k", []
+
+    def step(seconds_for):
+        n = clock.choose(key, 4)
+        picks.append(n)
+        clock.record(key, n, seconds_for[n])
+
+    for _ in range(2):
+        step({4: 1.0, 1: 0.1})  # each tried once: 4 threads, then 1
+    assert picks == [4, 1]
+    for _ in range(16):
+        step({4: 1.0, 1: 0.1})  # a loaded machine: one thread wins; 4 retried after 2, 4, 8 steps
+    assert picks[2:] == [1, 1, 4] + [1] * 4 + [4] + [1] * 8
+    picks.clear()
+    for _ in range(6):
+        step({4: 0.05, 1: 0.1})  # the load is gone: the retry wins, 4 threads are kept, 1 retried after 2
+    assert picks == [4, 4, 4, 1, 4, 4]
 
 def test_benchmark_script_runs(capsys):
     """benchmarks/bench_forward.py end to end on a tiny setting (needs torch and transformers)."""

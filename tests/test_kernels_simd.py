@@ -2,17 +2,18 @@
 
 Shapes are chosen to hit every branch of the kernel: odd row counts (the single-row tail after row
 pairs), K not a multiple of 4 (the one-row-of-w tail), N not a multiple of 8 (the scalar columns), N
-wider than a column tile, and 1 to 3 threads (the column split).
+wider than a column tile, and K cut into 1 to 3 blocks (parts) or more.
 """
 
-import re
-
+import numba
 import numpy as np
 import pytest
 from numba import njit
 
 from minigpt_pixels.kernels import simd
 from minigpt_pixels.kernels.simd import vfma, vload, vsplat, vstore, vzero
+
+from .compiled_code import FLOAT64_OP, assembly
 
 F32 = np.float32
 
@@ -56,29 +57,35 @@ SHAPES = [  # M, K, N
 ]
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("parts", [1, 2, 3])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_small_matmul_matches_numpy(rng, shape, threads):
+def test_small_matmul_matches_numpy(rng, shape, parts):
     M, K, N = shape
     a = rng.normal(size=(M, K)).astype(F32)
     w = rng.normal(size=(K, N)).astype(F32)
-    out = simd.small_matmul(a, w, threads)
+    out = simd.small_matmul(a, w, parts)
     assert out.shape == (M, N) and out.dtype == np.float32
     ref = a.astype(np.float64) @ w.astype(np.float64)
     # float32 sums of K terms of size ~1: error grows like sqrt(K) * eps * |terms|
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * K)
 
 
-def test_small_matmul_threads_split_k_deterministically(rng):
-    """Threads split the sum over K into blocks whose partial sums are added in thread order: the same
-    thread count gives the same bits every time, another count agrees to rounding. Threads left without
-    rows (K < 4 x threads) contribute zeros."""
+def test_small_matmul_parts_split_k_deterministically(rng):
+    """The sum over K is cut into blocks whose partial sums are added in block order: the same number of
+    parts gives the same bits every time and on any number of threads, another number of parts agrees to
+    rounding. Blocks left without rows (K < 4 x parts) contribute zeros."""
     a = rng.normal(size=(5, 300)).astype(F32)
     w = rng.normal(size=(300, 777)).astype(F32)
     one = simd.small_matmul(a, w, 1)
-    for threads in (2, 3, 7):
-        out = simd.small_matmul(a, w, threads)
-        np.testing.assert_array_equal(simd.small_matmul(a, w, threads), out)
+    saved = numba.get_num_threads()
+    for parts in (2, 3, 7):
+        out = simd.small_matmul(a, w, parts)
+        for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            numba.set_num_threads(threads)
+            try:
+                np.testing.assert_array_equal(simd.small_matmul(a, w, parts), out)
+            finally:
+                numba.set_num_threads(saved)
         np.testing.assert_allclose(out, one, rtol=0, atol=2e-6 * 300)
     a, w = a[:, :3], w[:3, :9]
     np.testing.assert_allclose(simd.small_matmul(a, w, 7), a.astype(np.float64) @ w, rtol=1e-6, atol=1e-6)
@@ -101,15 +108,12 @@ def test_small_matmul_non_contiguous_rows(rng):
     np.testing.assert_allclose(simd.small_matmul(a, w, 2), a @ w, rtol=1e-5, atol=1e-5)
 
 
-FLOAT64_OP = re.compile(r"^\s*v?(add|sub|mul|div|sqrt|max|min|fmadd\w*|cvtss2|cvtsi2|cvtsd2|round)(sd|pd)\b",
-                        re.M)
-
-
 def test_small_matmul_does_no_float64_arithmetic(rng):
-    simd.small_matmul(rng.normal(size=(3, 9)).astype(F32), rng.normal(size=(9, 20)).astype(F32), 2)
+    a, w = rng.normal(size=(3, 9)).astype(F32), rng.normal(size=(9, 20)).astype(F32)
+    simd.small_matmul(a, w, 1), simd.small_matmul(a, w, 2)  # (the first calls matmul_columns_kernel itself)
     for kernel in (simd.matmul_columns_kernel, simd.matmul_parallel):
         assert kernel.signatures, kernel.__name__
-        for sig, asm in kernel.inspect_asm().items():
+        for sig, asm in assembly(kernel).items():
             found = FLOAT64_OP.findall(asm)
             assert not found, f"{kernel.__name__}{sig}: float64 instructions {found[:5]}"
 
@@ -120,7 +124,7 @@ def test_small_matmul_refuses_shapes_that_do_not_multiply(rng):
     for w in (np.zeros((9, 16), F32), np.zeros(8, F32), np.zeros((8, 16, 1), F32)):
         with pytest.raises(ValueError, match=r"small_matmul: shapes .* do not multiply"):
             simd.small_matmul(a, w, 2)
-    with pytest.raises(ValueError, match="threads must be >= 1"):
+    with pytest.raises(ValueError, match="parts must be >= 1"):
         simd.small_matmul(a, np.zeros((8, 16), F32), 0)
 
 

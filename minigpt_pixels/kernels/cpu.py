@@ -26,8 +26,8 @@ reassociated float sums (`REDUCE`) so that reductions vectorise. Results agree w
 1e-6 on O(1) values.
 
 The kernels compile lazily on first use: about 2 s for a forward's, about 17 s more the first time a
-batch is decoded on several threads (parallel kernels compile slowly). No `cache=True`: it would write
-files into the package directory.
+batch is decoded on several threads (parallel kernels compile slowly). The compiled code is cached on
+disk (compile_cache.njit), so only a process's first run pays that.
 
 Fast path: causal self-attention with no mask or a padding mask (0 / MASK_MIN per key, as
 layers.additive_mask makes it). Anything else (a general additive mask, query rows that see no
@@ -39,16 +39,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import intrinsic
 
 from .. import layers
 from . import simd
+from .compile_cache import njit  # numba.njit, its compiled code cached on disk
 
 F32 = np.float32
 MASK_MIN = layers.MASK_MIN
@@ -442,6 +444,9 @@ def blas_controller():
 DECODE_ROWS = 1  # at most this many rows: everything on one thread (a single sequence; see blas_threads_for)
 SMALL_ROWS = 16  # at most this many rows: a decode step (BLAS on one thread; Numba's threads when worth it)
 DECODE_PARALLEL_MIN_WORK = 1 << 20  # multiply-adds below which a decode section stays on one thread
+DECODE_PARTS = 4  # blocks of K rows every decode-step matmul on Numba's kernels is split into, whatever the
+# thread count (simd.matmul_parallel): so a step gives the same bits on 1 thread as on 2 or 16, and
+# StepClock may pick the count by timing alone
 
 
 def blas_threads_for(rows):
@@ -474,7 +479,7 @@ def linear(a, w):
     if N <= SMALL_ROWS and w.flags.c_contiguous and w.dtype == F32:
         threads = decode_threads(N, N * K * Out)
         if threads > 1:
-            return simd.small_matmul(a, w, threads)
+            return simd.small_matmul(a, w, DECODE_PARTS)  # on Numba's threads, DECODE_PARTS blocks of K
     return a @ w
 
 
@@ -486,26 +491,27 @@ def linear(a, w):
 # length 64 / 512 / 1000, interleaved A/B: block by block from Python 25.3 / 36.4 / 50.2 ms, one call
 # per block 23.5 / 35.0 / 47.9, one call per step 21.6 / 32.9 / 46.9.
 @njit(**JIT)
-def _matmul_threads(a, w, threads):
-    """simd.small_matmul(a, w, threads), callable from compiled code."""
+def _matmul_parts(a, w, parts):
+    """simd.small_matmul(a, w, parts), callable from compiled code."""
     out = np.empty((a.shape[0], w.shape[1]), F32)
-    simd.matmul_parallel(a, w, out, threads)
+    simd.matmul_parallel(a, w, out, parts)
     return out
 
 
 @njit(**JIT)
 def decode_block_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_fc, w_out, b_out, keys, values,
-                        past, keep, eps, scale, threads):
+                        past, keep, eps, scale, parts):
     """Mirrors layers.transformer_block for one new position per row (quick_gelu, no cross-attention, no
     weights returned): x [B, C] -> [B, C]. Writes the new keys and values at position `past` of keys,
     values [B, H, >= past + 1, D] (a KVCache's buffers); keep [B, >= past + 1] as padding_keep makes it.
     The kernels and the order of operations of transformer_block's decode path, so the same bits where
-    that path gives its matmuls `threads` threads too (simd.small_matmul's sums depend on the count)."""
+    that path runs its matmuls on the kernels too: each in `parts` blocks of K (DECODE_PARTS), on however
+    many threads Numba has (numba.set_num_threads), which changes the speed only."""
     B, C = x.shape
     H, D = keys.shape[1], keys.shape[3]
     h = np.empty((B, C), F32)
     layer_norm_kernel(x, ln_1, eps, h)
-    qkv = _matmul_threads(h, w_attn, threads)  # [B, 3C]: q, k, v side by side, D columns per head in each
+    qkv = _matmul_parts(h, w_attn, parts)  # [B, 3C]: q, k, v side by side, D columns per head in each
     q = np.empty((B, H, 1, D), F32)
     for b in range(B):  # + bias; q into its own array, k and v into the cache
         for hh in range(H):
@@ -521,12 +527,12 @@ def decode_block_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_f
         for hh in range(H):
             for d in range(D):
                 merged[b, hh * D + d] = o[b, 0, hh, d]
-    a = _matmul_threads(merged, w_proj, threads)
+    a = _matmul_parts(merged, w_proj, parts)
     x1 = np.empty((B, C), F32)
     residual_layer_norm_kernel(x, a, b_proj, ln_2, eps, x1, h)  # x1 = x + (a + b); h = ln_2(x1)
-    f = _matmul_threads(h, w_fc, threads)  # [B, F]
+    f = _matmul_parts(h, w_fc, parts)  # [B, F]
     bias_quick_gelu_kernel(f, b_fc)
-    m = _matmul_threads(f, w_out, threads)  # [B, C]
+    m = _matmul_parts(f, w_out, parts)  # [B, C]
     for b in range(B):
         for c in range(C):
             m[b, c] = x1[b, c] + (m[b, c] + b_out[c])  # the reference's order of additions
@@ -535,14 +541,14 @@ def decode_block_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_f
 
 @njit(**JIT)
 def decode_layers_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_fc, w_out, b_out, keys, values,
-                         past, keep, eps, scales, threads):
+                         past, keep, eps, scales, parts):
     """decode_block_kernel through several layers in turn. Each argument from ln_1 to values is a tuple
     with one entry per layer (in DECODE_BLOCK_WEIGHTS' order, then the KV cache buffers); scales[l] is
     layer l's attention scale. One call for a whole step: each return to Python between layers cost
     about 70 us, mostly the interpreter refilling the caches the kernels had swept."""
     for l in range(len(scales)):
         x = decode_block_kernel(x, ln_1[l], w_attn[l], b_attn[l], w_proj[l], b_proj[l], ln_2[l], w_fc[l], b_fc[l],
-                                w_out[l], b_out[l], keys[l], values[l], past, keep, eps, scales[l], threads)
+                                w_out[l], b_out[l], keys[l], values[l], past, keep, eps, scales[l], parts)
     return x
 
 
@@ -554,14 +560,16 @@ DECODE_BLOCK_WEIGHTS = ("ln_1.weight", "attn.c_attn.weight", "attn.c_attn.bias",
 def decode_layers(x, p, prefixes, layer_ids, config, mask, cache, scales):
     """transformer_block through the layers `prefixes` (cache layers `layer_ids`, attention scales
     `scales`) in turn, for a decode step, in one call of decode_layers_kernel; or None where that does not
-    apply: it takes one new position per row, a step whose sections run on Numba's threads (see
-    decode_threads: not a single sequence, nor a small model), quick_gelu, a mask the fast path takes,
-    C-contiguous float32 weights (what simd's vload reads; the model's always are) and layers cached to
-    the same length. x [B, 1, C] -> [B, 1, C]; appends one position to each layer's cache."""
+    apply: it takes one new position per row (a single sequence too), a model big enough for threads
+    (fused_step_threads), quick_gelu, a mask the fast path takes, C-contiguous float32 weights (what
+    simd's vload reads; the model's always are) and layers cached to the same length.
+    x [B, 1, C] -> [B, 1, C]; appends one position to each layer's cache.
+
+    The step runs on one thread or on all of Numba's, as STEP_CLOCK finds faster; the bits are the same."""
     B, T, C = x.shape
     per_name = [tuple(p[prefix + name] for prefix in prefixes) for name in DECODE_BLOCK_WEIGHTS]
-    threads = decode_threads(B, B * C * max(3 * C, per_name[6][0].shape[1]))  # for the largest matmul
-    if T != 1 or B > SMALL_ROWS or threads == 1 or config.activation_function != "quick_gelu":
+    most = fused_step_threads(B * C * max(3 * C, per_name[6][0].shape[1]))  # for the largest matmul
+    if T != 1 or B > SMALL_ROWS or most == 1 or config.activation_function != "quick_gelu":
         return None
     keys, values = tuple(cache.keys[i] for i in layer_ids), tuple(cache.values[i] for i in layer_ids)
     if not all(_uniform_c_float32(arrays) for arrays in (*per_name, keys, values)):
@@ -572,9 +580,68 @@ def decode_layers(x, p, prefixes, layer_ids, config, mask, cache, scales):
         return None
     for i in layer_ids:
         cache.claim(i, 1)
-    out = decode_layers_kernel(np.ascontiguousarray(x.reshape(B, C), dtype=F32), *per_name, keys, values, past, keep,
-                               F32(config.layer_norm_epsilon), np.array(scales, F32), threads)
+    key = (B, C, len(layer_ids), most)
+    threads = STEP_CLOCK.choose(key, most)
+    start, saved = time.perf_counter(), numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        out = decode_layers_kernel(np.ascontiguousarray(x.reshape(B, C), dtype=F32), *per_name, keys, values, past,
+                                   keep, F32(config.layer_norm_epsilon), np.array(scales, F32), DECODE_PARTS)
+    finally:
+        numba.set_num_threads(saved)
+    STEP_CLOCK.record(key, threads, time.perf_counter() - start)
     return out.reshape(B, 1, C)
+
+
+def fused_step_threads(work):
+    """The most Numba threads a fused decode step whose largest matmul is `work` multiply-adds may use:
+    numba.get_num_threads(), or 1 (no fused step: the Python path) for a model too small to repay them."""
+    return numba.get_num_threads() if work >= DECODE_PARALLEL_MIN_WORK else 1
+
+
+class StepClock:
+    """Chooses the thread count of fused decode steps, 1 or `most`, by timing the steps themselves.
+
+    Why: on an idle machine a step on every core is the fastest (the weights stream from memory at the
+    bandwidth of several cores), but where other jobs hold the cores, each of a step's ~120 parallel
+    sections waits at its end for a thread that is not running: iGPT-S batch-1 steps took 300-2300 ms on
+    2 threads against 75-155 ms on one, on this project's 2-core machine with 6 other jobs running.
+    Nothing a library can read says which case it is in, so it measures. Each setting is tried once, the
+    faster is kept, and the other is tried again after `explore` steps, then after twice as many each
+    time it loses again (at most `longest`), so a loaded machine pays one slow step in every few hundred.
+    Per key (batch, width, layers, threads): a step's time grows with the cache, so a retried setting is
+    compared with the kept one's latest steps. Results never depend on the choice (DECODE_PARTS).
+    """
+
+    def __init__(self, explore=16, longest=512):
+        self.explore, self.longest = explore, longest
+        self.seconds, self.gap, self.left = {}, {}, {}  # per key: {threads: seconds}, steps between tries, to go
+
+    def choose(self, key, most):
+        times = self.seconds.setdefault(key, {})
+        for n in (most, 1):
+            if n not in times:
+                return n
+        best = min(times, key=times.get)
+        if self.left.get(key, 0) > 0:
+            self.left[key] -= 1
+            return best
+        return 1 if best == most else most  # try the other again
+
+    def record(self, key, threads, seconds):
+        times = self.seconds.setdefault(key, {})
+        best = min(times, key=times.get) if len(times) == 2 else None
+        if best is None or threads != best:  # a first try or a retry: its own latest time
+            times[threads] = seconds
+            if best is not None:  # a retry: keep its result for longer each time it loses again
+                won = min(times, key=times.get) == threads
+                self.gap[key] = self.explore if won else min(2 * self.gap.get(key, self.explore), self.longest)
+            self.left[key] = self.gap.get(key, self.explore)
+        else:
+            times[threads] = (times[threads] + seconds) / 2  # the kept setting: a running average
+
+
+STEP_CLOCK = StepClock()  # one per process: what it learns about this machine's load serves every model
 
 
 def _uniform_c_float32(arrays):

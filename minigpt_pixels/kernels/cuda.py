@@ -14,7 +14,10 @@ Shapes use the legend of layers.py (B, T, P, S, C, H, D, F, V). Conventions:
   round trips. Host inputs are converted to contiguous float32; device inputs must already be float32.
 - Every kernel is float32 end to end: constants are np.float32 globals and scalars are passed as
   np.float32, so nothing promotes to float64 (tests/test_kernels_ptx.py checks the PTX for `.f64`).
-- Kernels are compiled lazily (no eager signature), so importing this module never needs a GPU.
+- Kernels are compiled lazily (no eager signature), so importing this module never needs a GPU, and
+  cached on disk (cache=True: Numba's cache, in NUMBA_CACHE_DIR, beside this file or per user, see
+  compile_cache.py), so a later process loads them instead of compiling. Their code comes from this
+  file alone, so Numba's own check of this file's contents is enough to catch an edit.
   Tile and block sizes are compile-time constants baked in by small cached factories
   (`*_kernel(...)`); the defaults below are for a real GPU, and every wrapper takes overrides so the
   simulator tests can run small tiles.
@@ -320,7 +323,7 @@ def matmul_kernel(tiles: MatmulTiles):
     nthreads = threads_m * threads_n
     a_width = bm + 4  # a's tile is stored transposed; padding its rows spreads the transposing stores over banks
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(a, b, bias, residual, out, act):
         M, K = a.shape
         N = b.shape[1]
@@ -384,7 +387,7 @@ def skinny_matmul_kernel(tiles: SkinnyTiles):
     cols, splits, rows = tiles
     nthreads = cols * splits
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(a, b, bias, residual, out, act):
         M, K = a.shape
         N = b.shape[1]
@@ -507,7 +510,7 @@ def causal_attention_kernel(head_dim: int, tiles: AttentionTiles):
     """
     bq, bkv = tiles
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(q, k, v, out, scale):
         H, T, S = q.shape[1], q.shape[2], k.shape[2]
         b, h = cuda.blockIdx.y // H, cuda.blockIdx.y % H
@@ -573,7 +576,7 @@ def decode_attention_kernel(head_dim: int, tiles: DecodeTiles):
         raise ValueError(f"{tiles}: threads must be a power of two")
     nslice = max(1, nthreads // head_dim)  # key slices for the weighted sum, D threads each
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(q, k, v, out, scale, length):
         H = q.shape[1]
         b, h = cuda.blockIdx.x // H, cuda.blockIdx.x % H
@@ -708,7 +711,7 @@ def layer_norm_kernel(nthreads: int):
     Launch: grid (rows,), block of nthreads (a power of two). Shared memory: nthreads floats.
     Traffic: x read twice (the second read mostly from L1/L2), out written once.
     """
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(x, weight, out, eps):
         r, tid = cuda.blockIdx.x, cuda.threadIdx.x
         C = x.shape[1]
@@ -730,7 +733,7 @@ def softmax_kernel(nthreads: int):
     Launch: grid (rows,), block of nthreads (a power of two). Shared memory: nthreads floats.
     Traffic: x read three times (max, sum, write; the later reads from cache), out written once.
     """
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(x, out):
         r, tid = cuda.blockIdx.x, cuda.threadIdx.x
         V = x.shape[1]
@@ -792,7 +795,7 @@ def softmax(x, axis=-1, out=None, threads=None):
 
 
 # ---- element-wise kernels ----------------------------------------------------------------------------
-@cuda.jit
+@cuda.jit(cache=True)
 def quick_gelu_kernel(x, out):
     """out = x / (1 + exp(-1.702 x)) over flat arrays. Launch: 1-D grid-stride, ELEMENTWISE_THREADS a
     block, at most ELEMENTWISE_MAX_BLOCKS blocks. Shared memory: none. Traffic: one coalesced read and
@@ -801,7 +804,7 @@ def quick_gelu_kernel(x, out):
         out[i] = _activate(x[i], 1)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def add_kernel(x, y, out):
     """out = x + y over flat arrays of one size. Launch as quick_gelu_kernel; no shared memory; two reads
     and a write per element. (The model fuses the residual add into linear's epilogue instead.)"""
@@ -809,7 +812,7 @@ def add_kernel(x, y, out):
         out[i] = x[i] + y[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def embedding_kernel(ids, positions, wte, wpe, out):
     """out[r] = wte[ids[r]] + wpe[positions[r]] for rows r = b * T + t of out [rows, C]. Launch as
     quick_gelu_kernel, over rows * C; no shared memory; two table rows read per output row written."""
@@ -885,7 +888,7 @@ def embedding(input_ids, wte, wpe, position_ids, threads=None):
 
 
 # ---- the KV cache append (used by cuda_model.py) -----------------------------------------------------
-@cuda.jit
+@cuda.jit(cache=True)
 def append_kv_kernel(k_new, v_new, k_cache, v_cache, k_stage, v_stage, start):
     """k_cache[:, :, start + t] = k_stage[:, :, t] = k_new[:, :, t] (and the same for v), all [B, H, *, D]
     with any strides. Launch: 1-D grid-stride over B * H * T * D; no shared memory. Traffic: one read,

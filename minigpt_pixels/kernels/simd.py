@@ -13,9 +13,10 @@ consecutive floats of a 2-D array's row) and vfma (a * b + c, rounded once, as B
 it); vprefetch is a hint to the cache. On x86 with AVX2 each is one instruction; elsewhere LLVM
 lowers them to what the CPU has. None checks bounds: the kernels' callers check shapes first.
 
-Float32 only, as in kernels/cpu.py; results agree with `a @ w` to float32 rounding. The additions along
-K run in the plain order, k = 0, 1, 2, ..., within each thread's share of K; the threads' partial sums
-are then added in thread order, so a result depends on the thread count (as BLAS's do), never on timing.
+Float32 only, as in kernels/cpu.py; results agree with `a @ w` to float32 rounding. K is cut into
+`parts` blocks; the additions run in the plain order, k = 0, 1, 2, ..., within each block, and the
+blocks' partial sums are then added in block order. So a result depends on `parts`, never on how many
+threads run the blocks, nor on timing.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core import cgutils
 from numba.core.datamodel import models, register_default
 from numba.extending import intrinsic
+
+from .compile_cache import njit  # numba.njit, its compiled code cached on disk
 
 F32 = np.float32
 LANES = 8
@@ -202,13 +205,14 @@ def matmul_columns_kernel(a, w, out, c0, c1):
 
 @njit(parallel=True, nogil=True, error_model="numpy")
 def matmul_parallel(a, w, out, parts):
-    """out = a @ w with the rows of w shared among `parts` threads (shapes unchecked: see small_matmul).
+    """out = a @ w with the rows of w cut into `parts` blocks, shared among Numba's threads (as many as
+    numba.get_num_threads(); shapes unchecked: see small_matmul).
 
-    Thread t takes a contiguous block of rows w[k0:k1] and the matching columns a[:, k0:k1], and
-    computes the partial product a[:, k0:k1] @ w[k0:k1] over every column; the partials are then summed
-    in thread order. So each thread streams one contiguous stretch of memory: iGPT-S's 96 matmuls at
-    batch 8 took 7-15% less time than with each thread a range of columns (every weight row read in
-    pieces, one per thread).
+    Block t is a contiguous block of rows w[k0:k1] with the matching columns a[:, k0:k1]: its partial
+    product a[:, k0:k1] @ w[k0:k1] covers every column; the partials are then summed in block order.
+    Numba gives each thread a contiguous run of blocks, so each streams one stretch of memory: iGPT-S's
+    96 matmuls at batch 8 took 7-15% less time than with each thread a range of columns (every weight
+    row read in pieces, one per thread).
     """
     M, K = a.shape
     N = w.shape[1]
@@ -228,20 +232,21 @@ def matmul_parallel(a, w, out, parts):
                 out[m, n] += partial[t, m, n]
 
 
-def small_matmul(a, w, threads=1):
-    """a @ w for a few rows: a [M, K] @ w [K, N] -> [M, N] float32, on `threads` Numba threads, each a
-    block of rows of w. Mirrors `a @ w`. Weights that are not C-contiguous float32 are copied first (the
-    model's never are: weights.py maps them as C-contiguous float32)."""
+def small_matmul(a, w, parts=1):
+    """a @ w for a few rows: a [M, K] @ w [K, N] -> [M, N] float32, K cut into `parts` blocks of rows of
+    w, shared among Numba's threads (parts=1: on the calling thread). Mirrors `a @ w`. Weights that are
+    not C-contiguous float32 are copied first (the model's never are: weights.py maps them as
+    C-contiguous float32)."""
     a, w = np.asarray(a), np.asarray(w)
     if a.ndim != 2 or w.ndim != 2 or a.shape[1] != w.shape[0]:
         raise ValueError(f"small_matmul: shapes {a.shape} @ {w.shape} do not multiply; expected [M, K] @ [K, N]")
-    if int(threads) < 1:
-        raise ValueError(f"small_matmul: threads must be >= 1, got {threads}")
+    if int(parts) < 1:
+        raise ValueError(f"small_matmul: parts must be >= 1, got {parts}")
     a = np.ascontiguousarray(a, dtype=F32)
     w = np.ascontiguousarray(w, dtype=F32)  # no copy for C-contiguous float32, memory maps included
     out = np.empty((a.shape[0], w.shape[1]), F32)
-    if threads > 1:
-        matmul_parallel(a, w, out, int(threads))
+    if parts > 1:
+        matmul_parallel(a, w, out, int(parts))
     else:
         matmul_columns_kernel(a, w, out, 0, w.shape[1])
     return out
