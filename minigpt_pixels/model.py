@@ -287,11 +287,13 @@ class ImageGPTPreTrainedModel:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{path}: no such model directory or file (nothing is downloaded)")
             directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-            state = load_state_dict(path) if state_dict is None else state_dict
-        if config is None:
+            state = state_dict
+        if config is None:  # the config first: a config that cannot fit is refused before any weight is read
             config = ImageGPTConfig.from_pretrained(os.path.join(directory, CONFIG_NAME), **kwargs)
         elif kwargs:
             config = ImageGPTConfig.from_dict(config.to_dict(), **kwargs)
+        if state is None:
+            state = load_state_dict(path)
         model = cls.__new__(cls)
         model.config, model.backend = config, CpuBackend()
         config.validate()
