@@ -5,10 +5,11 @@
 
 Every run is a fresh Python process, as a user's is. Each device's first run gets a fresh, empty Numba
 cache (NUMBA_CACHE_DIR in a temp dir: the kernels compile, as on a first run after installing); later
-runs reuse it (the kernels load). Runs of the two devices alternate, medians reported.
+runs reuse it (the kernels load). Runs of the devices alternate, medians reported.
 
 - the main job: `python -m minigpt_pixels.sample --no-progress` (16 samples of the default model), wall
-  time of the whole process, the default device ("cpu") against `--device numpy` (no kernels);
+  time of the whole process, the default device ("auto", which picks "numpy" for a model this small),
+  "cpu" (the Numba kernels asked for by name) and "numpy";
 - import to first token: from before `import minigpt_pixels` to the first sampled token (one
   unconditional sequence: loading the model, then its first step), inside the process.
 """
@@ -46,22 +47,23 @@ def timed_process(args, env):
     return seconds, done.stdout
 
 
-def compare(label, command, repeats, workdir):
-    """command(device) -> (seconds, stdout) for 'cpu' and 'numpy': a first run each with an empty cache,
-    then `repeats` alternating runs with the cache the first run filled."""
-    caches = {d: tempfile.mkdtemp(prefix=f"numba-cache-{d}-", dir=workdir) for d in ("cpu", "numpy")}
-    env = {d: dict(os.environ, NUMBA_CACHE_DIR=caches[d]) for d in caches}
-    first = {d: command(d, env[d]) for d in ("cpu", "numpy")}
-    later = {"cpu": [], "numpy": []}
+def compare(label, command, repeats, workdir, devices=("auto", "cpu", "numpy")):
+    """command(device, env) -> seconds for each device: a first run each with an empty cache, then
+    `repeats` alternating runs with the cache the first run filled; ratios against the last device."""
+    env = {d: dict(os.environ, NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix=f"numba-cache-{d}-", dir=workdir))
+           for d in devices}
+    first = {d: command(d, env[d]) for d in devices}
+    later = {d: [] for d in devices}
     for _ in range(repeats):
-        for d in ("cpu", "numpy"):
+        for d in devices:
             later[d].append(command(d, env[d]))
-    c1, n1 = first["cpu"], first["numpy"]
-    c2, n2 = statistics.median(later["cpu"]), statistics.median(later["numpy"])
-    print(f"{label}\n  first run (empty cache): cpu {c1:6.2f} s   numpy {n1:6.2f} s   ratio cpu/numpy {c1 / n1:.2f}\n"
-          f"  later runs ({repeats}, medians): cpu {c2:6.2f} s   numpy {n2:6.2f} s   ratio cpu/numpy {c2 / n2:.2f}"
-          f"   (cpu {min(later['cpu']):.2f}-{max(later['cpu']):.2f}, "
-          f"numpy {min(later['numpy']):.2f}-{max(later['numpy']):.2f})")
+    median = {d: statistics.median(later[d]) for d in devices}
+    base = devices[-1]
+    print(label)
+    for name, times in (("first run (empty cache)", first), (f"later runs ({repeats}, medians)", median)):
+        print(f"  {name:28s}" + "   ".join(f"{d} {times[d]:6.2f} s" for d in devices) + "   ratio to "
+              + base + ": " + ", ".join(f"{d} {times[d] / times[base]:.2f}" for d in devices[:-1]))
+    print("  later runs' ranges: " + ", ".join(f"{d} {min(later[d]):.2f}-{max(later[d]):.2f}" for d in devices))
     sys.stdout.flush()
 
 
@@ -87,8 +89,8 @@ def main(argv=None):
         def first_token(model_dir):
             return lambda device, env: float(timed_process(["-c", FIRST_TOKEN, model_dir, device], env)[1])
 
-        compare("the main job: python -m minigpt_pixels.sample (16 samples, 8x8), whole process", main_job,
-                args.repeats, workdir)
+        compare("the main job: python -m minigpt_pixels.sample (16 samples, 8x8), whole process; --device "
+                "auto (the default), cpu, numpy", main_job, args.repeats, workdir)
         compare("import to first token, default model", first_token(minigpt_pixels.DEFAULT_MODEL), args.repeats,
                 workdir)
         if args.igpt_s:
@@ -98,7 +100,7 @@ def main(argv=None):
             igpt_s = os.path.join(workdir, "igpt-s")
             ImageGPTForCausalImageModeling(ImageGPTConfig.igpt_s(), seed=0).save_pretrained(igpt_s)
             compare("import to first token, iGPT-S (76M parameters, memory-mapped)", first_token(igpt_s),
-                    args.repeats, workdir)
+                    args.repeats, workdir, devices=("auto", "numpy"))
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 0
 

@@ -13,6 +13,7 @@ and two things a backend may do its own way:
                                               or None where this backend has none for these inputs
     threads(rows)                             the BLAS thread policy around a pass over `rows` positions
 
+    auto   (the default) "cpu" for a model big enough to repay Numba's start-up, else "numpy": see auto_device
     numpy  layers.py itself, line by line: the reference the others are tested against
     cpu    kernels/cpu.py: the same maths with Numba kernels and a block wired for them; a batch's decode
            step runs every block in one compiled call (cpu.decode_layers)
@@ -26,7 +27,27 @@ from __future__ import annotations
 import contextlib
 
 from . import layers
-from .kernels import cpu
+
+DEFAULT_DEVICE = "auto"
+# "auto" picks the Numba kernels for a model whose one image (n_positions positions) takes at least this many
+# multiply-adds. Below it, a process's Numba start-up (about 0.5 s once the kernels are cached: importing
+# Numba and its typing tables) costs more than the kernels save: the default model (28M multiply-adds an
+# image) samples 16 images in 0.06 s with either backend, so its main job is won or lost by the start-up.
+# At 2^28 the kernels save about that start-up on 16 images (measured: cpu 0.55-0.85 of numpy's time).
+AUTO_KERNELS_MIN_WORK = 1 << 28
+
+
+def image_work(config):
+    """Multiply-adds of one whole image: n_positions positions through the blocks' matmuls and the head."""
+    C, F = config.n_embd, config.n_inner or 4 * config.n_embd
+    per_position = config.n_layer * (4 * C * C + 2 * C * F) + C * (config.vocab_size - 1)  # qkv + proj, mlp; head
+    return config.n_positions * per_position
+
+
+def auto_device(config):
+    """ "cpu" (Numba kernels) for a model big enough to repay Numba's start-up, else "numpy" (the same
+    maths, BLAS alone): see AUTO_KERNELS_MIN_WORK. Never "cuda": a GPU is asked for by name."""
+    return "cpu" if image_work(config) >= AUTO_KERNELS_MIN_WORK else "numpy"
 
 
 class NumpyBackend:
@@ -46,13 +67,28 @@ class NumpyBackend:
         return contextlib.nullcontext()
 
 
+class _Kernel:
+    """A kernels/cpu.py function as a class attribute, imported on first use, not with this module: so
+    "numpy" (and "auto" for a small model) never pays Numba's start-up."""
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return getattr(_cpu_kernels(), self.name)
+
+
+def _cpu_kernels():
+    from .kernels import cpu
+    return cpu
+
+
 class CpuBackend(NumpyBackend):
     """kernels/cpu.py's versions of the block and its parts; each mirrors the layers.py function of its name."""
     name = "cpu"
-    transformer_block = staticmethod(cpu.transformer_block)
-    self_attention = staticmethod(cpu.self_attention)
-    mlp = staticmethod(cpu.mlp)
-    layer_norm = staticmethod(cpu.layer_norm)
+    transformer_block = _Kernel()
+    self_attention = _Kernel()
+    mlp = _Kernel()
+    layer_norm = _Kernel()
 
     def fused_forward(self, p, prefix, config, inputs):
         """model.forward for a batch's decode step, its n_layer blocks in one compiled call
@@ -65,12 +101,12 @@ class CpuBackend(NumpyBackend):
                            inputs.token_type_ids, inputs.inputs_embeds)  # [B, 1, C]
         scales = [layers.attention_scale(config.head_dim, config.scale_attn_weights, i,
                                          config.scale_attn_by_inverse_layer_idx) for i in range(config.n_layer)]
-        x = cpu.decode_layers(x, p, [f"{prefix}h.{i}." for i in range(config.n_layer)], range(config.n_layer),
+        x = _cpu_kernels().decode_layers(x, p, [f"{prefix}h.{i}." for i in range(config.n_layer)], range(config.n_layer),
                               config, inputs.mask, inputs.cache, scales)  # [B, 1, C] or None
         return None if x is None else self.layer_norm(x, p[prefix + "ln_f.weight"], config.layer_norm_epsilon)
 
     def threads(self, rows):
-        return cpu.blas_threads_for(rows)  # one BLAS thread for decode steps: see kernels/cpu.py
+        return _cpu_kernels().blas_threads_for(rows)  # one BLAS thread for decode steps: see kernels/cpu.py
 
 
 class CudaBackend(CpuBackend):
@@ -100,10 +136,12 @@ class CudaBackend(CpuBackend):
 
 def backend(device, params, config, prefix):
     """The backend object for a device name (see the module docstring)."""
+    if device == "auto":
+        device = auto_device(config)
     if device == "numpy":
         return NumpyBackend()
     if device == "cpu":
         return CpuBackend()
     if device == "cuda":
         return CudaBackend(params, config, prefix)
-    raise ValueError(f"unknown device {device!r}: use 'numpy' (pure reference), 'cpu' or 'cuda'")
+    raise ValueError(f"unknown device {device!r}: use 'auto' (the default), 'numpy' (pure reference), 'cpu' or 'cuda'")

@@ -174,8 +174,9 @@ def generate(model, input_ids=None, attention_mask=None, max_length=None, max_ne
     per position, since the last token is never fed back. attention_mask [B, T] (1 = token, 0 =
     padding) lets prompts of different lengths share a batch, padded on the left; positions then count
     from each row's first token, as transformers counts them. `stats`, if a dict, receives the number
-    of new tokens and the seconds taken. Every other transformers option is refused by name unless it
-    is at a value that changes nothing.
+    of new tokens and the seconds taken. progress=True shows a progress bar of the tokens; a tqdm bar
+    (progress_bar's) is advanced instead and left open, so one bar can span several calls. Every other
+    transformers option is refused by name unless it is at a value that changes nothing.
     """
     _check_flag("use_cache", options.pop("use_cache", True))  # either way: the tokens are the same, the cache is faster
     for name, value in options.items():
@@ -230,17 +231,35 @@ def generate(model, input_ids=None, attention_mask=None, max_length=None, max_ne
                        f"the KV cache")  # before any of it is allocated
     ids = np.repeat(ids, rows, axis=0)
     mask = None if mask is None else np.repeat(mask, rows, axis=0)
-    step = _Stepper(model, ids, mask, max_length)
-    steps = tqdm(range(T, max_length), desc="sampling", unit="tok", disable=not progress, leave=False)  # new positions
-    if num_beams > 1:
-        out = _beam_search(step, B, num_beams, num_return_sequences, float(length_penalty), steps, T, max_length,
-                           output_scores, output_logits)
-    else:
-        out = _greedy_or_sample(step, steps, T, max_length, do_sample, rng, temperature, top_k, top_p, output_scores,
-                                output_logits)
+    # the bar before the prompt's forward, which may be slow (a long prompt, kernels compiling): it shows at once
+    bar = progress if isinstance(progress, tqdm) else progress_bar(len(ids) * (max_length - T), disable=not progress)
+    try:
+        step = _Stepper(model, ids, mask, max_length)
+        steps = _ticking(range(T, max_length), bar, len(ids))  # new positions
+        if num_beams > 1:
+            out = _beam_search(step, B, num_beams, num_return_sequences, float(length_penalty), steps, T, max_length,
+                               output_scores, output_logits)
+        else:
+            out = _greedy_or_sample(step, steps, T, max_length, do_sample, rng, temperature, top_k, top_p,
+                                    output_scores, output_logits)
+    finally:
+        if bar is not progress:
+            bar.close()
     if stats is not None:
         stats.update(new_tokens=out.sequences.shape[0] * (max_length - T), seconds=time.perf_counter() - start)
     return out if return_dict_in_generate else out.sequences
+
+
+def progress_bar(total_tokens, disable=False):
+    """The sampling progress bar, counting tokens (one per sequence and step); shown as soon as it is made."""
+    return tqdm(total=total_tokens, desc="sampling", unit="tok", disable=disable, leave=False)
+
+
+def _ticking(positions, bar, tokens_per_step):
+    """Yield each position, moving `bar` on by a step's tokens once the step is done."""
+    for t in positions:
+        yield t
+        bar.update(tokens_per_step)
 
 
 class _Stepper:

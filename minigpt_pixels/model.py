@@ -17,7 +17,7 @@ import numpy as np
 
 from . import backprop, generation, layers
 from . import inputs as checks
-from .backends import CpuBackend, backend
+from .backends import DEFAULT_DEVICE, backend
 from .cache import KVCache, check_cache
 from .config import CONFIG_NAME, ImageGPTConfig, refuse_hub_arguments
 from .inputs import ModelInputError
@@ -203,11 +203,11 @@ class ImageGPTPreTrainedModel:
             raise TypeError(f"config must be an ImageGPTConfig, got {type(config).__name__}")
         config.validate()  # fields may have been set since the config was made
         self.config = config
-        self.backend = CpuBackend()  # see to()
         shapes = self.expected_shapes()
         if params is None:
             params = init_weights(shapes, config, seed)
         self.params = check_weights(params, shapes, source="params")
+        self.backend = backend(DEFAULT_DEVICE, self.params, config, self.prefix)  # see to()
 
     # subclasses say where the body's weights live ("transformer." in the head models) and which head they add
     prefix = ""
@@ -295,7 +295,7 @@ class ImageGPTPreTrainedModel:
         if state is None:
             state = load_state_dict(path)
         model = cls.__new__(cls)
-        model.config, model.backend = config, CpuBackend()
+        model.config = config
         config.validate()
         shapes = model.expected_shapes()
         params, dropped = _rename_for(state, model.prefix, shapes, source=path)
@@ -311,6 +311,7 @@ class ImageGPTPreTrainedModel:
         fresh = [n for n in shapes if n not in params and (n in missing_heads or n in mismatched)]
         params.update(init_weights({n: shapes[n] for n in fresh}, config, seed))
         model.params = check_weights(params, shapes, source=path)
+        model.backend = backend(DEFAULT_DEVICE, model.params, config, model.prefix)  # see to()
         if output_loading_info:
             info = {"missing_keys": set(missing_heads), "unexpected_keys": set(dropped),
                     "mismatched_keys": mismatched if ignore_mismatched_sizes else set()}
@@ -333,9 +334,10 @@ class ImageGPTPreTrainedModel:
     # ---- devices ----------------------------------------------------------------------------
     def to(self, device: str):
         """Choose the backend explicitly, once: "numpy" runs layers.py line by line (the reference), "cpu"
-        (the default) the same maths with Numba kernels for the hot spots (kernels/cpu.py), "cuda" the
-        Numba CUDA kernels (kernels/cuda.py), copying the weights to the GPU now. All three agree with
-        transformers; see backends.py."""
+        the same maths with Numba kernels for the hot spots (kernels/cpu.py), "cuda" the Numba CUDA
+        kernels (kernels/cuda.py), copying the weights to the GPU now. "auto" (what a new model has) is
+        "cpu" for a model big enough to repay Numba's start-up, else "numpy" (backends.auto_device);
+        `model.device` says which. All agree with transformers; see backends.py."""
         self.backend = backend(device, self.params, self.config, self.prefix)
         return self
 

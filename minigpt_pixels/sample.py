@@ -126,8 +126,9 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="allow --out to replace an existing file")
     p.add_argument("--scale", type=int, default=None,
                    help="enlarge each pixel this many times (default: to about 256 pixels an image)")
-    p.add_argument("--device", choices=["cpu", "cuda", "numpy"], default="cpu",
-                   help="cpu: NumPy + Numba kernels; cuda: Numba CUDA kernels; numpy: the pure reference")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "numpy"], default="auto",
+                   help="auto: cpu for a model big enough to repay Numba's start-up, else numpy; cpu: NumPy + "
+                        "Numba kernels; cuda: Numba CUDA kernels; numpy: the pure reference")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     return p
 
@@ -200,7 +201,8 @@ def chunk_size(config, n):
 
 def sample_in_chunks(model, processor, n, seed, progress, stats, prompt_ids=None, prompt_rows=None, **sampling):
     """n unconditional samples, or n completions of prompt_ids [1, H*W], sampled chunk_size() at a time
-    from one generator: chunk i draws where chunk i - 1 stopped. -> [n, H, W, 3] uint8."""
+    from one generator: chunk i draws where chunk i - 1 stopped. -> [n, H, W, 3] uint8. `progress`: a
+    bool, or one generation.progress_bar that every chunk advances."""
     from .generation import as_generator, complete_images, sample_images
 
     rng = as_generator(seed)
@@ -248,7 +250,7 @@ def check_prompt_file(path):
 
 def run(args, parser):
     from .config import ImageGPTConfig
-    from .generation import image_shape
+    from .generation import image_shape, progress_bar
     from .processor import ImageGPTImageProcessor
 
     # the sizes first, from the two small JSON files: nothing is sampled that could not be kept
@@ -267,18 +269,22 @@ def run(args, parser):
     limits.check_bytes(limits.kv_cache_bytes(config, chunk_size(config, args.num_samples), config.n_positions),
                        f"--num-samples {args.num_samples:,}: the KV cache of one chunk")
 
-    model = load_model(args.model, args.device)
-    sampling = dict(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    stats = {}
-    start = time.perf_counter()
+    # one bar for the whole job, on screen before the model loads and any kernel compiles
+    new_rows = h - rows_kept if args.prompt is not None else h
+    with progress_bar(args.num_samples * new_rows * w, disable=not args.progress) as bar:
+        model = load_model(args.model, args.device)
+        sampling = dict(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        stats = {}
+        start = time.perf_counter()
+        if args.prompt is None:
+            cells = list(sample_in_chunks(model, processor, args.num_samples, args.seed, bar, stats, **sampling))
+        else:
+            ids = processor(args.prompt)["input_ids"]  # [1, H*W]
+            completions = sample_in_chunks(model, processor, args.num_samples, args.seed, bar, stats,
+                                           prompt_ids=ids, prompt_rows=rows_kept, **sampling)
     if args.prompt is None:
-        cells = list(sample_in_chunks(model, processor, args.num_samples, args.seed, args.progress, stats,
-                                      **sampling))
         what = f"{len(cells)} samples"
     else:
-        ids = processor(args.prompt)["input_ids"]  # [1, H*W]
-        completions = sample_in_chunks(model, processor, args.num_samples, args.seed, args.progress, stats,
-                                       prompt_ids=ids, prompt_rows=rows_kept, **sampling)
         original = processor.decode(ids)[0]
         kept = original.copy()
         kept[rows_kept:] = 128  # grey where the model has to fill in
@@ -290,7 +296,8 @@ def run(args, parser):
     seconds = time.perf_counter() - start
     rate = stats["new_tokens"] / stats["seconds"] if stats.get("seconds") else float("nan")
     taken = f" ({wanted} appeared while sampling)" if out != wanted else ""
-    print(f"wrote {out}{taken}: {what}, {h}x{w} pixels each, on {args.device} in {seconds:.1f} s "
+    device = model.device + (" (auto)" if args.device == "auto" else "")
+    print(f"wrote {out}{taken}: {what}, {h}x{w} pixels each, on {device} in {seconds:.1f} s "
           f"({rate:,.0f} tokens/s)")
     return out
 

@@ -184,10 +184,44 @@ def test_cuda_backend_runs_plain_inputs_on_the_device_and_the_rest_on_the_host(s
 
 def test_model_to_picks_the_backend_once():
     model = ImageGPTForCausalImageModeling(setup()[0], seed=0)
-    assert isinstance(model.backend, backends.CpuBackend) and model.device == "cpu" and model._cuda is None
-    assert isinstance(model.to("numpy").backend, backends.NumpyBackend) and model.device == "numpy"
+    assert model.device == "numpy" and type(model.backend) is backends.NumpyBackend  # "auto", a small model
+    assert isinstance(model.to("cpu").backend, backends.CpuBackend) and model.device == "cpu" and model._cuda is None
+    assert type(model.to("numpy").backend) is backends.NumpyBackend and model.device == "numpy"
+    assert model.to("auto").device == "numpy"
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         model.to("tpu")
+
+
+def test_auto_picks_the_kernels_by_the_work_of_an_image():
+    """'auto' (a new model's device): "cpu" once an image takes AUTO_KERNELS_MIN_WORK multiply-adds, below
+    it "numpy"; the work counts every block's matmuls and the head over n_positions positions."""
+    small = ImageGPTConfig(vocab_size=17, n_positions=64, n_embd=96, n_layer=4, n_head=4)  # the default model's shape
+    C, F, V = 96, 4 * 96, 16
+    assert backends.image_work(small) == 64 * (4 * (4 * C * C + 2 * C * F) + C * V)
+    assert backends.auto_device(small) == "numpy"
+    assert backends.auto_device(ImageGPTConfig.igpt_s()) == "cpu"
+    at = ImageGPTConfig(vocab_size=17, n_positions=256, n_embd=256, n_layer=4, n_head=4)
+    assert backends.image_work(at) >= backends.AUTO_KERNELS_MIN_WORK > backends.image_work(small) * 8
+    assert ImageGPTForCausalImageModeling(at, seed=0).device == "cpu"
+    wide = ImageGPTConfig(vocab_size=17, n_positions=64, n_embd=96, n_layer=4, n_head=4, n_inner=96 * 400)
+    assert backends.auto_device(wide) == "cpu"  # n_inner counts
+
+
+def test_numba_is_not_imported_for_a_small_model_on_auto():
+    """The point of "auto": the default model's whole job runs without loading Numba at all; "cpu" loads it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, minigpt_pixels\n"
+            "from minigpt_pixels.model import ImageGPTForCausalImageModeling as M\n"
+            "m = M.from_pretrained(minigpt_pixels.DEFAULT_MODEL)\n"
+            "m.generate(np.full((2, 1), m.config.vocab_size - 1), max_new_tokens=3)\n"
+            "print(m.device, 'numba' in sys.modules)\n"
+            "m.to('cpu').generate(np.full((2, 1), m.config.vocab_size - 1), max_new_tokens=3)\n"
+            "print(m.device, 'numba' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["numpy False", "cpu True"], done.stdout
 
 
 # ---- 3. f and f_forward: one body ------------------------------------------------------------------

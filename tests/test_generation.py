@@ -155,3 +155,32 @@ def test_bad_arguments(model, kw, message):
 def test_bad_prompt(model):
     with pytest.raises(ValueError, match="integer array of shape \\(batch, sequence\\)"):
         generate(model, np.zeros(3, np.float32), max_new_tokens=2)
+
+
+def test_progress_bar_is_on_screen_before_the_prompts_forward(model, capsys, monkeypatch):
+    """generate(progress=True) shows its bar before the first forward (the prompt, where kernels compile),
+    counts tokens (rows x new positions) and clears itself at the end."""
+    seen = []
+    real_call = type(model).__call__
+
+    def call(self, *args, **kwargs):
+        if not seen:
+            seen.append(capsys.readouterr().err)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "__call__", call)
+    prompt = np.full((3, 1), model.config.vocab_size - 1)
+    model.generate(prompt, max_new_tokens=5, do_sample=True, seed=0, progress=True)
+    assert "sampling:   0%" in seen[0] and "0/15" in seen[0], seen
+    assert capsys.readouterr().err.endswith("\r"), "a finished bar clears its line"
+
+
+def test_a_progress_bar_spans_several_calls(model, capsys):
+    from minigpt_pixels.generation import progress_bar
+
+    prompt = np.full((2, 1), model.config.vocab_size - 1)
+    with progress_bar(2 * 3 + 2 * 4) as bar:
+        model.generate(prompt, max_new_tokens=3, do_sample=True, seed=0, progress=bar)
+        assert bar.n == 6 and not bar.disable
+        model.generate(prompt, max_new_tokens=4, do_sample=True, seed=0, progress=bar)
+        assert bar.n == 14

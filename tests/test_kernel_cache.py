@@ -15,8 +15,9 @@ import pytest
 
 pytestmark = pytest.mark.slow  # each process pays Numba's start-up, the first one its compiling
 
-# The main job's kernels (the default model, greedy, batch 2) plus one parallel=True kernel; prints how
-# many kernel signatures were compiled and how many were loaded from the cache.
+# The default model's kernels on the "cpu" device (asked for by name: "auto" runs a model this small on
+# "numpy", without Numba), greedy, batch 2, plus one parallel=True kernel; prints how many kernel
+# signatures were compiled and how many were loaded from the cache.
 MAIN_JOB = textwrap.dedent("""
     import io, json
     import numba
@@ -27,7 +28,7 @@ MAIN_JOB = textwrap.dedent("""
 
     said = io.StringIO()
     with compile_cache.compiling_notice(said):
-        model = ImageGPTForCausalImageModeling.from_pretrained(minigpt_pixels.DEFAULT_MODEL)
+        model = ImageGPTForCausalImageModeling.from_pretrained(minigpt_pixels.DEFAULT_MODEL).to("cpu")
         ids = model.generate(np.full((2, 1), model.config.vocab_size - 1), max_new_tokens=4)
         product = simd.small_matmul(np.ones((2, 8), np.float32), np.ones((8, 16), np.float32), 2)
     kernels = [d for module in (cpu, simd) for d in vars(module).values()

@@ -13,7 +13,7 @@ from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.palette import dequantize
 from minigpt_pixels.processor import ImageGPTImageProcessor
-from minigpt_pixels import sample as sample_module
+from minigpt_pixels import generation, sample as sample_module
 from minigpt_pixels.sample import main
 
 
@@ -26,6 +26,12 @@ def tiny_model_dir(tmp_path_factory):
     greys = np.linspace(-1, 1, 8, dtype=np.float32)
     ImageGPTImageProcessor(clusters=np.stack([greys] * 3, axis=1), size={"height": 6, "width": 6}).save_pretrained(d)
     return d
+
+
+def on_screen(text):
+    """The lines a terminal shows for `text`: a carriage return redraws its line (a progress bar clearing
+    itself leaves nothing)."""
+    return [shown for line in text.split("\n") if (shown := line.rsplit("\r", 1)[-1].strip())]
 
 
 def run_main(argv, capsys):
@@ -127,7 +133,7 @@ def test_bad_model_dirs_and_prompts(tmp_path, capsys, tiny_model_dir):
     for name in ("config.json", "preprocessor_config.json"):
         (no_weights / name).write_bytes((tiny_model_dir / name).read_bytes())
     code, _, err = run_main(["--model", str(no_weights), "--out", str(tmp_path / "x.png")], capsys)
-    assert code == 2 and str(no_weights) in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and str(no_weights) in err and len(on_screen(err)) == 1, err  # the bar cleared, one line
     for prompt, rows, message in [(tmp_path / "missing.png", "2", "missing.png"),
                                   (tiny_model_dir / "config.json", "2", "config.json"),
                                   (None, "6", "--prompt-rows must be between 1 and 5"),
@@ -195,3 +201,37 @@ def test_nan_weights_are_refused_before_sampling(tmp_path, capsys, tiny_model_di
     code, _, err = run_main(["--model", str(d), "--out", str(tmp_path / "x.png"), "--no-progress"], capsys)
     assert code == 2 and "transformer.h.0.attn.c_proj.weight" in err and "NaN" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()
+
+
+def test_the_progress_bar_shows_before_the_model_loads(tmp_path, monkeypatch, capsys, tiny_model_dir):
+    """The main job's bar is on screen at once: before the model loads (and any kernel compiles), and it
+    counts every token of every chunk in one bar."""
+    seen = {}
+    real_load = sample_module.load_model
+
+    def load_model(path, device):
+        seen["err"] = capsys.readouterr().err  # what the user saw before loading began
+        return real_load(path, device)
+
+    bars = []
+
+    def progress_bar(total, disable=False):
+        bars.append(real_bar(total, disable))
+        return bars[-1]
+
+    real_bar = generation.progress_bar
+    monkeypatch.setattr(generation, "progress_bar", progress_bar)
+    monkeypatch.setattr(sample_module, "load_model", load_model)
+    monkeypatch.setattr(sample_module, "MAX_CHUNK", 2)  # 3 chunks, one bar
+    code, _, err = run_main(["--model", str(tiny_model_dir), "--num-samples", "5", "--out", str(tmp_path / "s.png"),
+                             "--progress"], capsys)
+    assert code == 0, err
+    assert "sampling:   0%" in seen["err"] and "0/180" in seen["err"], seen["err"]  # 5 samples x 36 tokens
+    assert len(bars) == 1 and bars[0].n == bars[0].total == 180  # one bar, filled; not one per chunk
+    assert "sampling:   0%" not in err
+
+
+def test_no_progress_prints_no_bar(tmp_path, capsys, tiny_model_dir):
+    code, _, err = run_main(["--model", str(tiny_model_dir), "--num-samples", "2", "--out", str(tmp_path / "s.png"),
+                             "--no-progress"], capsys)
+    assert code == 0 and "sampling" not in err, err

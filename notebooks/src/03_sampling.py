@@ -22,7 +22,7 @@ from minigpt_pixels.processor import ImageGPTImageProcessor
 from minigpt_pixels.sample import image_grid
 from minigpt_pixels.train import load_digits_data, split
 
-model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL)  # device "cpu": NumPy + Numba kernels
+model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL)  # device "auto": "numpy" for a model this small
 processor = ImageGPTImageProcessor.from_pretrained(DEFAULT_MODEL)  # its 16-grey palette, 8 x 8 images
 cfg = model.config
 print(f"{cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads, {model.num_parameters:,} parameters; "
