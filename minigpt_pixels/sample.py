@@ -10,6 +10,7 @@ preprocessor_config.json (e.g. a hub checkpoint converted with `python -m minigp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -248,7 +249,17 @@ def check_prompt_file(path):
     limits.check_bytes(limits.image_bytes(height, width), f"--prompt {path} ({width}x{height} pixels)")
 
 
+def kernels_notice(device):
+    """One line on stderr if Numba kernels compile (a first run) while sampling on `device`; nothing, and
+    Numba not even imported, on "numpy"."""
+    if device == "numpy":
+        return contextlib.nullcontext()
+    from .kernels.compile_cache import compiling_notice  # imports Numba
+    return compiling_notice()
+
+
 def run(args, parser):
+    from .backends import auto_device
     from .config import ImageGPTConfig
     from .generation import image_shape, progress_bar
     from .processor import ImageGPTImageProcessor
@@ -271,8 +282,9 @@ def run(args, parser):
 
     # one bar for the whole job, on screen before the model loads and any kernel compiles
     new_rows = h - rows_kept if args.prompt is not None else h
-    with progress_bar(args.num_samples * new_rows * w, disable=not args.progress) as bar:
-        model = load_model(args.model, args.device)
+    device = auto_device(config) if args.device == "auto" else args.device
+    with progress_bar(args.num_samples * new_rows * w, disable=not args.progress) as bar, kernels_notice(device):
+        model = load_model(args.model, device)
         sampling = dict(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
         stats = {}
         start = time.perf_counter()
@@ -306,11 +318,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(args, parser)
-    from .kernels.compile_cache import compiling_notice  # here, not at the top: --help stays instant
-
     try:
-        with compiling_notice():  # one line on stderr when the kernels compile (a first run)
-            run(args, parser)
+        run(args, parser)
     except KeyboardInterrupt:
         print("interrupted; nothing written", file=sys.stderr)
         return 130
