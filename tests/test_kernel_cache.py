@@ -95,3 +95,24 @@ def test_editing_a_callee_in_another_file_recompiles_the_caller(tmp_path):
     assert run_python(CALL_B, cache_dir, cwd=tmp_path) == dict(value=4, compiled=0, loaded=1)
     (tmp_path / "a.py").write_text(MODULE_A.format(increment=2))  # b.py itself is unchanged
     assert run_python(CALL_B, cache_dir, cwd=tmp_path) == dict(value=6, compiled=1, loaded=0)
+
+
+def test_the_main_job_says_once_that_it_compiles_and_numpy_never_loads_numba(tmp_path):
+    """`python -m minigpt_pixels.sample --device cpu`: the first run says in one line that it compiles, the
+    second says nothing more than the first minus that line; the default device on the default model
+    ("auto" -> "numpy") never imports Numba, so it has nothing to say."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+
+    def job(*args):
+        done = subprocess.run([sys.executable, "-m", "minigpt_pixels.sample", "--no-progress", "--force", "--out",
+                               str(tmp_path / "s.png"), "--num-samples", "2", *args], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stderr, done.stdout
+
+    first_err, first_out = job("--device", "cpu")
+    assert first_err.count("compiling the Numba kernels") == 1 and "on cpu" in first_out, first_err
+    second_err, _ = job("--device", "cpu")
+    assert "compiling" not in second_err, second_err
+    auto_err, auto_out = job()
+    assert "compiling" not in auto_err and "on numpy (auto)" in auto_out
