@@ -372,25 +372,43 @@ def test_parallel_sections_restore_blas_threads(threads):
     assert [lib["num_threads"] for lib in controller.info()] == before
 
 
-def test_blas_threads_policy_decode_steps():
-    """Decode steps (up to SMALL_ROWS rows) run BLAS on one thread: their matmuls run on Numba's threads
-    (simd.small_matmul), and BLAS's own threads would spin beside them. Bigger forwards keep BLAS's own
-    count. Numba's threads: one for a one-row step, all of them for a batch."""
+def test_blas_threads_policy():
+    """Every pass of the "cpu" device runs BLAS on one thread: decode steps' matmuls run on Numba's threads
+    (simd.small_matmul) and full forwards share rows, heads and gelu rows among in_parallel's threads, so
+    BLAS's own threads would only spin beside them. The count is given back afterwards. Numba's threads:
+    one for a one-row step, all of them for a batch."""
     controller = cpu.blas_controller()
     blas = [lib for lib in controller.info() if lib["user_api"] == "blas"]
     assert blas, "NumPy's BLAS not found by threadpoolctl"
     before = [lib["num_threads"] for lib in blas]
-    for rows in (1, 8, cpu.SMALL_ROWS):
+    for rows in (1, 8, cpu.SMALL_ROWS, cpu.SMALL_ROWS + 1, 1024):
         with cpu.blas_threads_for(rows):
             assert all(lib["num_threads"] == 1 for lib in controller.info() if lib["user_api"] == "blas")
-    for rows in (cpu.SMALL_ROWS + 1, 1024):
-        with cpu.blas_threads_for(rows):
-            assert [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"] == before
     assert [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"] == before
     big = cpu.DECODE_PARALLEL_MIN_WORK
     assert cpu.decode_threads(1, 100 * big) == 1  # a single sequence: one thread however big
     assert cpu.decode_threads(cpu.DECODE_ROWS + 1, big - 1) == 1  # too small to repay a parallel launch
     assert cpu.decode_threads(cpu.DECODE_ROWS + 1, big) == numba.get_num_threads()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_linear_shares_the_rows_of_a_big_pass_among_threads(monkeypatch, rng, workers):
+    """More than SMALL_ROWS rows: `workers` threads each multiply their own rows by the whole of w (BLAS on
+    one thread each); every row comes out as BLAS alone computes it, whatever the split."""
+    calls = []
+    real = cpu.in_parallel
+    monkeypatch.setattr(cpu, "workers_for", lambda work: workers)
+    monkeypatch.setattr(cpu, "in_parallel", lambda fn, items, n: calls.append((list(items), n)) or real(fn, items, n))
+    a = rng.normal(size=(37, 24)).astype(F32)
+    w = rng.normal(size=(24, 40)).astype(F32)
+    out = cpu.linear(a, w)
+    assert out.dtype == F32 and out.shape == (37, 40)
+    np.testing.assert_allclose(out, a @ w, rtol=1e-6, atol=1e-6)
+    if workers == 1:
+        assert calls == []
+    else:
+        pieces, n = calls[0]
+        assert n == workers and len(pieces) == workers and pieces[0][0] == 0 and pieces[-1][1] == 37
 
 
 def test_linear_takes_the_small_matmul_for_decode_steps(monkeypatch, rng):

@@ -14,8 +14,9 @@ result); decode_layers is its fused decode step (every block of a batch's step i
                       and the model runs all its blocks in one compiled call (decode_layers)
     elementwise       Numba kernels: layer norm (fused with the residual add before ln_2), bias +
                       quick_gelu in place on the fc output, the masked softmax of each score block
-    threads           in full forwards, heads (and gelu rows) are shared among numba.get_num_threads()
-                      Python threads that call BLAS single-threaded: see in_parallel for why
+    threads           in full forwards, the rows of each matmul, the heads and the gelu rows are shared
+                      among numba.get_num_threads() Python threads that call BLAS single-threaded (BLAS
+                      is held to one thread for the whole pass): see in_parallel and blas_threads_for
 
 Measured on iGPT-S (T = 1024, 1 thread): about 0.5 of transformers' time; see benchmarks/bench_forward.py.
 
@@ -450,16 +451,17 @@ DECODE_PARTS = 4  # blocks of K rows every decode-step matmul on Numba's kernels
 
 
 def blas_threads_for(rows):
-    """Single-threaded BLAS for decode steps (at most SMALL_ROWS rows), the default otherwise; a context
-    manager.
+    """Single-threaded BLAS around a pass of the "cpu" device over `rows` positions, whatever `rows`: the
+    device shares its work out on its own threads (Numba's, and in_parallel's for full forwards, linear
+    included), so BLAS's threads would only get in their way; a context manager.
 
-    A one-row step is a chain of matrix-vector products that stream every weight once, bound by memory
-    bandwidth, so a second thread gains little; and two OpenBLAS threads meet at a barrier inside each
-    of the ~100 products a step: on a machine where another job held a core, a 24-layer iGPT-S step
-    took 190 ms with 2 BLAS threads and 48 ms with one. Steps of 2 to SMALL_ROWS rows share out their
-    work on Numba's threads instead (see decode_threads).
+    Decode steps: a one-row step is a chain of matrix-vector products bound by memory bandwidth, and two
+    OpenBLAS threads meet at a barrier inside each of its ~100 products: on a machine where another job
+    held a core, an iGPT-S step took 190 ms with 2 BLAS threads and 48 ms with one. Full forwards:
+    OpenBLAS's threads spin for a while after each multi-threaded call, taking a core from the attention
+    that follows: a layer's attention on 2 workers took 25 ms after a 2-thread matmul, 12 ms on its own.
     """
-    controller = blas_controller() if rows <= SMALL_ROWS else None
+    controller = blas_controller()
     return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
 
 
@@ -473,14 +475,25 @@ def decode_threads(rows, work):
 
 
 def linear(a, w):
-    """a @ w for a [N, K] and w [K, Out] float32. BLAS, except in a decode step worth threads: there
-    simd.small_matmul shares the rows of w out among Numba's threads (see simd.py for why not BLAS)."""
+    """a @ w for a [N, K] and w [K, Out] float32. In a decode step worth threads, simd.small_matmul shares
+    the rows of w out among Numba's threads (see simd.py for why not BLAS); in a bigger pass, the rows of
+    a are shared among in_parallel's threads, each calling BLAS on one thread (see blas_threads_for)."""
     (N, K), Out = a.shape, w.shape[1]
-    if N <= SMALL_ROWS and w.flags.c_contiguous and w.dtype == F32:
-        threads = decode_threads(N, N * K * Out)
-        if threads > 1:
+    if N <= SMALL_ROWS:
+        if w.flags.c_contiguous and w.dtype == F32 and decode_threads(N, N * K * Out) > 1:
             return simd.small_matmul(a, w, DECODE_PARTS)  # on Numba's threads, DECODE_PARTS blocks of K
-    return a @ w
+        return a @ w
+    workers = workers_for(N * K * Out)
+    if workers == 1:
+        return a @ w
+    out = np.empty((N, Out), np.result_type(a, w))
+
+    def rows(pieces):
+        for r0, r1 in pieces:
+            np.matmul(a[r0:r1], w, out=out[r0:r1])  # [rows, K] @ [K, Out]
+
+    in_parallel(rows, split(N, workers), workers)
+    return out
 
 
 # ---- every block of a decode step, in one call -------------------------------------------------------
