@@ -86,11 +86,18 @@ def thread_limit(n):
         numba.set_num_threads(saved[1])
 
 
+SETTLE_SECONDS = 0.5  # idle time before each timed run: see time_pair
+
+
 def time_pair(ours_fn, theirs_fn, repeats):
-    """Alternate the two, `repeats` times each; return the two lists of seconds."""
+    """Alternate the two, `repeats` times each; return the two lists of seconds. Each run starts after
+    SETTLE_SECONDS of idle: a library's worker threads spin for a while after a call (torch's OpenMP
+    threads, OpenBLAS's), and without the pause they took a core from whichever side ran next (ours
+    1.39 s right after transformers, 1.18 s on its own, 2 threads)."""
     ours_t, theirs_t = [], []
     for _ in range(repeats):
         for fn, out in ((ours_fn, ours_t), (theirs_fn, theirs_t)):
+            time.sleep(SETTLE_SECONDS)
             t0 = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t0)

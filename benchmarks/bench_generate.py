@@ -29,6 +29,8 @@ from minigpt_pixels.generation import generate
 from minigpt_pixels.kernels import cpu as cpu_kernels
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 
+SETTLE_SECONDS = 0.5  # idle before each timed run: other libraries' worker threads spin for a while after a call
+
 
 def build(layers, positions):
     torch.manual_seed(0)
@@ -98,8 +100,10 @@ def main(argv=None):
             print(f"batch {batch}: warm-up ({warm} tokens, untimed below): ours {run_ours(warm, 0):.2f} s "
                   f"(compiling the kernels it uses the first time), transformers {run_hf(warm):.2f} s")
             t_ours, t_hf = [], []
-            for r in range(args.repeats):
+            for r in range(args.repeats):  # each after SETTLE_SECONDS idle (bench_forward.time_pair says why)
+                time.sleep(SETTLE_SECONDS)
                 t_ours.append(run_ours(args.tokens, r))
+                time.sleep(SETTLE_SECONDS)
                 t_hf.append(run_hf(args.tokens))
             mo, mh = statistics.median(t_ours), statistics.median(t_hf)
             floor = floor_seconds(ours, batch, args.tokens, gbs)
