@@ -373,17 +373,21 @@ def test_parallel_sections_restore_blas_threads(threads):
 
 
 def test_blas_threads_policy():
-    """Every pass of the "cpu" device runs BLAS on one thread: decode steps' matmuls run on Numba's threads
-    (simd.small_matmul) and full forwards share rows, heads and gelu rows among in_parallel's threads, so
-    BLAS's own threads would only spin beside them. The count is given back afterwards. Numba's threads:
-    one for a one-row step, all of them for a batch."""
+    """BLAS runs on one thread where the "cpu" device shares the matmuls out itself: decode steps (Numba's
+    threads, simd.small_matmul) and passes of ROW_SPLIT_MIN rows or more (in_parallel's threads, rows of
+    each matmul, heads, gelu rows), so that BLAS's own threads never spin beside them; in between, BLAS
+    keeps its own count. The count is given back afterwards. Numba's threads: one for a one-row step,
+    all of them for a batch."""
     controller = cpu.blas_controller()
     blas = [lib for lib in controller.info() if lib["user_api"] == "blas"]
     assert blas, "NumPy's BLAS not found by threadpoolctl"
     before = [lib["num_threads"] for lib in blas]
-    for rows in (1, 8, cpu.SMALL_ROWS, cpu.SMALL_ROWS + 1, 1024):
+    for rows in (1, 8, cpu.SMALL_ROWS, cpu.ROW_SPLIT_MIN, 1024):
         with cpu.blas_threads_for(rows):
             assert all(lib["num_threads"] == 1 for lib in controller.info() if lib["user_api"] == "blas")
+    for rows in (cpu.SMALL_ROWS + 1, cpu.ROW_SPLIT_MIN - 1):
+        with cpu.blas_threads_for(rows):
+            assert [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"] == before
     assert [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"] == before
     big = cpu.DECODE_PARALLEL_MIN_WORK
     assert cpu.decode_threads(1, 100 * big) == 1  # a single sequence: one thread however big
@@ -399,16 +403,44 @@ def test_linear_shares_the_rows_of_a_big_pass_among_threads(monkeypatch, rng, wo
     real = cpu.in_parallel
     monkeypatch.setattr(cpu, "workers_for", lambda work: workers)
     monkeypatch.setattr(cpu, "in_parallel", lambda fn, items, n: calls.append((list(items), n)) or real(fn, items, n))
-    a = rng.normal(size=(37, 24)).astype(F32)
+    N = cpu.ROW_SPLIT_MIN + 3
+    a = rng.normal(size=(N, 24)).astype(F32)
     w = rng.normal(size=(24, 40)).astype(F32)
     out = cpu.linear(a, w)
-    assert out.dtype == F32 and out.shape == (37, 40)
+    assert out.dtype == F32 and out.shape == (N, 40)
     np.testing.assert_allclose(out, a @ w, rtol=1e-6, atol=1e-6)
     if workers == 1:
         assert calls == []
     else:
         pieces, n = calls[0]
-        assert n == workers and len(pieces) == workers and pieces[0][0] == 0 and pieces[-1][1] == 37
+        assert n == workers and len(pieces) == workers and pieces[0][0] == 0 and pieces[-1][1] == N
+    calls.clear()
+    np.testing.assert_allclose(cpu.linear(a[:cpu.ROW_SPLIT_MIN - 1], w), a[:cpu.ROW_SPLIT_MIN - 1] @ w, rtol=1e-6,
+                               atol=1e-6)
+    assert calls == []  # fewer rows: BLAS alone, on its own threads
+
+
+def test_in_parallel_runs_every_share_and_reraises_a_workers_error():
+    """The caller takes the first share, the process's pool the rest; a worker's exception reaches the
+    caller after every share has finished."""
+    import threading
+
+    seen = []
+    cpu.in_parallel(lambda share: seen.append((threading.current_thread().name, list(share))), list(range(7)), 3)
+    assert sorted(x for _, share in seen for x in share) == list(range(7)) and len(seen) == 3
+    names = sorted(name for name, _ in seen)
+    assert names.count(threading.current_thread().name) == 1  # the caller took one share
+    assert sum(name.startswith("minigpt-pixels-cpu") for name in names) == 2  # the pool the other two
+    done = []
+
+    def fail_second(share):
+        if share[0] == 1:
+            raise RuntimeError("worker failed")
+        done.append(share[0])
+
+    with pytest.raises(RuntimeError, match="worker failed"):
+        cpu.in_parallel(fail_second, [0, 1, 2], 3)
+    assert sorted(done) == [0, 2]
 
 
 def test_linear_takes_the_small_matmul_for_decode_steps(monkeypatch, rng):
@@ -614,9 +646,11 @@ def test_step_clock_keeps_the_faster_setting_and_retries_the_other_ever_less_oft
         picks.append(n)
         clock.record(key, n, seconds_for[n])
 
+    step({4: 9.0, 1: 0.1})  # the first step warms up (Numba's thread pool starts): not counted against 4
     for _ in range(2):
         step({4: 1.0, 1: 0.1})  # each tried once: 4 threads, then 1
-    assert picks == [4, 1]
+    assert picks == [4, 4, 1]
+    del picks[0]
     for _ in range(16):
         step({4: 1.0, 1: 0.1})  # a loaded machine: one thread wins; 4 retried after 2, 4, 8 steps
     assert picks[2:] == [1, 1, 4] + [1] * 4 + [4] + [1] * 8

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -414,14 +415,36 @@ def in_parallel(fn, items, workers):
     a loaded machine every such rendezvous waits for a time slice: one layer's attention took 840 ms
     instead of 24 ms with 2 BLAS threads while other jobs ran. Splitting the heads between threads
     needs one join per layer. NumPy's matmul and the @njit(nogil=True) kernels release the GIL.
+
+    The calling thread takes the first share and a pool kept for the process the others: starting a
+    pool for each call cost 0.35 ms, a third of a batch-17 decode step's matmul.
     """
     workers = min(workers, len(items))
     controller = blas_controller() if workers > 1 else None
     if controller is None:
         fn(items)
         return
-    with controller.limit(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        list(pool.map(fn, [items[w::workers] for w in range(workers)]))  # list(): re-raises a worker's error
+    shares = [items[w::workers] for w in range(workers)]
+    with controller.limit(limits=1, user_api="blas"):
+        futures = [worker_pool().submit(fn, share) for share in shares[1:]]
+        try:
+            fn(shares[0])
+        finally:
+            for future in futures:
+                future.result()  # waits for every share; re-raises a worker's error
+
+
+_POOLS = {}  # process id -> the worker threads of in_parallel (a forked child starts its own)
+
+
+def worker_pool():
+    """in_parallel's threads: one pool per process, up to NUMBA_NUM_THREADS - 1 threads (the caller is the
+    other), started as they are first needed."""
+    pool = _POOLS.get(os.getpid())
+    if pool is None:
+        pool = _POOLS[os.getpid()] = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                                        thread_name_prefix="minigpt-pixels-cpu")
+    return pool
 
 
 @functools.lru_cache(maxsize=1)
@@ -444,6 +467,7 @@ def blas_controller():
 # 28/33/47 ms at cache lengths 64/512/1000 (2 cores).
 DECODE_ROWS = 1  # at most this many rows: everything on one thread (a single sequence; see blas_threads_for)
 SMALL_ROWS = 16  # at most this many rows: a decode step (BLAS on one thread; Numba's threads when worth it)
+ROW_SPLIT_MIN = 256  # at least this many rows: a matmul's rows shared among in_parallel's threads (linear)
 DECODE_PARALLEL_MIN_WORK = 1 << 20  # multiply-adds below which a decode section stays on one thread
 DECODE_PARTS = 4  # blocks of K rows every decode-step matmul on Numba's kernels is split into, whatever the
 # thread count (simd.matmul_parallel): so a step gives the same bits on 1 thread as on 2 or 16, and
@@ -451,9 +475,11 @@ DECODE_PARTS = 4  # blocks of K rows every decode-step matmul on Numba's kernels
 
 
 def blas_threads_for(rows):
-    """Single-threaded BLAS around a pass of the "cpu" device over `rows` positions, whatever `rows`: the
-    device shares its work out on its own threads (Numba's, and in_parallel's for full forwards, linear
-    included), so BLAS's threads would only get in their way; a context manager.
+    """Single-threaded BLAS around a pass of the "cpu" device over `rows` positions where the device shares
+    the matmuls out on its own threads: decode steps (at most SMALL_ROWS rows: Numba's) and passes of at
+    least ROW_SPLIT_MIN rows (in_parallel's, see linear). Between the two, BLAS keeps its own threads: for
+    17 to 255 rows its two threads beat any split of ours (a batch-17 matmul: 0.54 ms against 0.86 ms
+    splitting the columns, 0.94 ms the rows). A context manager.
 
     Decode steps: a one-row step is a chain of matrix-vector products bound by memory bandwidth, and two
     OpenBLAS threads meet at a barrier inside each of its ~100 products: on a machine where another job
@@ -461,7 +487,7 @@ def blas_threads_for(rows):
     OpenBLAS's threads spin for a while after each multi-threaded call, taking a core from the attention
     that follows: a layer's attention on 2 workers took 25 ms after a 2-thread matmul, 12 ms on its own.
     """
-    controller = blas_controller()
+    controller = blas_controller() if rows <= SMALL_ROWS or rows >= ROW_SPLIT_MIN else None
     return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
 
 
@@ -477,13 +503,14 @@ def decode_threads(rows, work):
 def linear(a, w):
     """a @ w for a [N, K] and w [K, Out] float32. In a decode step worth threads, simd.small_matmul shares
     the rows of w out among Numba's threads (see simd.py for why not BLAS); in a bigger pass, the rows of
-    a are shared among in_parallel's threads, each calling BLAS on one thread (see blas_threads_for)."""
+    a (at least ROW_SPLIT_MIN) are shared among in_parallel's threads, each calling BLAS on one thread
+    (see blas_threads_for); in between, BLAS alone."""
     (N, K), Out = a.shape, w.shape[1]
     if N <= SMALL_ROWS:
         if w.flags.c_contiguous and w.dtype == F32 and decode_threads(N, N * K * Out) > 1:
             return simd.small_matmul(a, w, DECODE_PARTS)  # on Numba's threads, DECODE_PARTS blocks of K
         return a @ w
-    workers = workers_for(N * K * Out)
+    workers = workers_for(N * K * Out) if N >= ROW_SPLIT_MIN else 1
     if workers == 1:
         return a @ w
     out = np.empty((N, Out), np.result_type(a, w))
@@ -624,11 +651,14 @@ class StepClock:
     time it loses again (at most `longest`), so a loaded machine pays one slow step in every few hundred.
     Per key (batch, width, layers, threads): a step's time grows with the cache, so a retried setting is
     compared with the kept one's latest steps. Results never depend on the choice (DECODE_PARTS).
+    A key's first step is not timed: it starts Numba's thread pool and touches the cache's first pages
+    (measured 2-3 times a later step), and counted, it made a batch-1 run keep one thread for 16 steps.
     """
 
     def __init__(self, explore=16, longest=512):
         self.explore, self.longest = explore, longest
         self.seconds, self.gap, self.left = {}, {}, {}  # per key: {threads: seconds}, steps between tries, to go
+        self.warmed = set()  # keys whose first (untimed) step has run
 
     def choose(self, key, most):
         times = self.seconds.setdefault(key, {})
@@ -642,6 +672,9 @@ class StepClock:
         return 1 if best == most else most  # try the other again
 
     def record(self, key, threads, seconds):
+        if key not in self.warmed:  # the warm-up step: not a measurement
+            self.warmed.add(key)
+            return
         times = self.seconds.setdefault(key, {})
         best = min(times, key=times.get) if len(times) == 2 else None
         if best is None or threads != best:  # a first try or a retry: its own latest time
