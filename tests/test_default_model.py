@@ -85,3 +85,20 @@ def test_default_model_samples_look_like_many_digits(clf):
     print(f"[samples] {len(digits)}/{N_SAMPLES} look like digits; per class {counts.tolist()}")
     assert len(digits) >= 0.75 * N_SAMPLES, f"only {len(digits)} of {N_SAMPLES} samples look like digits"
     assert np.count_nonzero(counts) >= 5, f"only classes {np.flatnonzero(counts).tolist()} appear"
+
+
+def test_every_file_of_the_shipped_models_is_package_data():
+    """An installed (not editable) package carries only what pyproject's package-data globs name: each
+    file under minigpt_pixels/data, the model cards (README.md) included, must match one of them."""
+    import fnmatch
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["minigpt_pixels"]
+    data = root / "minigpt_pixels" / "data"
+    files = [p.relative_to(root / "minigpt_pixels").as_posix() for p in data.rglob("*") if p.is_file()
+             and "__pycache__" not in p.parts]
+    assert any(f.endswith("README.md") for f in files) and any(f.endswith(".safetensors") for f in files)
+    missing = [f for f in files if not any(fnmatch.fnmatchcase(f, g) and f.count("/") == g.count("/") for g in globs)]
+    assert missing == [], f"not in [tool.setuptools.package-data]: {missing}"

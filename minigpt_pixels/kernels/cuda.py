@@ -385,7 +385,6 @@ def skinny_matmul_kernel(tiles: SkinnyTiles):
     for a warp is one broadcast load (every lane of a warp shares its k).
     """
     cols, splits, rows = tiles
-    nthreads = cols * splits
 
     @cuda.jit(cache=True)
     def kernel(a, b, bias, residual, out, act):
