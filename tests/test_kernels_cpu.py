@@ -353,6 +353,31 @@ def test_decode_layers_needs_layers_numba_types_alike(monkeypatch):
     assert attempt(p, lengths=(3, 2)) == (None, [3, 2])
 
 
+@pytest.mark.parametrize("B", [2, cpu.SMALL_ROWS + 1])
+def test_decode_attention_shares_heads_only_for_small_batches(monkeypatch, B):
+    """A decode step's attention runs on Numba's threads for at most SMALL_ROWS rows; a bigger batch's
+    matmuls run on BLAS's threads (blas_threads_for), and Numba's threads idling beside them halved a
+    batch-32 iGPT-S run's speed, so its attention stays on one thread. The same numbers either way."""
+    monkeypatch.setattr(cpu, "decode_threads", lambda rows, work: 2)
+    calls = []
+    for name in ("attention_rows_kernel", "attention_rows_parallel"):
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    cfg, p = block_setup()
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(B, 1, cfg.n_embd)).astype(F32)
+    ref_cache, cache = KVCache(cfg, B), KVCache(cfg, B)
+    past = rng.normal(size=(B, 3, cfg.n_embd)).astype(F32)
+    for c in (ref_cache, cache):
+        layers.transformer_block(past, p, "h.0.", cfg, 0, cache=c)
+    ours, _ = cpu.self_attention(cpu.layer_norm(x, p["h.0.ln_1.weight"]), *[p[f"h.0.attn.{n}"] for n in (
+        "c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")], cfg.n_head, F32(0.25), cache=cache)
+    ref, _ = layers.self_attention(layers.layer_norm(x, p["h.0.ln_1.weight"]), *[p[f"h.0.attn.{n}"] for n in (
+        "c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")], cfg.n_head, 0.25, cache=ref_cache)
+    check(f"decode attention, batch {B}", ours, ref)
+    assert calls == ["attention_rows_parallel" if B <= cpu.SMALL_ROWS else "attention_rows_kernel"]
+
+
 def test_kv_cache_claim_checks_room():
     cfg, _ = block_setup()
     cache = KVCache(cfg, 2, max_length=5)

@@ -387,7 +387,7 @@ def self_attention_unbiased(x, w_attn, b_attn, w_proj, n_head, scale, mask=None,
             k, v = cache.keys[layer_idx], cache.values[layer_idx]
         q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))  # without a cache: copies of <= SMALL_T rows
         w = weights if need_weights else np.empty((B, 0, 0, 0), F32)
-        parallel = decode_threads(B * T, B * H * T * S * D) > 1
+        parallel = decode_threads(B * T, B * H * T * S * D) > 1 and B * T <= SMALL_ROWS  # see blas_threads_for
         kernel = attention_rows_parallel if parallel else attention_rows_kernel
         kernel(q, k, v, S, scale, keep, out, w, need_weights)
     return linear(out.reshape(B * T, C), w_proj), weights  # [B*T, C] @ [C, C] -> [B*T, C]
