@@ -699,3 +699,37 @@ def test_benchmark_script_runs(capsys):
                        "--decode-steps", "2", "--peak-size", "64"]) == 0
     out = capsys.readouterr().out
     assert "ratio ours / transformers" in out and "ms/step" in out
+
+
+def test_in_parallel_works_in_a_forked_child():
+    """A forked child (multiprocessing's default on Linux) has none of its parent's pool threads: it
+    starts its own pool instead of waiting forever on the parent's."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import multiprocessing, numpy as np
+        from minigpt_pixels.kernels import cpu
+
+        def work():
+            out = []
+            cpu.in_parallel(lambda share: out.extend(share), list(range(6)), 3)
+            return sorted(out)
+
+        def child(queue):
+            queue.put(work())
+
+        if __name__ == "__main__":
+            assert work() == list(range(6))  # the parent's pool exists now
+            ctx = multiprocessing.get_context("fork")
+            queue = ctx.Queue()
+            p = ctx.Process(target=child, args=(queue,), daemon=True)
+            p.start()
+            print(queue.get(timeout=60))
+            p.join(60)
+            print(p.exitcode)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[0,", "1,", "2,", "3,", "4,", "5]", "0"], done.stdout
