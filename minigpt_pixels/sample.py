@@ -308,8 +308,8 @@ def run(args, parser):
     seconds = time.perf_counter() - start
     rate = stats["new_tokens"] / stats["seconds"] if stats.get("seconds") else float("nan")
     taken = f" ({wanted} appeared while sampling)" if out != wanted else ""
-    device = model.device + (" (auto)" if args.device == "auto" else "")
-    print(f"wrote {out}{taken}: {what}, {h}x{w} pixels each, on {device} in {seconds:.1f} s "
+    on = model.device + (" (auto)" if args.device == "auto" else "")
+    print(f"wrote {out}{taken}: {what}, {h}x{w} pixels each, on {on} in {seconds:.1f} s "
           f"({rate:,.0f} tokens/s)")
     return out
 
