@@ -101,12 +101,13 @@ class CpuBackend(NumpyBackend):
                            inputs.token_type_ids, inputs.inputs_embeds)  # [B, 1, C]
         scales = [layers.attention_scale(config.head_dim, config.scale_attn_weights, i,
                                          config.scale_attn_by_inverse_layer_idx) for i in range(config.n_layer)]
-        x = _cpu_kernels().decode_layers(x, p, [f"{prefix}h.{i}." for i in range(config.n_layer)], range(config.n_layer),
-                              config, inputs.mask, inputs.cache, scales)  # [B, 1, C] or None
+        prefixes = [f"{prefix}h.{i}." for i in range(config.n_layer)]
+        x = _cpu_kernels().decode_layers(x, p, prefixes, range(config.n_layer), config, inputs.mask, inputs.cache,
+                                         scales)  # [B, 1, C] or None
         return None if x is None else self.layer_norm(x, p[prefix + "ln_f.weight"], config.layer_norm_epsilon)
 
     def threads(self, rows):
-        return _cpu_kernels().blas_threads_for(rows)  # one BLAS thread for decode steps: see kernels/cpu.py
+        return _cpu_kernels().blas_threads_for(rows)  # one BLAS thread where our threads share the work out
 
 
 class CudaBackend(CpuBackend):
