@@ -380,8 +380,56 @@ def cross_attention_backward(dout, cache):
 
 def cross_attention_weights(p, prefix):
     """One block's six cross-attention arrays, in cross_attention's argument order (w_q .. b_proj)."""
-    names = ("q_attn.weight", "q_attn.bias", "c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")
-    return tuple(p[f"{prefix}crossattention.{name}"] for name in names)
+    return CrossWeights(*(p[f"{prefix}crossattention.{name}"] for name in _CROSS_NAMES))
+
+
+# ---- one block's weights, named in one place -------------------------------------------------------
+# Every backend reads a block's arrays from this structure by field name; the HF names live only here.
+class CrossWeights(NamedTuple):
+    w_q: np.ndarray  # [C, C]
+    b_q: np.ndarray  # [C]
+    w_kv: np.ndarray  # [C, 2C]
+    b_kv: np.ndarray  # [2C]
+    w_proj: np.ndarray  # [C, C]
+    b_proj: np.ndarray  # [C]
+
+
+_CROSS_NAMES = ("q_attn.weight", "q_attn.bias", "c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")
+
+
+class BlockWeights(NamedTuple):
+    """Block l's weights (HF names in the comments) and its attention scale."""
+    ln_1: np.ndarray  # [C]        ln_1.weight
+    w_attn: np.ndarray  # [C, 3C]  attn.c_attn.weight (q, k, v side by side)
+    b_attn: np.ndarray  # [3C]     attn.c_attn.bias
+    w_attn_proj: np.ndarray  # [C, C]  attn.c_proj.weight
+    b_attn_proj: np.ndarray  # [C]     attn.c_proj.bias
+    ln_2: np.ndarray  # [C]        ln_2.weight
+    w_fc: np.ndarray  # [C, F]     mlp.c_fc.weight
+    b_fc: np.ndarray  # [F]        mlp.c_fc.bias
+    w_mlp_proj: np.ndarray  # [F, C]  mlp.c_proj.weight
+    b_mlp_proj: np.ndarray  # [C]     mlp.c_proj.bias
+    scale: np.float32  # what scores are multiplied by (attention_scale)
+    ln_cross: np.ndarray | None = None  # [C]  ln_cross_attn.weight, with add_cross_attention
+    cross: CrossWeights | None = None
+
+
+BLOCK_WEIGHT_NAMES = {  # field -> HF name after the block's prefix ("transformer.h.3.")
+    "ln_1": "ln_1.weight", "w_attn": "attn.c_attn.weight", "b_attn": "attn.c_attn.bias",
+    "w_attn_proj": "attn.c_proj.weight", "b_attn_proj": "attn.c_proj.bias", "ln_2": "ln_2.weight",
+    "w_fc": "mlp.c_fc.weight", "b_fc": "mlp.c_fc.bias", "w_mlp_proj": "mlp.c_proj.weight",
+    "b_mlp_proj": "mlp.c_proj.bias",
+}
+
+
+def block_weights(p, prefix, config, layer_idx):
+    """Block `layer_idx`'s weights from the flat HF-named dict `p` (prefix e.g. "transformer.h.3.")."""
+    arrays = {field: p[prefix + name] for field, name in BLOCK_WEIGHT_NAMES.items()}
+    scale = attention_scale(config.head_dim, config.scale_attn_weights, layer_idx,
+                            config.scale_attn_by_inverse_layer_idx)
+    cross = prefix + "ln_cross_attn.weight" in p
+    return BlockWeights(**arrays, scale=scale, ln_cross=p[prefix + "ln_cross_attn.weight"] if cross else None,
+                        cross=cross_attention_weights(p, prefix) if cross else None)
 
 
 # ---- the block -----------------------------------------------------------------------------------
