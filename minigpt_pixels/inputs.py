@@ -14,6 +14,17 @@ import numpy as np
 from . import layers
 
 
+def is_number(x):
+    """A finite real number: Python or NumPy int/float, never a bool (True is not a temperature)."""
+    return (isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+            and bool(np.isfinite(x)))
+
+
+def is_int(x):
+    """A Python or NumPy integer, never a bool."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
 class ModelInputError(ValueError):
     """An input (ids, mask, cache, embeddings, labels) the model cannot take; the message names it."""
 
