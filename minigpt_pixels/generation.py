@@ -337,7 +337,7 @@ class _Stepper:
             self.logits = self._logits(ids, positions)
 
     def _logits(self, ids, positions):
-        out = self.model(ids, past_key_values=self.cache, use_cache=True, attention_mask=self.mask,
+        out = self.model(ids, cache=self.cache, use_cache=True, attention_mask=self.mask,
                          position_ids=positions)
         return out.logits[:, -1].astype(F32, copy=False)  # [N, V]
 
