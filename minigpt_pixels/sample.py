@@ -5,6 +5,7 @@ and writes samples.png, a grid of unconditional samples enlarged for viewing. Wi
 keeps the image's top --prompt-rows rows and writes a completion grid: the original, the kept rows,
 then the completions. Works offline; --model takes any HF-layout directory with
 preprocessor_config.json (e.g. a hub checkpoint converted with `python -m minigpt_pixels.convert`).
+An existing --out is refused unless --force. Ctrl-C, SIGTERM and SIGHUP stop it leaving nothing behind.
 """
 
 from __future__ import annotations
@@ -12,13 +13,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 
 import numpy as np
 
 from . import DEFAULT_MODEL, limits
+from .backends import auto_device
+from .config import ImageGPTConfig
+from .generation import (GenerationConfig, OptionError, as_generator, complete_images, image_shape, progress_bar,
+                         sample_images)
+from .model import ImageGPTForCausalImageModeling
+from .processor import PREPROCESSOR_CONFIG_NAME, ImageGPTImageProcessor
+from .weights import NonFiniteWeightsWarning, atomic_open
 
 DEFAULT_OUT = "samples.png"
 # The formats --out's suffix may choose (PIL's names); the default and the documented one is PNG.
@@ -76,8 +86,6 @@ def save_grid(grid, path, scale, replace=False):
     appear meanwhile, the first free `stem-N.ext`. -> the path written."""
     from PIL import Image
 
-    from .weights import atomic_open
-
     img = Image.fromarray(grid)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     fmt = image_format(path) or "PNG"
@@ -113,18 +121,21 @@ def build_parser():
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout model directory (with preprocessor_config.json)")
     p.add_argument("--num-samples", type=int, default=16,
                    help="images to sample (with --prompt: completions of the prompt); many are sampled in chunks")
-    p.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this before sampling")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="divide the logits by this before sampling; one so small that the division overflows "
+                        "float32 samples as --greedy, its limit")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely colours")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with this mass")
     p.add_argument("--greedy", action="store_true", help="take the most likely colour instead of sampling")
-    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same images")
+    p.add_argument("--seed", type=int, default=0, help="random seed (>= 0): the same seed gives the same images")
     p.add_argument("--prompt", default=None, metavar="IMAGE", help="complete this image instead of sampling")
     p.add_argument("--prompt-rows", type=int, default=None,
                    help="rows of the prompt image to keep (default: half the image height)")
     p.add_argument("--out", default=None,
-                   help=f"output image; its suffix picks the format, PNG unless .jpg, .bmp, ... (default: "
-                        f"{DEFAULT_OUT}, or {DEFAULT_OUT[:-4]}-1.png ... if taken)")
-    p.add_argument("--force", action="store_true", help="allow --out to replace an existing file")
+                   help=f"output image; its suffix picks the format, PNG unless .jpg, .bmp, ...; an existing file "
+                        f"is refused unless --force (default: {DEFAULT_OUT}, or {DEFAULT_OUT[:-4]}-1.png ... if "
+                        f"taken: the default name never replaces a file)")
+    p.add_argument("--force", action="store_true", help="let --out replace an existing file")
     p.add_argument("--scale", type=int, default=None,
                    help="enlarge each pixel this many times (default: to about 256 pixels an image)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "numpy"], default="auto",
@@ -135,16 +146,16 @@ def build_parser():
 
 
 def check_args(args, parser):
-    """The checks that need no work, before anything is loaded or sampled."""
+    """The checks that need no work, before anything is loaded or sampled. -> (the sampling options, the
+    random generator): generate()'s own checks, their errors said for the flags."""
     if args.num_samples < 1:
         parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
-    if not args.greedy:
-        if not (np.isfinite(args.temperature) and args.temperature > 0):
-            parser.error(f"--temperature must be > 0 when sampling, got {args.temperature}")
-        if args.top_k is not None and args.top_k < 1:
-            parser.error(f"--top-k must be >= 1, got {args.top_k}")
-        if args.top_p is not None and not 0 < args.top_p <= 1:
-            parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    try:
+        options = GenerationConfig(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p)
+        rng = as_generator(args.seed)
+    except OptionError as e:  # e.g. "--top-k must be an integer >= 1, got 0"
+        parser.error(f"--{e.name.replace('_', '-')} must be {e.rule}, got {e.value}")
     if args.scale is not None and not 1 <= args.scale <= 64:
         parser.error(f"--scale must be between 1 and 64, got {args.scale}")
     if args.prompt_rows is not None and args.prompt is None:
@@ -152,10 +163,9 @@ def check_args(args, parser):
     check_out(args.out, args.force, parser)
     if not os.path.isdir(args.model):
         parser.error(f"--model {args.model}: no such directory")
-    from .processor import PREPROCESSOR_CONFIG_NAME
-
     if not os.path.exists(os.path.join(args.model, PREPROCESSOR_CONFIG_NAME)):
         parser.error(f"--model {args.model}: no {PREPROCESSOR_CONFIG_NAME} (the palette the model was trained with)")
+    return options, rng
 
 
 def check_out(out, force, parser):
@@ -203,9 +213,7 @@ def chunk_size(config, n):
 def sample_in_chunks(model, processor, n, seed, progress, stats, prompt_ids=None, prompt_rows=None, **sampling):
     """n unconditional samples, or n completions of prompt_ids [1, H*W], sampled chunk_size() at a time
     from one generator: chunk i draws where chunk i - 1 stopped. -> [n, H, W, 3] uint8. `progress`: a
-    bool, or one generation.progress_bar that every chunk advances."""
-    from .generation import as_generator, complete_images, sample_images
-
+    bool, or one generation.progress_bar that every chunk advances; `sampling`: generate()'s options."""
     rng = as_generator(seed)
     step = chunk_size(model.config, n)
     parts, totals = [], {"new_tokens": 0, "seconds": 0.0}
@@ -224,17 +232,36 @@ def sample_in_chunks(model, processor, n, seed, progress, stats, prompt_ids=None
 
 
 def load_model(path, device):
-    """The model, refused when a weight is NaN or infinite (its samples would be one flat colour)."""
-    from .model import ImageGPTForCausalImageModeling
-    from .weights import NonFiniteWeightsWarning
-
-    with warnings.catch_warnings():
+    """The model, refused when it cannot sample: a weight NaN or infinite (its samples would be one flat
+    colour), or no LM head (a classifier's checkpoint: the head would be random, its samples noise)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.simplefilter("error", NonFiniteWeightsWarning)
         try:
-            model = ImageGPTForCausalImageModeling.from_pretrained(path)
+            model, info = ImageGPTForCausalImageModeling.from_pretrained(path, output_loading_info=True)
         except NonFiniteWeightsWarning as e:
             raise ValueError(f"{e}; not sampling from it") from None
+    if "lm_head.weight" in info["missing_keys"]:
+        what = "this is a classifier" if "score.weight" in info["unexpected_keys"] else "this is no causal LM"
+        raise ValueError(f"--model {path}: {what}: its checkpoint has no lm_head.weight, the head that predicts "
+                         f"pixels; sampling needs an ImageGPTForCausalImageModeling checkpoint")
+    for w in caught:  # the others, as they would have been shown
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model.to(device)
+
+
+def check_cuda(config, parser):
+    """--device cuda where it cannot run: a one-line error for the command line, before the model loads."""
+    from .kernels import cuda  # imports Numba's CUDA support: only for --device cuda
+
+    try:
+        cuda.require_cuda()
+    except cuda.CudaUnavailableError:
+        parser.error("--device cuda: numba finds no CUDA GPU and driver here; use --device cpu or --device auto "
+                     "(or set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in numba's slow simulator)")
+    if config.head_dim > cuda.MAX_HEAD_DIM:
+        parser.error(f"--device cuda: this model's head_dim {config.head_dim} is beyond the CUDA attention kernels' "
+                     f"limit of {cuda.MAX_HEAD_DIM}; use --device cpu or --device auto")
 
 
 def check_prompt_file(path):
@@ -258,50 +285,37 @@ def kernels_notice(device):
     return compiling_notice()
 
 
-def run(args, parser):
-    from .backends import auto_device
-    from .config import ImageGPTConfig
-    from .generation import image_shape, progress_bar
-    from .processor import ImageGPTImageProcessor
+def check_prompt_rows(args, parser, h, w):
+    """The rows of --prompt kept (None without --prompt), and the prompt image's size bounded."""
+    if args.prompt is None:
+        return None
+    rows_kept = args.prompt_rows if args.prompt_rows is not None else h // 2
+    if not 1 <= rows_kept < h:
+        parser.error(f"--prompt-rows must be between 1 and {h - 1} for this model's {h}x{w} images, got {rows_kept}")
+    check_prompt_file(args.prompt)
+    return rows_kept
 
+
+def run(args, parser, options, rng):
+    """Sample (or complete --prompt) and write the grid. -> the path written."""
     # the sizes first, from the two small JSON files: nothing is sampled that could not be kept
     config = ImageGPTConfig.from_pretrained(args.model)
     processor = ImageGPTImageProcessor.from_pretrained(args.model)
     h, w = image_shape(processor, config)
-    n_cells = args.num_samples
-    if args.prompt is not None:
-        rows_kept = args.prompt_rows if args.prompt_rows is not None else h // 2
-        if not 1 <= rows_kept < h:
-            parser.error(f"--prompt-rows must be between 1 and {h - 1} for this model's {h}x{w} images, "
-                         f"got {rows_kept}")
-        check_prompt_file(args.prompt)
-        n_cells += 2
-    per_row, scale = plan_grid(args, n_cells, h, w)
+    rows_kept = check_prompt_rows(args, parser, h, w)
+    per_row, scale = plan_grid(args, args.num_samples + (0 if rows_kept is None else 2), h, w)
     limits.check_bytes(limits.kv_cache_bytes(config, chunk_size(config, args.num_samples), config.n_positions),
                        f"--num-samples {args.num_samples:,}: the KV cache of one chunk")
+    device = auto_device(config) if args.device == "auto" else args.device
+    if device == "cuda":
+        check_cuda(config, parser)
 
     # one bar for the whole job, on screen before the model loads and any kernel compiles
-    new_rows = h - rows_kept if args.prompt is not None else h
-    device = auto_device(config) if args.device == "auto" else args.device
-    with progress_bar(args.num_samples * new_rows * w, disable=not args.progress) as bar, kernels_notice(device):
+    new_tokens = args.num_samples * (h - (rows_kept or 0)) * w
+    with progress_bar(new_tokens, disable=not args.progress) as bar, kernels_notice(device):
         model = load_model(args.model, device)
-        sampling = dict(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-        stats = {}
-        start = time.perf_counter()
-        if args.prompt is None:
-            cells = list(sample_in_chunks(model, processor, args.num_samples, args.seed, bar, stats, **sampling))
-        else:
-            ids = processor(args.prompt)["input_ids"]  # [1, H*W]
-            completions = sample_in_chunks(model, processor, args.num_samples, args.seed, bar, stats,
-                                           prompt_ids=ids, prompt_rows=rows_kept, **sampling)
-    if args.prompt is None:
-        what = f"{len(cells)} samples"
-    else:
-        original = processor.decode(ids)[0]
-        kept = original.copy()
-        kept[rows_kept:] = 128  # grey where the model has to fill in
-        cells = [original, kept, *completions]
-        what = f"{len(completions)} completions of {args.prompt} from its top {rows_kept} of {h} rows"
+        start, stats = time.perf_counter(), {}
+        cells, what = sample_cells(args, model, processor, rows_kept, options, rng, bar, stats)
     rows = [cells[i:i + per_row] for i in range(0, len(cells), per_row)]
     wanted = args.out if args.out is not None else free_name(DEFAULT_OUT)
     out = save_grid(image_grid(rows), wanted, scale, replace=args.force)
@@ -314,20 +328,71 @@ def run(args, parser):
     return out
 
 
+def sample_cells(args, model, processor, rows_kept, options, rng, bar, stats):
+    """The grid's images: the samples, or the prompt, its kept rows (grey below) and its completions.
+    -> (list of (H, W, 3) uint8, what they are in words)."""
+    if rows_kept is None:
+        cells = sample_in_chunks(model, processor, args.num_samples, rng, bar, stats, generation_config=options)
+        return list(cells), f"{len(cells)} samples"
+    ids = processor(args.prompt)["input_ids"]  # [1, H*W]
+    completions = sample_in_chunks(model, processor, args.num_samples, rng, bar, stats, prompt_ids=ids,
+                                   prompt_rows=rows_kept, generation_config=options)
+    original = processor.decode(ids)[0]
+    kept = original.copy()
+    kept[rows_kept:] = 128  # grey where the model has to fill in
+    h = original.shape[0]
+    return [original, kept, *completions], (f"{len(completions)} completions of {args.prompt} from its top "
+                                            f"{rows_kept} of {h} rows")
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised wherever the program is so that it unwinds as after Ctrl-C: the temporary
+    file beside --out is removed (weights.atomic_open), the progress bar closed, nothing half-written left."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def stopped_like_ctrl_c(signals=STOP_SIGNALS):
+    """Within the block, SIGTERM (kill, timeout, Slurm pre-emption, docker stop) and SIGHUP (a closed
+    terminal) raise Stopped, as Ctrl-C raises KeyboardInterrupt; the old handlers come back after. Only the
+    main thread may set handlers: called elsewhere (main() in a thread), it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
-    check_args(args, parser)
-    try:
-        run(args, parser)
-    except KeyboardInterrupt:
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad files, sizes, no CUDA, RecursionError
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    except MemoryError as e:  # an estimate in limits.py fell short: still one line
-        parser.exit(2, f"{parser.prog}: error: out of memory{': ' + str(e) if str(e) else ''}; try a smaller "
-                       f"--num-samples\n")
+    with stopped_like_ctrl_c():
+        try:
+            args = parser.parse_args(argv)
+            options, rng = check_args(args, parser)
+            run(args, parser, options, rng)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (Stopped)
+            signum = getattr(e, "signum", signal.SIGINT)
+            print(f"interrupted ({signal.Signals(signum).name}); nothing written", file=sys.stderr)
+            return 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+        except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad files, sizes, RecursionError
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
+        except MemoryError as e:  # an estimate in limits.py fell short: still one line
+            parser.exit(2, f"{parser.prog}: error: out of memory{': ' + str(e) if str(e) else ''}; try a smaller "
+                           f"--num-samples\n")
     return 0
 
 

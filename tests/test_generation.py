@@ -1,9 +1,12 @@
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from scipy import stats
 
 from minigpt_pixels.config import ImageGPTConfig
-from minigpt_pixels.generation import (generate, sample_from_logits, softmax, top_k_filter, top_p_filter)
+from minigpt_pixels.generation import (TOKEN, GenerationConfig, OptionError, as_generator, generate, rule,
+                                       sample_from_logits, softmax, top_k_filter, top_p_filter)
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 
 from .conftest import GOLDEN_DIR
@@ -152,9 +155,61 @@ def test_bad_arguments(model, kw, message):
         generate(model, sos(model, 1), **kw)
 
 
-def test_bad_prompt(model):
-    with pytest.raises(ValueError, match="integer array of shape \\(batch, sequence\\)"):
-        generate(model, np.zeros(3, np.float32), max_new_tokens=2)
+@pytest.mark.parametrize("prompt, message", [
+    (np.zeros((1, 3), np.float32), "input_ids must be an integer array, got dtype float32"),
+    (np.zeros(3, np.int64), r"input_ids must have shape \(batch, sequence\), got shape \(3,\)"),
+    (np.full((1, 2), 17), r"input_ids holds token id 17, outside \[0, vocab_size=17\)"),  # the model's own rule
+])
+def test_bad_prompt(model, prompt, message):
+    with pytest.raises(ValueError, match=message):
+        generate(model, prompt, max_new_tokens=2)
+
+
+def test_a_temperature_that_overflows_float32_samples_greedily(model):
+    """logits / 1e-40 overflows float32: the old code drew token 0 at every position (a flat image)."""
+    greedy = generate(model, sos(model, 3), max_new_tokens=12)
+    for temperature in (1e-40, 1e-45, 5e-324):  # a float32 denormal, the smallest one, 0 in float32
+        cold = generate(model, sos(model, 3), max_new_tokens=12, do_sample=True, temperature=temperature, seed=1)
+        np.testing.assert_array_equal(cold, greedy)
+    assert len(np.unique(greedy[:, 1:])) > 1  # the test has power: greedy is not token 0 everywhere
+
+
+def test_options_object_is_the_keywords(model):
+    """generation_config= carries the same options as keywords; keywords replace its fields."""
+    options = GenerationConfig(do_sample=True, top_k=4, temperature=0.7, max_new_tokens=9)
+    a = generate(model, sos(model, 2), generation_config=options, seed=3)
+    b = generate(model, sos(model, 2), do_sample=True, top_k=4, temperature=0.7, max_new_tokens=9, seed=3)
+    np.testing.assert_array_equal(a, b)
+    c = generate(model, sos(model, 2), generation_config=options, do_sample=False)
+    np.testing.assert_array_equal(c, generate(model, sos(model, 2), max_new_tokens=9))
+    assert options.top_k == 4 and isinstance(GenerationConfig(top_k=np.int64(3), do_sample=True).top_k, int)
+    with pytest.raises(ValueError, match="generation_config must be a GenerationConfig"):
+        generate(model, sos(model, 1), generation_config={"do_sample": True})
+
+
+def test_options_are_checked_when_made():
+    with pytest.raises(OptionError, match=r"temperature must be > 0 and finite \(when sampling\), got -1") as e:
+        GenerationConfig(do_sample=True, temperature=-1)
+    assert (e.value.name, e.value.rule, e.value.value) == ("temperature", "> 0 and finite", -1)  # the CLI's words
+    assert GenerationConfig(temperature=-1).temperature == -1  # ignored (unchecked) when greedy, as transformers
+    with pytest.raises(OptionError, match="seed must be a non-negative integer"):
+        as_generator(-1)
+
+
+def test_a_new_sampling_rule_is_one_function_and_one_field(model):
+    """The extension point: a processor function and a GenerationConfig field naming it; nothing else."""
+    def ban(scores, token):  # the function: scores [N, V] -> scores [N, V]
+        return np.where(np.arange(scores.shape[-1]) == token, -np.inf, scores).astype(np.float32)
+
+    @dataclass(frozen=True)
+    class WithBan(GenerationConfig):
+        ban_token: int | None = rule(ban, None, TOKEN)  # the field
+
+    plain = generate(model, sos(model, 4), max_new_tokens=20, do_sample=True, seed=0)
+    common = int(np.bincount(plain[:, 1:].ravel()).argmax())
+    banned = generate(model, sos(model, 4), generation_config=WithBan(do_sample=True, max_new_tokens=20,
+                                                                       ban_token=common), seed=0)
+    assert common not in banned[:, 1:] and (banned[:, 1:] != plain[:, 1:]).any()
 
 
 def test_progress_bar_is_on_screen_before_the_prompts_forward(model, capsys, monkeypatch):

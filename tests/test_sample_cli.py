@@ -1,8 +1,10 @@
 """`python -m minigpt_pixels.sample` end to end: the PNG it writes, its options, and its one-line errors."""
 
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from PIL import Image
 
 import minigpt_pixels
 from minigpt_pixels.config import ImageGPTConfig
-from minigpt_pixels.model import ImageGPTForCausalImageModeling
+from minigpt_pixels.model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
 from minigpt_pixels.palette import dequantize
 from minigpt_pixels.processor import ImageGPTImageProcessor
 from minigpt_pixels import generation, sample as sample_module
@@ -109,15 +111,20 @@ def test_completion_grid(tmp_path, capsys, tiny_model_dir):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "/nonexistent"], "--model /nonexistent: no such directory"),
-    (["--top-k", "0"], "--top-k must be >= 1"),
+    (["--top-k", "0"], "--top-k must be an integer >= 1, got 0"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--temperature", "0"], "--temperature must be > 0"),
+    (["--temperature", "nan"], "--temperature must be > 0 and finite, got nan"),
+    (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
     (["--num-samples", "0"], "--num-samples must be >= 1"),
     (["--prompt-rows", "3"], "--prompt-rows needs --prompt"),
 ])
 def test_bad_arguments_one_line_error(args, message, capsys, tmp_path, monkeypatch):
+    """Each refused before the model loads (the old code loaded it, then said "expected non-negative
+    integer" for --seed -1)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sample_module, "load_model", lambda *a: pytest.fail("loaded the model first"))
     code, _, err = run_main(args + ["--no-progress"], capsys)
     assert code == 2 and message in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # nothing written
@@ -170,6 +177,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, tiny_model_dir):
         assert r.returncode == 0 and out.exists(), r.stderr
     else:
         assert r.returncode == 2 and "CUDA" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "--device cpu" in r.stderr and "model.to" not in r.stderr, r.stderr  # said for the command line
         assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
@@ -179,8 +187,11 @@ def test_help_shows_defaults_and_console_script():
     assert r.returncode == 0
     text = " ".join(r.stdout.split())  # argparse wraps lines at the terminal width
     for option in ("--model", "--num-samples", "--temperature", "--top-k", "--top-p", "--seed", "--prompt",
-                   "--prompt-rows", "--out", "--device", "--progress", "(default: 16)", "(default: 1.0)"):
+                   "--prompt-rows", "--out", "--force", "--scale", "--greedy", "--device", "--progress",
+                   "(default: 16)", "(default: 1.0)", "an existing file is refused unless --force"):
         assert option in text, option
+    documented = {a.option_strings[0] for a in sample_module.build_parser()._actions}
+    assert all(option in text for option in documented), documented  # every option, none forgotten
 
 
 def test_help_shows_each_default_once():
@@ -220,7 +231,7 @@ def test_the_progress_bar_shows_before_the_model_loads(tmp_path, monkeypatch, ca
         return bars[-1]
 
     real_bar = generation.progress_bar
-    monkeypatch.setattr(generation, "progress_bar", progress_bar)
+    monkeypatch.setattr(sample_module, "progress_bar", progress_bar)
     monkeypatch.setattr(sample_module, "load_model", load_model)
     monkeypatch.setattr(sample_module, "MAX_CHUNK", 2)  # 3 chunks, one bar
     code, _, err = run_main(["--model", str(tiny_model_dir), "--num-samples", "5", "--out", str(tmp_path / "s.png"),
@@ -235,3 +246,59 @@ def test_no_progress_prints_no_bar(tmp_path, capsys, tiny_model_dir):
     code, _, err = run_main(["--model", str(tiny_model_dir), "--num-samples", "2", "--out", str(tmp_path / "s.png"),
                              "--no-progress"], capsys)
     assert code == 0 and "sampling" not in err, err
+
+
+def test_a_classifier_checkpoint_is_refused(tmp_path, capsys, tiny_model_dir):
+    """The old code sampled from a randomly initialised LM head: noise, exit 0."""
+    d = tmp_path / "classifier"
+    config = ImageGPTConfig.from_pretrained(tiny_model_dir, num_labels=3)
+    ImageGPTForImageClassification(config, seed=0).save_pretrained(d)
+    (d / "preprocessor_config.json").write_bytes((tiny_model_dir / "preprocessor_config.json").read_bytes())
+    code, _, err = run_main(["--model", str(d), "--out", str(tmp_path / "x.png"), "--no-progress"], capsys)
+    assert code == 2 and "this is a classifier: " in err and "no lm_head.weight" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()
+
+
+def test_a_temperature_that_overflows_float32_samples_as_greedy(tmp_path, capsys):
+    """--temperature 1e-40 made every pixel token 0 (one flat colour, exit 0); now it is --greedy's limit."""
+    def grid(*flags):
+        out = tmp_path / f"{len(flags)}.png"
+        code, _, err = run_main(["--num-samples", "2", "--out", str(out), "--no-progress", *flags], capsys)
+        assert code == 0, err
+        return np.asarray(Image.open(out))
+    greedy = grid("--greedy")
+    np.testing.assert_array_equal(grid("--temperature", "1e-40", "--seed", "3"), greedy)
+    assert len(np.unique(greedy.reshape(-1, 3), axis=0)) > 2  # not one flat colour (and the white border)
+
+
+STOPPED_WHILE_WRITING = textwrap.dedent("""
+    import os, signal, sys
+    import PIL.Image
+    from minigpt_pixels import sample
+
+    real_save = PIL.Image.Image.save
+
+    def save(self, fp, *args, **kwargs):  # the signal arrives while the temporary file is half written
+        fp.write(b"half an image")
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        real_save(self, fp, *args, **kwargs)
+
+    PIL.Image.Image.save = save
+    sys.exit(sample.main(sys.argv[2:]))
+""")
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_it_as_ctrl_c_does(name, tmp_path, tiny_model_dir):
+    """kill, timeout, Slurm pre-emption, docker stop, a closed terminal: the old code died at once and left
+    .out.png.<hex>.tmp beside --out; now the temporary file is removed and it exits 128 + the signal."""
+    if not hasattr(signal, name):
+        pytest.skip(f"no {name} here")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    r = subprocess.run([sys.executable, "-c", STOPPED_WHILE_WRITING, name, "--model", str(tiny_model_dir),
+                        "--device", "numpy", "--num-samples", "2", "--out", str(folder / "out.png"), "--no-progress"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 128 + getattr(signal, name), (r.returncode, r.stderr)
+    assert r.stderr.strip() == f"interrupted ({name}); nothing written", r.stderr
+    assert os.listdir(folder) == []  # neither the image nor its temporary file
