@@ -305,26 +305,26 @@ def resolve(args):
         value = getattr(args, name.replace('-', '_'))
         if value is not None and not ok(value):
             why = " (not finite as float32)" if isinstance(value, float) and not optim.finite_float32(value) else ""
-            raise TrainError(f"--{name} {value} is out of range{why}: {need}")
+            raise TrainError(f"--{name} {value} is out of range{why}: it must be {need}")
     if args.min_lr < 0 or args.min_lr > args.lr:
         raise TrainError(f"--min-lr {args.min_lr} must be between 0 and --lr {args.lr}")
     return mode
 
 
+AT_LEAST_ONE = ("steps", "batch-size", "eval-every", "save-every", "keep", "threads", "image-size", "n-embd",
+                "n-layer", "n-head")
+NOT_NEGATIVE = ("warmup", "seed", "split-seed")  # a negative seed is refused by NumPy, after the data loads
+
+
 def argument_checks(args):
-    """(option, test, what it needs) for every number; None means the default, always fine."""
+    """(option, test, what it needs) for every number; a None value (the default) is not tested."""
     f32 = optim.finite_float32
-    return [("steps", lambda v: v >= 1, "at least 1"), ("batch-size", lambda v: v >= 1, "at least 1"),
+    return [*((name, lambda v: v >= 1, "at least 1") for name in AT_LEAST_ONE),
+            *((name, lambda v: v >= 0, "0 or more") for name in NOT_NEGATIVE),
             ("lr", lambda v: v > 0 and f32(v), "a positive float32"), ("min-lr", f32, "a finite float32"),
-            ("warmup", lambda v: v >= 0, "0 or more"), ("eval-every", lambda v: v >= 1, "at least 1"),
-            ("save-every", lambda v: v >= 1, "at least 1"), ("holdout", lambda v: 0 < v < 1, "between 0 and 1"),
-            ("weight-decay", lambda v: v >= 0 and f32(v), "0 or more"),
-            ("grad-clip", lambda v: v >= 0 and math.isfinite(v), "0 (off) or more"), ("keep", lambda v: v >= 1, "at least 1"),
-            ("seed", lambda v: v >= 0, "0 or more"), ("split-seed", lambda v: v >= 0, "0 or more"),
-            ("image-size", lambda v: v >= 1, "at least 1 pixel"), ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("n-colors", lambda v: v >= 2, "at least 2"), ("threads", lambda v: v >= 1, "at least 1"),
-            ("n-embd", lambda v: v >= 1, "at least 1"), ("n-layer", lambda v: v >= 1, "at least 1"),
-            ("n-head", lambda v: v >= 1, "at least 1")]
+            ("holdout", lambda v: 0 < v < 1, "between 0 and 1"), ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("weight-decay", lambda v: v >= 0 and f32(v), "0 or more"), ("n-colors", lambda v: v >= 2, "at least 2"),
+            ("grad-clip", lambda v: v >= 0 and math.isfinite(v), "0 (off) or more")]
 
 
 def build_run(args, mode):
