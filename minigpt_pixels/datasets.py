@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import PIL.Image
@@ -42,6 +42,7 @@ class Dataset:
     class_names: list | None
     source: str  # "digits" or the folder's absolute path
     size: tuple  # (height, width) shared by every image
+    skipped: list = field(default_factory=list)  # files and folders under a folder that are not images
 
 
 def load_digits_data():
@@ -60,23 +61,26 @@ def _unreadable(error):
 
 
 def find_images(path):
-    """Every image file under `path` (recursively, sorted, hidden names skipped) -> (root, files).
-    Symbolic links to folders are followed (a loop is an error); an unreadable folder is an error."""
+    """Every image file under `path` (recursively, sorted) -> (root, files, skipped): skipped lists, for
+    the caller to report, the hidden names and the files without an image suffix. Symbolic links to
+    folders are followed (a loop is an error); an unreadable folder is an error."""
     root = os.path.abspath(path)
     if not os.path.isdir(root):
         raise DataError(f"--data {path}: no such directory (use 'digits' for scikit-learn's digits)")
-    files, seen = [], set()
+    files, skipped, seen = [], [], set()
     for directory, subdirs, names in os.walk(root, onerror=_unreadable, followlinks=True):
         real = os.path.realpath(directory)
         if real in seen:
             raise DataError(f"--data {path}: the folder {directory} links back to {real}, already read (a loop)")
         seen.add(real)
+        skipped += [os.path.join(directory, d) for d in sorted(subdirs) if d.startswith(".")]
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        files += [os.path.join(directory, n) for n in sorted(names)
-                  if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)]
+        for n in sorted(names):
+            image = not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
+            (files if image else skipped).append(os.path.join(directory, n))
     if not files:
         raise DataError(f"--data {path}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return root, files
+    return root, files, [os.path.relpath(s, root) for s in skipped]
 
 
 @contextlib.contextmanager
@@ -122,7 +126,7 @@ def load_folder(path, size=None, need_same_size=True, resample=None, check=None)
     """Every image under `path`, resized to size=(h, w) as read when given, labelled by sub-folder when
     every image has one. `check(size, n_images)`, called after the headers are read and before any image
     is decoded, can refuse a training size."""
-    root, files = find_images(path)
+    root, files, skipped = find_images(path)
     sizes = {}
     for f in files:
         sizes.setdefault(image_size_of(f), f)
@@ -139,7 +143,7 @@ def load_folder(path, size=None, need_same_size=True, resample=None, check=None)
     if all(len(r) > 1 for r in rel):
         class_names = sorted({r[0] for r in rel})
         labels = np.array([class_names.index(r[0]) for r in rel], np.int64)
-    return Dataset(images, labels, class_names, root, size)
+    return Dataset(images, labels, class_names, root, size, skipped)
 
 
 def load_data(spec, size=None, need_same_size=True, resample=None, check=None):

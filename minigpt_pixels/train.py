@@ -1,22 +1,16 @@
 """Train a small ImageGPT in NumPy: `python -m minigpt_pixels.train` (or `minigpt-pixels-train`).
 
-Pre-training (the default) fits a palette to the training images and trains ImageGPTForCausalImageModeling
-to predict each pixel's palette id from the ones before it (SOS + pixels[:-1] in, every pixel a target, as
-OpenAI's code does). `--init-from DIR` starts a new run (fresh optimizer and schedule) from DIR's weights,
-config and palette; `--resume` continues the run in --out from its `latest` checkpoint; `--finetune-from
-DIR` trains ImageGPTForImageClassification on the images' labels. Ctrl-C, SIGTERM and SIGHUP finish the
-current step, save a checkpoint and exit. The same seed gives the same run, resumed or not: every step
-draws its batch and dropout from a generator seeded by (seed, step). Images: datasets.py; checkpoints and
---export: checkpoints.py.
-
-The default model (minigpt_pixels.DEFAULT_MODEL) was rebuilt with these, which are also the defaults:
+Pre-training (the default) fits a palette to the images and trains ImageGPTForCausalImageModeling on
+SOS + pixels[:-1] -> every pixel (OpenAI's form of the shift). `--resume` continues the run in --out;
+`--init-from DIR` starts a new run (fresh optimizer and schedule) from DIR's weights and palette;
+`--finetune-from DIR` trains ImageGPTForImageClassification on the images' labels. Ctrl-C, SIGTERM and
+SIGHUP finish the step, save and exit. Each step's batch and dropout come from (seed, step), so a resumed
+run equals a straight one. Images: datasets.py; checkpoints and --export: checkpoints.py. The default
+model (minigpt_pixels.DEFAULT_MODEL, from these defaults) and its fine-tuned classifier were made with:
 
     python -m minigpt_pixels.train --data digits --out runs/digits --n-embd 96 --n-layer 4 --n-head 4 \\
         --steps 4000 --batch-size 32 --lr 2e-3 --dropout 0.1 --seed 0 --threads 1 \\
         --export minigpt_pixels/data/default_model
-
-and its fine-tuned classifier with:
-
     python -m minigpt_pixels.train --finetune-from minigpt_pixels/data/default_model \\
         --out runs/digits-classifier --steps 1000 --lr 1e-3 --threads 1
 """
@@ -146,6 +140,9 @@ def run(args, mode):
     if stale:
         tqdm.write(f"removed {len(stale)} temporary folder(s) a killed save left in {r.out} ({stale[0]})")
     tqdm.write(describe(r, mode))
+    if r.skipped:  # said, not silent: a class folder of .heic photos would otherwise vanish from the labels
+        tqdm.write(f"--data: skipped {len(r.skipped)} file(s) or folder(s) that are hidden or not images "
+                   f"({', '.join(r.skipped[:3])}{', ...' if len(r.skipped) > 3 else ''})")
     bar = tqdm(total=args.steps, initial=r.step, desc=mode, unit="step", disable=not args.progress,
                dynamic_ncols=True)
     t_start = r.optimizer.t
@@ -270,6 +267,7 @@ class Run:
     keep: int
     batch_size: int
     sources: tuple  # (option, folder) a model was read from, never exported into
+    skipped: list  # what --data held that is not an image
     last_good: str | None  # the newest complete checkpoint (at first: the one resumed, if any)
     resumed: bool  # --resume: continues a checkpoint's run
     start: int  # the step it started at
@@ -357,8 +355,8 @@ def build_run(args, mode):
         checkpoints.load_optimizer_state(optimizer, ckpt)
     state["run_id"], state["args"] = run_id, dict(vars(args))
     return Run(model, processor, optimizer, state, inputs[train_idx], targets[train_idx], inputs[val_idx],
-               targets[val_idx], args.out, args.keep, args.batch_size, sources, ckpt, ckpt is not None, state["step"],
-               state["step"])
+               targets[val_idx], args.out, args.keep, args.batch_size, sources, data.skipped, ckpt, ckpt is not None,
+               state["step"], state["step"])
 
 
 def open_out(args):

@@ -157,6 +157,15 @@ def test_finetuning_on_one_class_says_so(tmp_path, folder, capsys):
                         capsys), "two classes or more", "'a'")
 
 
+def test_files_that_are_not_images_are_named_not_skipped_silently(tmp_path, folder, capsys):
+    (folder / "a" / "IMG_0001.heic").write_bytes(b"a photo in a format PIL cannot read")
+    (folder / "b" / ".thumbnails").mkdir()
+    assert train.main([str(a) for a in ["--data", folder, "--out", tmp_path / "r", *STEPS, *TINY]]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "skipped" in x]
+    assert len(line) == 1 and "2 file(s) or folder(s)" in line[0], line
+    assert os.path.join("a", "IMG_0001.heic") in line[0] and os.path.join("b", ".thumbnails") in line[0]
+
+
 def test_a_folder_linked_into_itself_is_an_error_not_a_hang(tmp_path, folder, capsys):
     os.symlink(folder, folder / "a" / "loop")
     one_line_error(*run(["--data", folder, "--out", tmp_path / "r", *STEPS, *TINY], capsys), "loop")
