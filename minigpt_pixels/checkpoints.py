@@ -250,8 +250,11 @@ def _read_marker(directory):
     return marker
 
 
-def _same_folder(a, b):
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+def _same_folder(folder, source):
+    """`folder` is `source`, or the folder of `source` when that is a weights file."""
+    if os.path.isfile(source):
+        source = os.path.dirname(os.path.abspath(source))
+    return os.path.exists(folder) and os.path.exists(source) and os.path.samefile(folder, source)
 
 
 def check_export(directory, run_id, sources=()):

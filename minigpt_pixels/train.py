@@ -153,7 +153,7 @@ def run(args, mode):
             stop.requested = stop.requested or signal.SIGINT
         finally:
             bar.close()
-        if stop.requested:
+        if stop.requested and r.step < args.steps:  # (a signal during the last save: the run is done)
             # AdamW has not begun a step it did not finish: the weights are those after r.step
             return interrupted(r, stop.requested, r.optimizer.t == t_start + r.step - r.start)
         finish(r, args)
