@@ -153,7 +153,8 @@ def run(args, mode):
             stop.requested = stop.requested or signal.SIGINT
         finally:
             bar.close()
-        if stop.requested and r.step < args.steps:  # (a signal during the last save: the run is done)
+        saved = r.last_good == os.path.join(r.out, checkpoints.checkpoint_name(r.step))
+        if stop.requested and not (saved and r.step >= args.steps):  # (after the last save: the run is done)
             # AdamW has not begun a step it did not finish: the weights are those after r.step
             return interrupted(r, stop.requested, r.optimizer.t == t_start + r.step - r.start)
         finish(r, args)
@@ -354,9 +355,10 @@ def build_run(args, mode):
     if ckpt:
         checkpoints.load_optimizer_state(optimizer, ckpt)
     state["run_id"], state["args"] = run_id, dict(vars(args))
-    return Run(model, processor, optimizer, state, inputs[train_idx], targets[train_idx], inputs[val_idx],
-               targets[val_idx], args.out, args.keep, args.batch_size, sources, data.skipped, ckpt, ckpt is not None,
-               state["step"], state["step"])
+    return Run(model=model, processor=processor, optimizer=optimizer, state=state,
+               x_train=inputs[train_idx], y_train=targets[train_idx], x_val=inputs[val_idx], y_val=targets[val_idx],
+               out=args.out, keep=args.keep, batch_size=args.batch_size, sources=sources, skipped=data.skipped,
+               last_good=ckpt, resumed=ckpt is not None, start=state["step"], step=state["step"])
 
 
 def open_out(args):
