@@ -2,6 +2,7 @@
 the umask, unreadable folders, and numbers refused before anything is loaded (issue 23)."""
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -44,17 +45,15 @@ def test_sigterm_and_sighup_save_a_checkpoint_like_ctrl_c(tmp_path, folder, sign
     argv = ["--data", folder, "--n-colors", 4, "--steps", 6, *TINY, "--save-every", 100, "--out", out]
     proc = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    signum = getattr(__import__("signal"), signame)
+    signum = getattr(signal, signame)
     assert proc.returncode == 128 + signum, (proc.returncode, proc.stderr)
     assert f"interrupted at step 3 ({signame}); saved" in proc.stderr and "--resume" in proc.stderr, proc.stderr
     assert os.path.basename(checkpoints.latest_checkpoint(str(out))) == "checkpoint-000003"
     assert not [d for d in os.listdir(out) if d.startswith(".")]
 
 
-def test_a_signal_ignored_at_start_stays_ignored(monkeypatch):
+def test_a_signal_ignored_at_start_stays_ignored():
     """Under nohup SIGHUP is ignored: the trainer must not start catching it."""
-    import signal
-
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         with train.StopRequest():

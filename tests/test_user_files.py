@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from minigpt_pixels import checkpoints, sample
-from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.weights import atomic_open
 
 from . import test_sample_cli
