@@ -371,6 +371,8 @@ def open_out(args):
     if args.resume and ckpt is None:
         raise TrainError(f"--resume: no checkpoint in {out} (no '{checkpoints.LATEST}' file)")
     state = checkpoints.read_state(ckpt) if ckpt else None
+    if state and state.get("init_from") and not args.init_from:  # its config comes from there
+        raise TrainError(f"--resume: the run in {out} started --init-from {state['init_from']}; pass that again")
     checkpoints.check_out(out, state)
     return ckpt, state
 

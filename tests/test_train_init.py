@@ -49,8 +49,8 @@ def test_init_from_starts_a_new_run_from_the_weights(tmp_path, base, capsys):
                                   ImageGPTImageProcessor.from_pretrained(base).clusters)  # the source's palette
 
 
-def test_init_from_trains_on_from_the_source(tmp_path, base):
-    """A real learning rate moves the weights; the same seed gives the same run, and --resume continues it."""
+def test_init_from_trains_on_from_the_source(tmp_path, base, capsys):
+    """A real learning rate moves the weights; --resume continues the run exactly (given --init-from again)."""
     base, folder = base
     common = ["--data", folder, "--init-from", base, *RUN]
     assert run([*common, "--out", tmp_path / "a", "--steps", 4])[0] == 0
@@ -59,6 +59,8 @@ def test_init_from_trains_on_from_the_source(tmp_path, base):
     assert run([*common, "--out", tmp_path / "b", "--steps", 2])[0] == 0
     assert run([*common, "--out", tmp_path / "b", "--steps", 4, "--resume"])[0] == 0
     assert same_weights(checkpoints.latest_checkpoint(str(tmp_path / "b")), a)
+    one_line_error(*run(["--data", folder, *RUN, "--out", tmp_path / "b", "--steps", 6, "--resume"], capsys),
+                   "--init-from", str(base))
 
 
 def test_init_from_refusals(tmp_path, base, capsys):
