@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from minigpt_pixels import checkpoints, datasets, train
 
@@ -208,3 +209,14 @@ def test_evaluate_reports_the_loss_train_step_minimises(tmp_path, folder, monkey
     nats = train.evaluate(model, x, y, batch=6)["nats"]
     assert seen, "evaluate did not call train_step's loss"
     assert np.float32(nats) == real(model, x, y)[0]
+
+
+def test_header_sizes_follow_the_exif_orientation(tmp_path):
+    """A phone photo stored 6 wide and 4 high with orientation 6 (turn 90 degrees) is shown 4 wide, 6 high:
+    the mixed-size check and the training size must see it as transformers' processor does."""
+    exif = Image.Exif()
+    exif[datasets.EXIF_ORIENTATION] = 6
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "plain.jpg")
+    assert datasets.image_size_of(str(tmp_path / "phone.jpg")) == (6, 4)
+    assert datasets.image_size_of(str(tmp_path / "plain.jpg")) == (4, 6)
