@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .train import load_digits_data
+from .datasets import load_digits_data
 
 # An 8-block iGPT trained on `shifted_digits(canvas=10, copies=3, seed=0)`, for the middle-layer question
 # (how it was made: the README.md beside its weights). HF layout, like minigpt_pixels.DEFAULT_MODEL.

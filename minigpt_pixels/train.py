@@ -1,33 +1,16 @@
 """Train a small ImageGPT in NumPy: `python -m minigpt_pixels.train` (or `minigpt-pixels-train`).
 
-Pre-training (the default): fit a palette to the training images with `fit_palette`, encode them with
-`ImageGPTImageProcessor`, and train ImageGPTForCausalImageModeling to predict each pixel's palette id
-from the ones before it (SOS + pixels[:-1] in, every pixel as a target, as OpenAI's code does).
-Fine-tuning (`--finetune-from DIR`): start ImageGPTForImageClassification from a causal checkpoint
-and train it on the images' labels, reporting held-out accuracy.
-
-Data: scikit-learn's handwritten digits (`--data digits`, 1797 images of 8x8 with 17 grey levels,
-shipped inside scikit-learn, so no download) or any folder of images (`--data DIR`; images in
-sub-folders take the sub-folder's name as their label). A fixed `--split-seed` holds out
-`--holdout` of the images; the loss on them is reported in nats and bits per token.
-
-Checkpoints: `--out DIR` gets checkpoint-NNNNNN/ folders in transformers' layout (config.json,
-model.safetensors, preprocessor_config.json) plus optimizer.safetensors and trainer_state.json, and a
-`latest` file naming the newest. Each is written under a temporary name and renamed into place
-before `latest` moves to it, so the last good checkpoint is never overwritten. `--resume` continues
-from `latest` (and refuses a checkpoint whose config differs from the arguments). Ctrl-C finishes the
-current step, saves, and exits; a NaN or infinite loss stops with a message naming the step and keeps
-the last good checkpoint. The same seed gives the same run, resumed or not (on the same machine and
-thread count): every step draws its batch and dropout from a generator seeded by (seed, step).
-
-The default model shipped in the package (minigpt_pixels.DEFAULT_MODEL) was rebuilt with:
+Pre-training (the default) fits a palette to the images and trains ImageGPTForCausalImageModeling on
+SOS + pixels[:-1] -> every pixel (OpenAI's form of the shift). `--resume` continues the run in --out;
+`--init-from DIR` starts a new run (fresh optimizer and schedule) from DIR's weights and palette;
+`--finetune-from DIR` trains ImageGPTForImageClassification on the images' labels. Ctrl-C, SIGTERM and
+SIGHUP finish the step, save and exit. Each step's batch and dropout come from (seed, step), so a resumed
+run equals a straight one. Images: datasets.py; checkpoints and --export: checkpoints.py. The default
+model (minigpt_pixels.DEFAULT_MODEL, from these defaults) and its fine-tuned classifier were made with:
 
     python -m minigpt_pixels.train --data digits --out runs/digits --n-embd 96 --n-layer 4 --n-head 4 \\
         --steps 4000 --batch-size 32 --lr 2e-3 --dropout 0.1 --seed 0 --threads 1 \\
         --export minigpt_pixels/data/default_model
-
-(these are also the defaults), and its fine-tuned classifier with:
-
     python -m minigpt_pixels.train --finetune-from minigpt_pixels/data/default_model \\
         --out runs/digits-classifier --steps 1000 --lr 1e-3 --threads 1
 """
@@ -36,46 +19,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
-import re
-import shutil
+import secrets
 import signal
 import sys
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
-from . import backprop, layers, limits, optim
-from .config import CONFIG_NAME, ImageGPTConfig
+from . import backprop, checkpoints, layers, limits, optim
+from .checkpoints import CheckpointError
+from .config import ImageGPTConfig
+from .datasets import DataError, encode, fit_processor, load_data, split
 from .model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
-from .processor import PREPROCESSOR_CONFIG_NAME
-from .weights import (SAFE_WEIGHTS_NAME, atomic_write_bytes, link_exclusive, load_file, load_metadata,
-                      non_finite_names, save_file)
-
-PROG = "minigpt-pixels-train"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-LATEST = "latest"  # the file in --out naming the newest complete checkpoint
-STATE_NAME = "trainer_state.json"
-OPTIMIZER_NAME = "optimizer.safetensors"
-EXPORT_FILES = (SAFE_WEIGHTS_NAME, PREPROCESSOR_CONFIG_NAME, CONFIG_NAME)  # in the order they are renamed
-LN2 = math.log(2.0)
-DIGITS_SIZE, DIGITS_COUNT = (8, 8), 1797  # scikit-learn's digits
-
-# Architecture defaults (used when pre-training; fine-tuning takes the checkpoint's).
-MODEL_DEFAULTS = dict(n_embd=96, n_layer=4, n_head=4, dropout=0.1)  # the default model's
-# Optimisation defaults that differ between the two modes.
-MODE_DEFAULTS = {"pretrain": dict(steps=4000, lr=2e-3, warmup=100),
-                 "finetune": dict(steps=1000, lr=1e-3, warmup=50)}
+from .processor import ImageGPTImageProcessor
+from .weights import non_finite_names
 
 
 class TrainError(Exception):
-    """Bad data, arguments or checkpoints: reported as one line, exit status 2."""
+    """Bad arguments: reported as one line, exit status 2."""
 
 
 class NonFiniteLoss(Exception):
@@ -86,323 +53,12 @@ class Diverged(TrainError):
     """Training stopped on a non-finite loss: exit status 1."""
 
 
-# ---- data ----------------------------------------------------------------------------------------
-@dataclass
-class Dataset:
-    images: list  # HxW (grey) or HxWx3 uint8 arrays
-    labels: np.ndarray | None  # int64 [N], or None for unlabelled folders
-    class_names: list | None
-    source: str  # "digits" or the folder's absolute path
-    size: tuple  # (height, width) shared by every image
-
-
-def load_digits_data():
-    """scikit-learn's 1797 digits: 8x8 grey levels 0..16 -> uint8 0..255, with their labels 0..9."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
-    return Dataset(list(images), digits.target.astype(np.int64), [str(i) for i in range(10)], "digits", DIGITS_SIZE)
-
-
-def find_images(path):
-    """Every image file under `path` (recursively, sorted, hidden names skipped) -> (root, files)."""
-    root = os.path.abspath(path)
-    if not os.path.isdir(root):
-        raise TrainError(f"--data {path}: no such directory (use 'digits' for scikit-learn's digits)")
-    files = []
-    for directory, subdirs, names in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        files += [os.path.join(directory, n) for n in sorted(names)
-                  if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)]
-    if not files:
-        raise TrainError(f"--data {path}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return root, files
-
-
-@contextlib.contextmanager
-def _reading(path):
-    """PIL's and our errors reading `path` as one TrainError naming it."""
-    import PIL.Image
-
-    from .processor import ImageError
-
-    try:
-        yield
-    except ImageError as e:
-        raise TrainError(str(e)) from None
-    except FileNotFoundError:
-        raise TrainError(f"image file not found: {path}") from None
-    except (OSError, SyntaxError, EOFError, ValueError, PIL.Image.DecompressionBombError) as e:
-        raise TrainError(f"cannot read image file {path}: {e}") from None
-
-
-def image_size_of(path):
-    """(height, width) from the file's header: nothing is decoded, so any size costs nothing to learn."""
-    import PIL.Image
-
-    with _reading(path), PIL.Image.open(path) as im:
-        return im.size[1], im.size[0]
-
-
-def read_image(path, size=None, resample=None):
-    """One image file -> RGB uint8 [H, W, 3], resized to size=(height, width) as it is read, the way the
-    processor would resize it. A JPEG is decoded at the smallest power-of-two reduction still at least
-    that size (Image.draft), so memory grows with the training size, not the photo's."""
-    import PIL.Image
-
-    from .processor import load_image, resize
-
-    with _reading(path), PIL.Image.open(path) as im:
-        width, height = im.size
-        if size is not None:
-            im.draft(None, (size[1], size[0]))  # JPEG only; other formats decode whole, then shrink at once
-        limits.check_bytes(limits.image_bytes(im.size[1], im.size[0]), f"{path} ({width}x{height} pixels)")
-        im.load()
-        rgb = load_image(im, name=path)  # [H, W, 3]
-        if size is not None and rgb.shape[:2] != tuple(size):
-            rgb = resize(rgb, size[0], size[1], *(() if resample is None else (resample,)))
-    return rgb
-
-
-def load_folder(path, size=None, need_same_size=True, resample=None, check=None):
-    """Every image under `path` (recursively, sorted), resized to size=(h, w) as read when given. If every
-    image sits in a sub-folder, the first sub-folder's name is its label (torchvision's ImageFolder
-    convention). `check(size, n_images)`, called after the headers are read and before any image is
-    decoded, can refuse a training size (see build_run)."""
-    root, files = find_images(path)
-    sizes = {}
-    for f in files:
-        sizes.setdefault(image_size_of(f), f)
-    if len(sizes) > 1 and need_same_size and size is None:
-        (s1, f1), (s2, f2) = list(sizes.items())[:2]
-        raise TrainError(f"--data {path}: images of mixed sizes ({os.path.relpath(f1, root)} is {s1[0]}x{s1[1]}, "
-                         f"{os.path.relpath(f2, root)} is {s2[0]}x{s2[1]}); pass --image-size to resize them all")
-    size = tuple(size) if size is not None else next(iter(sizes))
-    if check is not None:
-        check(size, len(files))
-    images = [read_image(f, size, resample) for f in files]
-    rel = [os.path.relpath(f, root).split(os.sep) for f in files]
-    labels = class_names = None
-    if all(len(r) > 1 for r in rel):
-        class_names = sorted({r[0] for r in rel})
-        labels = np.array([class_names.index(r[0]) for r in rel], np.int64)
-    return Dataset(images, labels, class_names, root, size)
-
-
-def load_data(spec, size=None, need_same_size=True, resample=None, check=None):
-    if spec == "digits":
-        if check is not None:  # before scikit-learn's import, which alone takes a second or more
-            check(tuple(size or DIGITS_SIZE), DIGITS_COUNT)
-        return load_digits_data()
-    return load_folder(spec, size, need_same_size, resample, check)
-
-
-def split(n, holdout, seed):
-    """A fixed random split: -> (train indices, held-out indices). At least one image on each side."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = min(max(1, int(round(holdout * n))), n - 1)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
-def fit_processor(images, size, n_colors, seed):
-    """A palette of n_colors fitted (k-means) to the training images' pixels at the training size."""
-    from .palette import fit_palette
-    from .processor import ImageGPTImageProcessor
-
-    size = {"height": size[0], "width": size[1]}
-    raw = ImageGPTImageProcessor(size=size, do_color_quantize=False)(images)["pixel_values"]  # [N, 3, h, w]
-    pixels = raw.transpose(0, 2, 3, 1).reshape(-1, 3)  # [N*h*w, 3] in [-1, 1]
-    try:
-        clusters = fit_palette(pixels, n_colors, seed=seed)
-    except ValueError as e:
-        raise TrainError(f"cannot fit a {n_colors}-colour palette: {e}") from None
-    return ImageGPTImageProcessor(clusters=clusters, size=size)
-
-
-def encode(processor, images, batch=512):
-    """Images -> palette ids [N, h*w] (no SOS), in chunks to bound memory."""
-    return np.concatenate([processor(images[i:i + batch])["input_ids"] for i in range(0, len(images), batch)])
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------
-# What a run may touch in --out: the checkpoint folders it wrote itself (listed in its trainer_state.json
-# under "checkpoints"), its own temporary folders and `latest`. Anything else there, a transformers
-# Trainer's checkpoint-1000/, a user's checkpoint-000003-backup/, another run's checkpoint-000003/, is
-# never reused, replaced or pruned.
-CHECKPOINT = re.compile(r"checkpoint-(\d{6})")
-
-
-def checkpoint_name(step):
-    return f"checkpoint-{step:06d}"
-
-
-def latest_checkpoint(out):
-    """The checkpoint folder `out/latest` names, or None when there is none yet."""
-    try:
-        with open(os.path.join(out, LATEST), encoding="utf-8") as f:
-            name = f.read().strip()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TrainError(f"{out}/{LATEST}: cannot read it: {e}") from None
-    if not CHECKPOINT.fullmatch(name):
-        raise TrainError(f"{out}/{LATEST} names {name[:80]!r}, not a checkpoint-NNNNNN folder of this trainer")
-    path = os.path.join(out, name)
-    if not os.path.isfile(os.path.join(path, STATE_NAME)):
-        raise TrainError(f"{out}/{LATEST} names {name}, which is not a complete checkpoint")
-    return path
-
-
-def read_state(ckpt):
-    """A checkpoint's trainer_state.json, checked enough to resume from."""
-    path = os.path.join(ckpt, STATE_NAME)
-    try:
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise TrainError(f"{path}: cannot read it ({e}); the checkpoint is damaged") from None
-    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("history"), list)):
-        raise TrainError(f"{path}: not a trainer state (needs an integer 'step' and a 'history' list)")
-    names = state.setdefault("checkpoints", [os.path.basename(ckpt)])  # older states: only the one resumed
-    if not (isinstance(names, list) and all(isinstance(n, str) and CHECKPOINT.fullmatch(n) for n in names)):
-        raise TrainError(f"{path}: its 'checkpoints' list is damaged")
-    return state
-
-
-def check_out(out, state):
-    """Before any work: --out is a folder this run can write, holding no checkpoint-NNNNNN folder that it
-    did not write itself but might reach (it would neither reuse nor replace one)."""
-    if not _writable_folder(out, "--out"):
-        return
-    ours = set(state["checkpoints"]) if state else set()
-    start = state["step"] if state else 0
-    for name in sorted(os.listdir(out)):
-        m = CHECKPOINT.fullmatch(name)
-        if m and name not in ours and int(m[1]) > start:
-            raise TrainError(f"--out {out} holds {name}, which this run did not write "
-                             f"({'no ' + LATEST + ' file names it' if not state else 'newer than ' + LATEST}); "
-                             f"it would be neither reused nor replaced: move it away, or choose another --out")
-
-
-def _writable_folder(path, option):
-    """`path` is a folder this run can write to (-> True), or can be created (-> False: it is empty)."""
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise TrainError(f"{option} {path} is a file, not a folder")
-    if not os.path.isdir(path):
-        _check_can_create(path, option)
-        return False
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise TrainError(f"{option} {path}: this folder is not writable")
-    return True
-
-
-def _check_can_create(path, option):
-    """`path` does not exist: its nearest existing parent must be a writable folder."""
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise TrainError(f"{option} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TrainError(f"{option} {path}: cannot create it, {parent} is not writable")
-
-
-def save_checkpoint(out, model, processor, optimizer, state, keep=2):
-    """Write checkpoint-NNNNNN under a temporary name, rename it into place, then point `latest` at it
-    and remove this run's checkpoints beyond the `keep` newest. At every moment `latest` names a
-    complete checkpoint; a folder this run did not write is never replaced or removed."""
-    name = checkpoint_name(state["step"])
-    final = os.path.join(out, name)
-    written = state.setdefault("checkpoints", [])
-    kept = [n for n in written if n != name] + [name]
-    kept, dropped = kept[-keep:], kept[:-keep]
-    if name in written and os.path.isdir(final):
-        pass  # this run saved this very step already (a Ctrl-C right after a save)
-    elif os.path.lexists(final):
-        raise TrainError(f"{final} already exists and this run did not write it; not replacing it: move it "
-                         f"away, or choose another --out")
-    else:
-        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out)  # a fresh name: never someone else's folder
-        try:
-            write_model_dir(tmp, model, processor)
-            tensors, meta = optimizer.state_dict()
-            save_file(tensors, os.path.join(tmp, OPTIMIZER_NAME), {"t": str(meta["t"])})
-            atomic_write_bytes(os.path.join(tmp, STATE_NAME),
-                               (json.dumps({**state, "checkpoints": kept}, indent=2) + "\n").encode())
-            os.rename(tmp, final)  # fails on a folder that appeared meanwhile, unless it is empty
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    atomic_write_bytes(os.path.join(out, LATEST), (name + "\n").encode())
-    state["checkpoints"] = kept
-    for d in dropped:
-        shutil.rmtree(os.path.join(out, d), ignore_errors=True)
-    return final
-
-
-def write_model_dir(directory, model, processor):
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-
-
-def _is_imagegpt_config(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return False
-    return isinstance(d, dict) and d.get("model_type") == "imagegpt"
-
-
-def check_export(directory):
-    """Before any work: --export DIR may be created, or already hold an ImageGPT model (a previous export,
-    whose three files it replaces); a file of one of those names that belongs to something else is
-    refused, as is DIR being a file. Nothing else in DIR is ever touched."""
-    if not _writable_folder(directory, "--export"):
-        return
-    present = [n for n in EXPORT_FILES if os.path.lexists(os.path.join(directory, n))]
-    for n in present:
-        if not os.path.isfile(os.path.join(directory, n)) or os.path.islink(os.path.join(directory, n)):
-            raise TrainError(f"--export {directory}: its {n} is not a plain file; not replacing it")
-    if present and not _is_imagegpt_config(os.path.join(directory, CONFIG_NAME)):
-        raise TrainError(f"--export {directory}: it holds a {present[0]} that is not part of an ImageGPT model; "
-                         f"not replacing it (export into a new folder, or one holding an earlier export)")
-
-
-def export_model(directory, model, processor):
-    """Write the model's three files (weights, processor, config) into `directory`, each by a rename, and
-    nothing else: the folder's other files and sub-folders stay as they are."""
-    check_export(directory)  # again: the folder may have changed while training
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export.tmp-", dir=directory)  # same file system: renames are atomic
-    try:
-        write_model_dir(tmp, model, processor)
-        for name in EXPORT_FILES:  # the config last: a folder with a config always has its weights
-            src, dest = os.path.join(tmp, name), os.path.join(directory, name)
-            if os.path.lexists(dest):
-                os.replace(src, dest)  # an earlier export's file: check_export has just vouched for it
-            else:
-                link_exclusive(src, dest)  # a file of that name appearing meanwhile is not replaced
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
-
-
-def writable(params):
-    """Loaded weights are read-only memory maps; the optimizer updates in place, so copy them."""
-    return {k: np.array(v, dtype=np.float32) for k, v in params.items()}
-
-
-# ---- one step, and evaluation --------------------------------------------------------------------
+# ---- one step, the loss, evaluation --------------------------------------------------------------
 def train_step(model, optimizer, inputs, targets, lr, grad_clip, dropout_rng):
     """Forward, backward, clip, AdamW. -> (loss, gradient norm before clipping). Raises NonFiniteLoss
     before touching the weights if the loss or the gradients are not finite, and after the update if a
     weight is (a huge step from finite gradients): such weights are never saved."""
-    # a causal model's targets are aligned with its inputs (position t predicts pixel t): no shift
-    aligned = {} if isinstance(model, ImageGPTForImageClassification) else {"shift": False}
-    loss, grads = model.value_and_grad(inputs, targets, dropout_rng=dropout_rng, **aligned)
+    loss, grads = loss_and_grads(model, inputs, targets, dropout_rng)
     if not np.isfinite(loss):
         raise NonFiniteLoss(f"loss is {float(loss)}")
     norm = optim.clip_grad_norm(grads, grad_clip)
@@ -416,147 +72,353 @@ def train_step(model, optimizer, inputs, targets, lr, grad_clip, dropout_rng):
     return float(loss), norm
 
 
-def evaluate(model, inputs, targets, batch=256):
-    """Held-out metrics without dropout: mean nats per token (causal) or per image, and accuracy."""
-    total, count, correct = 0.0, 0, 0
+def loss_and_grads(model, inputs, targets, dropout_rng=None):
+    """The one loss of training and evaluation, and its gradient for every weight: the causal model's
+    cross-entropy over targets aligned with its inputs (position t predicts pixel t, so no shift), or
+    the classifier's over the labels. -> (loss float32, grads keyed like model.params)."""
+    aligned = {} if isinstance(model, ImageGPTForImageClassification) else {"shift": False}
+    return model.value_and_grad(inputs, targets, dropout_rng=dropout_rng, **aligned)
+
+
+def evaluate(model, inputs, targets, batch=32):
+    """Held-out metrics without dropout: mean nats per token (causal) or per image, in bits too, and the
+    classifier's accuracy. The loss is train_step's own, loss_and_grads: one definition for both, at
+    the price of a backward pass whose gradients are dropped (2.7x a forward alone; on the default
+    model, one evaluation costs 2% of the 250 steps between two). In batches of `batch` images: the training batch fits in
+    memory, so this does too."""
     classify = isinstance(model, ImageGPTForImageClassification)
+    total, correct = 0.0, 0
     for i in range(0, len(inputs), batch):
-        # the training forward (pure NumPy, no Numba compile) without dropout; same numbers as model(...)
-        h, _ = backprop.transformer_forward(model, inputs[i:i + batch])  # [b, T, C]
-        logits = layers.classification_head(h, model.params["score.weight"]) if classify else \
-            layers.lm_head(h, model.params["lm_head.weight"])
-        t = targets[i:i + batch]
-        n = t.size
-        if classify:
-            total += float(layers.cross_entropy(logits, t)) * n
+        x, t = inputs[i:i + batch], targets[i:i + batch]
+        loss, _ = loss_and_grads(model, x, t)
+        total += float(loss) * t.size  # a mean over the batch's targets (no -100 here), weighted by their count
+        if classify:  # the training forward (pure NumPy, no Numba compile), for the predicted classes
+            h, _ = backprop.transformer_forward(model, x)  # [b, T, C]
+            logits = layers.classification_head(h, model.params["score.weight"])  # [b, L]
             correct += int(np.sum(np.argmax(logits, axis=-1) == t))
-        else:
-            total += float(layers.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1))) * n
-        count += n
-    nats = total / count
-    out = {"nats": nats, "bits": nats / LN2}
+    nats = total / targets.size
+    out = {"nats": nats, "bits": nats / math.log(2.0)}
     if classify:
-        out["accuracy"] = correct / count
+        out["accuracy"] = correct / len(targets)
     return out
 
 
-# ---- Ctrl-C --------------------------------------------------------------------------------------
+# ---- the loop ------------------------------------------------------------------------------------
+def train(r, args, stop, bar):
+    """nanoGPT's loop: from r.step to --steps, each step's batch and dropout drawn from (seed, step), the
+    learning rate from the warm-up and cosine, one train_step; held-out metrics every --eval-every steps
+    and a checkpoint every --save-every. A signal (`stop`) ends it after the step in progress."""
+    cfg = r.model.config
+    dropout = bool(cfg.resid_pdrop or cfg.attn_pdrop or cfg.embd_pdrop)
+    losses, t0, tokens = [], time.perf_counter(), 0
+    while r.step < args.steps and not stop.requested:
+        rng = np.random.default_rng([args.seed, r.step])  # this step's batch and dropout: resumable
+        batch = rng.choice(len(r.x_train), size=args.batch_size, replace=False)
+        lr = optim.lr_schedule(r.step, args.lr, args.steps, args.warmup, args.min_lr)
+        try:
+            loss, norm = train_step(r.model, r.optimizer, r.x_train[batch], r.y_train[batch], lr, args.grad_clip,
+                                    rng if dropout else None)
+        except NonFiniteLoss as e:  # nothing of this step is saved: the last checkpoint is finite
+            where = f"the last good checkpoint is {r.last_good}" if r.last_good else "no checkpoint was written"
+            raise Diverged(f"stopping: {e} at step {r.step + 1}; {where}") from None
+        r.step += 1
+        losses.append(loss)
+        tokens += args.batch_size * r.x_train.shape[1]  # every position of every image goes through the model
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", grad_norm=f"{norm:.2f}",
+                        tok_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
+        if r.step % args.eval_every == 0 or r.step == args.steps:
+            record(r, float(np.mean(losses)))
+            losses = []
+        if r.step % args.save_every == 0 or r.step == args.steps:
+            save(r)
+
+
+def run(args, mode):
+    """Set up, train, then report and --export; on a signal, save and stop. -> the exit status."""
+    r = build_run(args, mode)
+    os.makedirs(r.out, exist_ok=True)
+    stale = checkpoints.remove_stale_temporaries(r.out)
+    if stale:
+        tqdm.write(f"removed {len(stale)} temporary folder(s) a killed save left in {r.out} ({stale[0]})")
+    tqdm.write(describe(r, mode))
+    if r.skipped:  # said, not silent: a class folder of .heic photos would otherwise vanish from the labels
+        tqdm.write(f"--data: skipped {len(r.skipped)} file(s) or folder(s) that are hidden or not images "
+                   f"({', '.join(r.skipped[:3])}{', ...' if len(r.skipped) > 3 else ''})")
+    bar = tqdm(total=args.steps, initial=r.step, desc=mode, unit="step", disable=not args.progress,
+               dynamic_ncols=True)
+    t_start = r.optimizer.t
+    with StopRequest() as stop:  # held while saving and exporting too: a second signal cleans up, then stops
+        try:
+            train(r, args, stop, bar)
+        except KeyboardInterrupt:  # a second signal, or Ctrl-C where no handler could be installed
+            stop.requested = stop.requested or signal.SIGINT
+        finally:
+            bar.close()
+        saved = r.last_good == os.path.join(r.out, checkpoints.checkpoint_name(r.step))
+        if stop.requested and not (saved and r.step >= args.steps):  # (after the last save: the run is done)
+            # AdamW has not begun a step it did not finish: the weights are those after r.step
+            return interrupted(r, stop.requested, r.optimizer.t == t_start + r.step - r.start)
+        finish(r, args)
+    return 0
+
+
+def record(r, train_loss):
+    """Held-out metrics at r.step, printed and kept in the trainer state's history."""
+    metrics = evaluate(r.model, r.x_val, r.y_val, r.batch_size)
+    entry = {"step": r.step, "train_loss": train_loss, "val_nats": metrics["nats"], "val_bits": metrics["bits"]}
+    if "accuracy" in metrics:
+        entry["val_accuracy"] = metrics["accuracy"]
+        tqdm.write(f"step {r.step}: train loss {train_loss:.4f}, held-out loss {metrics['nats']:.4f}, "
+                   f"held-out accuracy {metrics['accuracy']:.4f}")
+    else:
+        tqdm.write(f"step {r.step}: train {train_loss:.4f} nats/token, held-out {metrics['nats']:.4f} nats/token = "
+                   f"{metrics['bits']:.4f} bits/token")
+    r.state["history"].append(entry)
+
+
+def save(r):
+    r.state["step"] = r.step
+    r.last_good = checkpoints.save_checkpoint(r.out, r.model, r.processor, r.optimizer, r.state, keep=r.keep)
+    return r.last_good
+
+
+def interrupted(r, signum, consistent):
+    """Ctrl-C, SIGTERM or SIGHUP: save the finished steps, say where they are. -> 128 + the signal."""
+    why = f"interrupted at step {r.step} ({signal.Signals(signum).name})"
+    if consistent and r.step > r.start:
+        print(f"{why}; saved {save(r)}; continue with --resume", file=sys.stderr)
+    elif r.last_good:
+        print(f"{why}; the last good checkpoint is {r.last_good}; continue with --resume", file=sys.stderr)
+    else:
+        print(f"{why}; no checkpoint written", file=sys.stderr)
+    return 128 + signum
+
+
+def finish(r, args):
+    """The final held-out figures, then --export."""
+    if r.step == r.start and r.resumed:  # nothing left to train: --steps already reached
+        tqdm.write(f"{r.last_good} is already at step {r.step} of --steps {args.steps}")
+        if not r.state["history"] or r.state["history"][-1]["step"] != r.step:
+            record(r, float("nan"))
+    final = r.state["history"][-1]
+    summary = (f"held-out accuracy {final['val_accuracy']:.4f} ({len(r.x_val)} images)" if "val_accuracy" in final
+               else f"held-out {final['val_nats']:.4f} nats/token = {final['val_bits']:.4f} bits/token")
+    tqdm.write(f"done: step {r.step}, {summary}; checkpoint {r.last_good}")
+    if args.export:
+        where = checkpoints.export_model(args.export, r.model, r.processor, r.state["run_id"], r.out, r.sources)
+        tqdm.write(f"exported to {where}")
+
+
+def describe(r, mode):
+    m = r.model
+    return (f"{mode}: {type(m).__name__} with {m.num_parameters:,} parameters (n_layer {m.config.n_layer}, "
+            f"n_embd {m.config.n_embd}), {len(r.x_train)} training / {len(r.x_val)} held-out images of "
+            f"{r.processor.size['height']}x{r.processor.size['width']}, {len(r.processor.clusters)} colours"
+            + (f"; resuming at step {r.step}" if r.resumed else "")
+            + (f"; initialised from {r.state['init_from']}" if r.state.get("init_from") else ""))
+
+
 class StopRequest:
-    """The first Ctrl-C asks the loop to stop after the current step (which then saves); a second one
-    raises KeyboardInterrupt at once. Only the main thread can install signal handlers."""
+    """The first Ctrl-C, SIGTERM (kill, timeout, Slurm's pre-emption, docker stop) or SIGHUP (a closed
+    terminal) asks the loop to stop after the current step, which then saves; a second one raises
+    KeyboardInterrupt at once. A signal the process was started ignoring (nohup's SIGHUP) stays ignored.
+    Only the main thread can install handlers; elsewhere Ctrl-C stays a plain KeyboardInterrupt."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested = 0  # the signal that asked, or 0
+        self._previous = {}
 
     def _handler(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested = signum
 
     def __enter__(self):
-        with contextlib.suppress(ValueError):  # not the main thread: plain KeyboardInterrupt
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+        for s in self.SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self._previous[s] = signal.signal(s, self._handler)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
-# ---- the run -------------------------------------------------------------------------------------
+# ---- set-up --------------------------------------------------------------------------------------
+MODEL_DEFAULTS = dict(n_embd=96, n_layer=4, n_head=4, dropout=0.1)  # the default model's (pre-training)
+MODE_DEFAULTS = {"pretrain": dict(steps=4000, lr=2e-3, warmup=100),  # optimisation defaults that differ
+                 "finetune": dict(steps=1000, lr=1e-3, warmup=50)}
+ARCHITECTURE = ("n_embd", "n_layer", "n_head", "n_colors", "image_size")  # what a source model fixes
+
+
+@dataclass
+class Run:
+    """Everything a run works on; `step` moves as it trains."""
+    model: object
+    processor: ImageGPTImageProcessor
+    optimizer: optim.AdamW
+    state: dict  # trainer_state.json: step, mode, data, history, checkpoints, run_id, args
+    x_train: np.ndarray  # [N, T] int64 inputs
+    y_train: np.ndarray  # [N, T] targets (causal) or [N] labels
+    x_val: np.ndarray
+    y_val: np.ndarray
+    out: str
+    keep: int
+    batch_size: int
+    sources: tuple  # (option, folder) a model was read from, never exported into
+    skipped: list  # what --data held that is not an image
+    last_good: str | None  # the newest complete checkpoint (at first: the one resumed, if any)
+    resumed: bool  # --resume: continues a checkpoint's run
+    start: int  # the step it started at
+    step: int
+
+
 def set_threads(n):
     """Limit BLAS to n threads (same count as torch.set_num_threads would use in a comparison)."""
     if n is None:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
     return threadpool_limits(limits=n)
 
 
 def resolve(args):
-    """Fill the mode-dependent defaults and check the arguments; -> the mode ("pretrain"/"finetune")."""
+    """Fill the mode-dependent defaults and check every argument, before anything is loaded.
+    -> the mode ("pretrain" or "finetune")."""
+    if args.finetune_from and args.init_from:
+        raise TrainError("--init-from and --finetune-from cannot be combined: fine-tuning already starts from "
+                         "--finetune-from's weights")
     mode = "finetune" if args.finetune_from else "pretrain"
+    source = "--finetune-from" if args.finetune_from else "--init-from" if args.init_from else None
     for k, v in MODE_DEFAULTS[mode].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if mode == "pretrain":
-        for k, v in MODEL_DEFAULTS.items():
-            if getattr(args, k) is None:
-                setattr(args, k, v)
-    else:
-        given = [k for k in ("n_embd", "n_layer", "n_head", "n_colors", "image_size") if getattr(args, k) is not None]
-        if given:
-            raise TrainError(f"--{given[0].replace('_', '-')} cannot change when fine-tuning: the architecture and "
-                             f"palette come from --finetune-from")
-    checks = [("steps", args.steps >= 1), ("batch-size", args.batch_size >= 1),
-              ("lr", args.lr > 0 and optim.finite_float32(args.lr)), ("min-lr", optim.finite_float32(args.min_lr)),
-              ("warmup", args.warmup >= 0), ("eval-every", args.eval_every >= 1),
-              ("save-every", args.save_every >= 1), ("holdout", 0 < args.holdout < 1),
-              ("weight-decay", args.weight_decay >= 0 and optim.finite_float32(args.weight_decay)),
-              ("grad-clip", args.grad_clip >= 0 and math.isfinite(args.grad_clip)),
-              ("keep", args.keep >= 1)]
-    if args.dropout is not None:
-        checks.append(("dropout", 0 <= args.dropout < 1))
-    if args.n_colors is not None:
-        checks.append(("n-colors", args.n_colors >= 2))
-    if args.threads is not None:
-        checks.append(("threads", args.threads >= 1))
-    for name, ok in checks:
-        if not ok:
-            value = getattr(args, name.replace('-', '_'))
+    given = [k for k in ARCHITECTURE if getattr(args, k) is not None]
+    if source and given:
+        raise TrainError(f"--{given[0].replace('_', '-')} cannot be given with {source}: the architecture, "
+                         f"palette and image size come from {source}")
+    for k, v in ({} if source else MODEL_DEFAULTS).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    for name, ok, need in argument_checks(args):
+        value = getattr(args, name.replace('-', '_'))
+        if value is not None and not ok(value):
             why = " (not finite as float32)" if isinstance(value, float) and not optim.finite_float32(value) else ""
-            raise TrainError(f"--{name} {value} is out of range{why}")
+            raise TrainError(f"--{name} {value} is out of range{why}: it must be {need}")
     if args.min_lr < 0 or args.min_lr > args.lr:
         raise TrainError(f"--min-lr {args.min_lr} must be between 0 and --lr {args.lr}")
     return mode
 
 
-def build_run(args, mode):
-    """Data, processor, model and optimizer, fresh or from `latest` with --resume.
-    -> (model, processor, optimizer, state, (train_in, train_tgt), (val_in, val_tgt), checkpoint or None).
-    The checks that need no work come first: --out and --export, then every size against the memory
-    available, from the images' headers, before any image is decoded."""
-    from .processor import ImageGPTImageProcessor
+AT_LEAST_ONE = ("steps", "batch-size", "eval-every", "save-every", "keep", "threads", "image-size", "n-embd",
+                "n-layer", "n-head")
+NOT_NEGATIVE = ("warmup", "seed", "split-seed")  # a negative seed is refused by NumPy, after the data loads
 
+
+def argument_checks(args):
+    """(option, test, what it needs) for every number; a None value (the default) is not tested."""
+    f32 = optim.finite_float32
+    return [*((name, lambda v: v >= 1, "at least 1") for name in AT_LEAST_ONE),
+            *((name, lambda v: v >= 0, "0 or more") for name in NOT_NEGATIVE),
+            ("lr", lambda v: v > 0 and f32(v), "a positive float32"), ("min-lr", f32, "a finite float32"),
+            ("holdout", lambda v: 0 < v < 1, "between 0 and 1"), ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("weight-decay", lambda v: v >= 0 and f32(v), "0 or more"), ("n-colors", lambda v: v >= 2, "at least 2"),
+            ("grad-clip", lambda v: v >= 0 and math.isfinite(v), "0 (off) or more")]
+
+
+def build_run(args, mode):
+    """Data, processor, model and optimizer, fresh, from --init-from, or from --out's latest checkpoint
+    with --resume. The checks that need no work come first (--out, --export, the source model's config),
+    then every size against the memory available, from the images' headers, before any image is decoded."""
+    ckpt, state = open_out(args)
+    run_id = state.get("run_id") if state else None
+    run_id = run_id or secrets.token_hex(8)  # names this run in its exports' markers
+    sources = (("--finetune-from", args.finetune_from), ("--init-from", args.init_from))
+    if args.export:
+        check_export_args(args, run_id, sources)
+    source, source_processor = read_source(args)
+    n_colors = args.n_colors or 16
+    size = None if args.image_size is None else (args.image_size, args.image_size)
+    if source_processor is not None:  # the image size comes from the source model's processor
+        size = (source_processor.size["height"], source_processor.size["width"])
+    data = load_data(args.data, size, need_same_size=size is None, check=fits_check(args, mode, n_colors, source),
+                     resample=source_processor.resample if source_processor else None)
+    train_idx, val_idx = check_data(args, mode, data)
+    config = make_config(args, mode, n_colors, size or data.size, source, data.class_names)
+    if ckpt:
+        model, processor = resume_model(ckpt, state, config, mode, data)
+    else:
+        model, processor, state = new_model(args, mode, config, data, train_idx, source_processor)
+    inputs, targets = model_data(model, processor, data, mode)
+    optimizer = optim.AdamW(model.params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay,
+                            decay=optim.decay_names(model.params, args.decay_position_embeddings))
+    if ckpt:
+        checkpoints.load_optimizer_state(optimizer, ckpt)
+    state["run_id"], state["args"] = run_id, dict(vars(args))
+    return Run(model=model, processor=processor, optimizer=optimizer, state=state,
+               x_train=inputs[train_idx], y_train=targets[train_idx], x_val=inputs[val_idx], y_val=targets[val_idx],
+               out=args.out, keep=args.keep, batch_size=args.batch_size, sources=sources, skipped=data.skipped,
+               last_good=ckpt, resumed=ckpt is not None, start=state["step"], step=state["step"])
+
+
+def open_out(args):
+    """--out's latest checkpoint and its state (None, None for a new run), checked against --resume."""
     out = args.out
-    ckpt = latest_checkpoint(out) if os.path.isdir(out) else None
+    ckpt = checkpoints.latest_checkpoint(out) if os.path.isdir(out) else None
     if ckpt and not args.resume:
         raise TrainError(f"--out {out} already holds a run ({os.path.basename(ckpt)}); pass --resume to continue "
                          f"it, or choose another --out")
     if args.resume and ckpt is None:
-        raise TrainError(f"--resume: no checkpoint in {out} (no '{LATEST}' file)")
-    state = read_state(ckpt) if ckpt else None
-    check_out(out, state)
-    if args.export:
-        check_export(args.export)
+        raise TrainError(f"--resume: no checkpoint in {out} (no '{checkpoints.LATEST}' file)")
+    state = checkpoints.read_state(ckpt) if ckpt else None
+    if state and state.get("init_from") and not args.init_from:  # its config comes from there
+        raise TrainError(f"--resume: the run in {out} started --init-from {state['init_from']}; pass that again")
+    checkpoints.check_out(out, state)
+    return ckpt, state
 
-    image_size = None if args.image_size is None else (args.image_size, args.image_size)
-    source = source_processor = None
-    if mode == "finetune":  # the architecture and the image size come from the checkpoint
-        try:
-            source = ImageGPTConfig.from_pretrained(args.finetune_from)
-            source_processor = ImageGPTImageProcessor.from_pretrained(args.finetune_from)
-        except (ValueError, OSError) as e:
-            raise TrainError(f"--finetune-from: {e}") from None
-        image_size = (source_processor.size["height"], source_processor.size["width"])
-    n_colors = args.n_colors or 16
 
-    def make_config(size, class_names=None):
-        if mode == "pretrain":
-            p = args.dropout
-            return ImageGPTConfig(vocab_size=n_colors + 1, n_positions=size[0] * size[1], n_embd=args.n_embd,
-                                  n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p)
-        over = {} if args.dropout is None else dict(resid_pdrop=args.dropout, embd_pdrop=args.dropout,
-                                                    attn_pdrop=args.dropout)
+def check_export_args(args, run_id, sources):
+    out, export = os.path.abspath(args.out), os.path.abspath(args.export)
+    if out == export or (os.path.isdir(out) and os.path.isdir(export) and os.path.samefile(out, export)):
+        raise TrainError(f"--export {args.export} is the --out folder, which holds the checkpoints: export into "
+                         f"a folder of its own")
+    checkpoints.check_export(args.export, run_id, sources)
+
+
+def read_source(args):
+    """The config and processor of --finetune-from's or --init-from's model, or (None, None)."""
+    option, path = ("--finetune-from", args.finetune_from) if args.finetune_from else ("--init-from", args.init_from)
+    if not path:
+        return None, None
+    try:
+        return ImageGPTConfig.from_pretrained(path), ImageGPTImageProcessor.from_pretrained(path)
+    except (ValueError, OSError) as e:
+        raise TrainError(f"{option}: {e}") from None
+
+
+def make_config(args, mode, n_colors, size, source=None, class_names=None):
+    """The model's config: from the arguments (pre-training), or the source model's (--init-from, and
+    fine-tuning with the classes as labels); --dropout, when given, overrides the source's."""
+    p = args.dropout
+    over = {} if p is None else dict(resid_pdrop=p, embd_pdrop=p, attn_pdrop=p)
+    if mode == "finetune":
         labels = dict(enumerate(class_names)) if class_names else None
         return replace(source, num_labels=len(labels) if labels else 2, id2label=labels, label2id=None,
                        problem_type="single_label_classification", extra={}, **over)
+    if source is not None:
+        return replace(source, **over)
+    return ImageGPTConfig(vocab_size=n_colors + 1, n_positions=size[0] * size[1], n_embd=args.n_embd,
+                          n_layer=args.n_layer, n_head=args.n_head, **over)
 
-    def check_fits(size, n_images):
-        """Refuse, before decoding any image, a training size this machine cannot hold."""
+
+def fits_check(args, mode, n_colors, source):
+    """check(size, n_images) for load_data: refuses, before any image is decoded, a training size this
+    machine cannot hold."""
+    def check(size, n_images):
         what = f"--image-size {args.image_size}" if args.image_size else f"images of {size[0]}x{size[1]}"
-        if mode == "pretrain":  # the weights first, from the numbers alone (the config would refuse them too)
+        if source is None:  # the weights first, from the numbers alone (the config would refuse them too)
             sizes = SimpleNamespace(vocab_size=n_colors + 1, n_positions=size[0] * size[1], n_embd=args.n_embd,
                                     n_layer=args.n_layer, n_head=args.n_head, num_labels=2)
             nbytes, budget = limits.model_bytes(sizes), limits.machine_memory()
@@ -564,198 +426,86 @@ def build_run(args, mode):
                 raise TrainError(f"--n-layer {args.n_layer}, --n-embd {args.n_embd}, --n-colors {n_colors} and {what} "
                                  f"make {limits.parameter_count(sizes):,} parameters ({limits.fmt_bytes(nbytes)} as "
                                  f"float32), more than this machine's {limits.fmt_bytes(budget)} of memory")
-        config = make_config(size)
+        config = make_config(args, mode, n_colors, size, source)
         # the data: uint8 pixels, the palette fit's float32 pixels, int64 inputs and targets
         data = n_images * size[0] * size[1] * (3 + 3 * 4 + 2 * 8)
         limits.check_bytes(limits.training_bytes(config, args.batch_size) + data,
                            f"{what} ({config.n_positions:,} positions) with --batch-size {args.batch_size}: training",
                            hint="; use a smaller --image-size or --batch-size")
+    return check
 
-    data = load_data(args.data, image_size, need_same_size=image_size is None and mode == "pretrain",
-                     resample=source_processor.resample if source_processor else None, check=check_fits)
+
+def check_data(args, mode, data):
+    """Enough images, and labels of two classes or more for fine-tuning. -> (train, held-out) indices."""
     if mode == "finetune" and data.labels is None:
         raise TrainError(f"fine-tuning needs labels: put each class's images of {args.data} in its own sub-folder")
+    if mode == "finetune" and len(data.class_names) < 2:
+        raise TrainError(f"fine-tuning needs two classes or more: every image of --data {args.data} is in the one "
+                         f"sub-folder {data.class_names[0]!r}")
     if len(data.images) < 2:
         raise TrainError(f"--data {args.data}: one image cannot be split into training and held-out images")
     train_idx, val_idx = split(len(data.images), args.holdout, args.split_seed)
     if args.batch_size > len(train_idx):
         raise TrainError(f"--batch-size {args.batch_size} is larger than the training split ({len(train_idx)} "
                          f"images of {len(data.images)}; {len(val_idx)} held out)")
+    return train_idx, val_idx
 
-    # the model's config, from the arguments (pre-training) or the source checkpoint (fine-tuning)
-    size = image_size or data.size
-    config = make_config(size, data.class_names)
 
-    if ckpt:  # --resume: the checkpoint's config must be the one these arguments describe
-        try:
-            saved = ImageGPTConfig.from_pretrained(ckpt)
-        except (ValueError, OSError) as e:
-            raise TrainError(f"cannot resume from {ckpt}: {e}") from None
-        diff = [k for k, v in config.to_dict().items() if k not in ("architectures",) and saved.to_dict().get(k) != v]
-        if diff:
-            k = diff[0]
-            raise TrainError(f"cannot resume from {ckpt}: its config has {k}={saved.to_dict().get(k)!r}, these "
-                             f"arguments give {k}={config.to_dict()[k]!r}; use the original arguments or a new --out")
-        if state.get("mode") != mode or state.get("data") != data.source:
-            raise TrainError(f"cannot resume from {ckpt}: it is a {state.get('mode')} run on {state.get('data')}, "
-                             f"not a {mode} run on {data.source}")
-        processor = ImageGPTImageProcessor.from_pretrained(ckpt)
-        cls = ImageGPTForImageClassification if mode == "finetune" else ImageGPTForCausalImageModeling
-        model = finite_model(ckpt, cls, what=f"cannot resume from {ckpt}")
-    elif mode == "pretrain":
-        processor = fit_processor([data.images[i] for i in train_idx], size, n_colors, args.seed)
-        model = ImageGPTForCausalImageModeling(config, seed=args.seed)
-        state = {"step": 0, "mode": mode, "data": data.source, "history": [], "checkpoints": []}
-    else:
-        processor = source_processor
-        body = finite_model(args.finetune_from, ImageGPTForCausalImageModeling, what="--finetune-from").params
-        params = {k: v for k, v in body.items() if k != "lm_head.weight"}
-        rng = np.random.default_rng(args.seed)
-        params["score.weight"] = rng.normal(0.0, config.initializer_range,
-                                            (config.num_labels, config.n_embd)).astype(np.float32)
-        model = ImageGPTForImageClassification(config, params)  # writable: finite_model copied them
-        state = {"step": 0, "mode": mode, "data": data.source, "history": [], "checkpoints": [],
-                 "finetune_from": os.path.abspath(args.finetune_from)}
+def resume_model(ckpt, state, config, mode, data):
+    """--resume: the checkpoint's model and processor, when its config is the one these arguments give."""
+    try:
+        saved = ImageGPTConfig.from_pretrained(ckpt).to_dict()
+    except (ValueError, OSError) as e:
+        raise TrainError(f"cannot resume from {ckpt}: {e}") from None
+    wanted = config.to_dict()
+    diff = [k for k, v in wanted.items() if k != "architectures" and saved.get(k) != v]
+    if diff:
+        k = diff[0]
+        raise TrainError(f"cannot resume from {ckpt}: its config has {k}={saved.get(k)!r}, these arguments give "
+                         f"{k}={wanted[k]!r}; use the original arguments or a new --out")
+    if state.get("mode") != mode or state.get("data") != data.source:
+        raise TrainError(f"cannot resume from {ckpt}: it is a {state.get('mode')} run on {state.get('data')}, "
+                         f"not a {mode} run on {data.source}")
+    cls = ImageGPTForImageClassification if mode == "finetune" else ImageGPTForCausalImageModeling
+    return checkpoints.finite_model(ckpt, cls, f"cannot resume from {ckpt}"), \
+        ImageGPTImageProcessor.from_pretrained(ckpt)
 
+
+def new_model(args, mode, config, data, train_idx, source_processor):
+    """A new run's model, processor and state: fresh weights and a palette fitted to the training images,
+    --init-from's weights and palette, or --finetune-from's body with a new classifier head."""
+    state = {"step": 0, "mode": mode, "data": data.source, "history": [], "checkpoints": []}
+    if mode == "pretrain" and not args.init_from:
+        processor = fit_processor([data.images[i] for i in train_idx], data.size, config.vocab_size - 1, args.seed)
+        return ImageGPTForCausalImageModeling(config, seed=args.seed), processor, state
+    option, path = ("--finetune-from", args.finetune_from) if mode == "finetune" else ("--init-from", args.init_from)
+    params = checkpoints.finite_model(path, ImageGPTForCausalImageModeling, option).params  # writable copies
+    state[option[2:].replace("-", "_")] = os.path.abspath(path)
+    if mode == "pretrain":
+        return ImageGPTForCausalImageModeling(config, params), source_processor, state
+    params.pop("lm_head.weight")
+    rng = np.random.default_rng(args.seed)
+    params["score.weight"] = rng.normal(0.0, config.initializer_range,
+                                        (config.num_labels, config.n_embd)).astype(np.float32)
+    return ImageGPTForImageClassification(config, params), source_processor, state
+
+
+def model_data(model, processor, data, mode):
+    """The images as the model's inputs and targets: SOS + pixels[:-1] -> every pixel (pre-training), or
+    the pixels -> the label (fine-tuning, as transformers' users feed a classifier)."""
     h, w = processor.size["height"], processor.size["width"]
     if h * w != model.config.n_positions:
         raise TrainError(f"the processor makes {h}x{w} = {h * w} tokens, the model has {model.config.n_positions} "
                          f"positions")
-    try:
-        ids = encode(processor, data.images)  # [N, h*w]
-    except ValueError as e:
-        raise TrainError(str(e)) from None
-    if mode == "pretrain":
-        sos = np.full((len(ids), 1), model.config.sos_token_id, np.int64)
-        inputs, targets = np.concatenate([sos, ids[:, :-1]], axis=1), ids  # SOS + pixels[:-1] -> every pixel
-    else:
-        inputs, targets = ids, data.labels  # the classifier sees the pixels as transformers' users feed them
-
-    optimizer = optim.AdamW(model.params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay,
-                            decay=optim.decay_names(model.params, args.decay_position_embeddings))
-    if ckpt:
-        path = os.path.join(ckpt, OPTIMIZER_NAME)
-        try:
-            t = load_metadata(path).get("t", "")
-            if not t.isdigit():
-                raise ValueError(f"{path}: its metadata has no step count 't'")
-            optimizer.load_state_dict(load_file(path), {"t": int(t)})
-        except (KeyError, ValueError) as e:  # SafetensorsError names the file; the moments' checks the tensor
-            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            where = "" if path in message else f"{path}: "
-            raise TrainError(f"cannot resume from {ckpt}: {where}{message}") from None
-    state["args"] = {k: v for k, v in vars(args).items()}
-    return model, processor, optimizer, state, (inputs[train_idx], targets[train_idx]), \
-        (inputs[val_idx], targets[val_idx]), ckpt
+    ids = encode(processor, data.images)  # [N, h*w]
+    if mode == "finetune":
+        return ids, data.labels
+    sos = np.full((len(ids), 1), model.config.sos_token_id, np.int64)
+    return np.concatenate([sos, ids[:, :-1]], axis=1), ids
 
 
-def finite_model(path, cls, what):
-    """A checkpoint's model with its weights as writable float32 copies (the optimizer updates them in
-    place), refused when a tensor holds NaN or infinity: training from them could only give NaN."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "lm_head.weight ignored" when fine-tuning; non-finite: refused below
-        try:
-            model = cls.from_pretrained(path)
-        except (ValueError, OSError) as e:
-            raise TrainError(f"{what}: {e}") from None
-    bad = non_finite_names(model.params)
-    if bad:
-        raise TrainError(f"{what}: tensor {bad[0]!r} of {path} holds NaN or infinite values")
-    model.params = writable(model.params)
-    return model
-
-
-def run(args, mode):
-    from tqdm.auto import tqdm
-
-    model, processor, optimizer, state, (x_train, y_train), (x_val, y_val), ckpt = build_run(args, mode)
-    out = args.out
-    os.makedirs(out, exist_ok=True)
-    say = tqdm.write
-    n_params = model.num_parameters
-    say(f"{mode}: {type(model).__name__} with {n_params:,} parameters "
-        f"(n_layer {model.config.n_layer}, n_embd {model.config.n_embd}), "
-        f"{len(x_train)} training / {len(x_val)} held-out images of {processor.size['height']}x"
-        f"{processor.size['width']}, {len(processor.clusters)} colours"
-        + (f"; resuming at step {state['step']}" if ckpt else ""))
-    last_good = ckpt
-    start = state["step"]
-    tokens_per_step = args.batch_size * x_train.shape[1]  # every position of every image goes through the model
-
-    def record(step, train_loss):
-        metrics = evaluate(model, x_val, y_val)
-        entry = {"step": step, "train_loss": train_loss, "val_nats": metrics["nats"], "val_bits": metrics["bits"]}
-        if "accuracy" in metrics:
-            entry["val_accuracy"] = metrics["accuracy"]
-            say(f"step {step}: train loss {train_loss:.4f}, held-out loss {metrics['nats']:.4f}, "
-                f"held-out accuracy {metrics['accuracy']:.4f}")
-        else:
-            say(f"step {step}: train {train_loss:.4f} nats/token, held-out {metrics['nats']:.4f} nats/token = "
-                f"{metrics['bits']:.4f} bits/token")
-        state["history"].append(entry)
-        return entry
-
-    def checkpoint(step):
-        nonlocal last_good
-        state["step"] = step
-        last_good = save_checkpoint(out, model, processor, optimizer, state, keep=args.keep)
-        return last_good
-
-    step, losses, start_t = start, [], optimizer.t
-    bar = tqdm(total=args.steps, initial=start, desc=mode, unit="step", disable=not args.progress,
-               dynamic_ncols=True)
-    t0, tokens = time.perf_counter(), 0
-    try:
-        with StopRequest() as stop:
-            while step < args.steps:
-                rng = np.random.default_rng([args.seed, step])  # batch and dropout of this step, resumable
-                batch = rng.choice(len(x_train), size=args.batch_size, replace=False)
-                lr = optim.lr_schedule(step, args.lr, args.steps, args.warmup, args.min_lr)
-                try:
-                    loss, norm = train_step(model, optimizer, x_train[batch], y_train[batch], lr, args.grad_clip,
-                                            rng if model.config.resid_pdrop or model.config.attn_pdrop
-                                            or model.config.embd_pdrop else None)
-                except NonFiniteLoss as e:  # nothing of this step is saved: the last checkpoint is finite
-                    bar.close()
-                    where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
-                    raise Diverged(f"stopping: {e} at step {step + 1}; {where}") from None
-                step += 1
-                losses.append(loss)
-                tokens += tokens_per_step
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", grad_norm=f"{norm:.2f}",
-                                tok_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
-                if step % args.eval_every == 0 or step == args.steps:
-                    record(step, float(np.mean(losses)))
-                    losses = []
-                if step % args.save_every == 0 or step == args.steps:
-                    checkpoint(step)
-                if stop.requested:
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        bar.close()
-        consistent = optimizer.t == start_t + step - start  # AdamW has not begun a step it did not finish
-        if consistent and step > start:
-            path = checkpoint(step)
-            print(f"interrupted at step {step}; saved {path}; continue with --resume", file=sys.stderr)
-        elif last_good:
-            print(f"interrupted at step {step}; the last good checkpoint is {last_good}; continue with --resume",
-                  file=sys.stderr)
-        else:
-            print(f"interrupted at step {step}; no checkpoint written", file=sys.stderr)
-        return 130
-    bar.close()
-    if step == start and ckpt:  # nothing left to train: --steps already reached
-        say(f"{ckpt} is already at step {step} of --steps {args.steps}")
-        if not state["history"] or state["history"][-1]["step"] != step:
-            record(step, float("nan"))
-    final = state["history"][-1]
-    summary = (f"held-out accuracy {final['val_accuracy']:.4f} ({len(x_val)} images)" if "val_accuracy" in final
-               else f"held-out {final['val_nats']:.4f} nats/token = {final['val_bits']:.4f} bits/token")
-    say(f"done: step {step}, {summary}; checkpoint {last_good}")
-    if args.export:
-        say(f"exported to {export_model(args.export, model, processor)}")
-    return 0
+# ---- the command line ----------------------------------------------------------------------------
+PROG = "minigpt-pixels-train"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -774,13 +524,13 @@ def build_parser():
     g.add_argument("--n-colors", type=int, default=None, help="palette size fitted by k-means (default: 16)")
     g.add_argument("--holdout", type=float, default=0.1, help="fraction of the images held out for evaluation")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split (keep it when fine-tuning)")
-    g = p.add_argument_group("model (pre-training; fine-tuning takes the checkpoint's)")
+    g = p.add_argument_group("model (pre-training; --finetune-from and --init-from take the source model's)")
     g.add_argument("--n-embd", type=int, default=None, help=f"hidden width (default: {MODEL_DEFAULTS['n_embd']})")
     g.add_argument("--n-layer", type=int, default=None, help=f"blocks (default: {MODEL_DEFAULTS['n_layer']})")
     g.add_argument("--n-head", type=int, default=None, help=f"attention heads (default: {MODEL_DEFAULTS['n_head']})")
     g.add_argument("--dropout", type=float, default=None,
                    help=f"resid/embd/attn dropout while training (default: {MODEL_DEFAULTS['dropout']}; "
-                        f"fine-tuning: the checkpoint's)")
+                        f"fine-tuning and --init-from: the source model's)")
     g = p.add_argument_group("optimisation")
     d = MODE_DEFAULTS
     g.add_argument("--steps", type=int, default=None,
@@ -800,13 +550,17 @@ def build_parser():
     g = p.add_argument_group("run")
     g.add_argument("--out", default=os.path.join("runs", "digits"), help="checkpoint folder")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint --out/latest names")
+    g.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start a new run (fresh optimizer and schedule) from this causal model's weights, config "
+                        "and palette")
     g.add_argument("--finetune-from", default=None, metavar="DIR",
                    help="fine-tune ImageGPTForImageClassification from this causal checkpoint on the labels")
     g.add_argument("--eval-every", type=int, default=250, help="evaluate on the held-out split every N steps")
     g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
     g.add_argument("--keep", type=int, default=2, help="checkpoints kept in --out")
     g.add_argument("--export", default=None, metavar="DIR",
-                   help="at the end, write the model and processor (no optimizer state) to DIR")
+                   help="at the end, write the model and processor (no optimizer state) to DIR: a new or empty "
+                        "folder, or this run's earlier export")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     return p
 
@@ -818,10 +572,10 @@ def main(argv=None):
         mode = resolve(args)
         with set_threads(args.threads):
             return run(args, mode)
-    except KeyboardInterrupt:  # during set-up, before any step
-        print("interrupted; nothing written", file=sys.stderr)
+    except KeyboardInterrupt:  # during set-up (nothing written yet), or a third signal while saving
+        print("interrupted; stopped without saving", file=sys.stderr)
         return 130
-    except (TrainError, OSError, ValueError) as e:
+    except (TrainError, DataError, CheckpointError, OSError, ValueError) as e:
         parser.exit(1 if isinstance(e, Diverged) else 2, f"{PROG}: error: {e}\n")
     except MemoryError as e:  # an estimate in limits.py fell short: still one line
         parser.exit(2, f"{PROG}: error: out of memory{': ' + str(e) if str(e) else ''}; try a smaller --batch-size, "

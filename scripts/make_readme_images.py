@@ -69,11 +69,12 @@ def main(argv=None):
         ap.exit(2, f"{ap.prog}: error: --model {args.model}: no such directory\n")
 
     from minigpt_pixels import sample
+    from minigpt_pixels.datasets import load_digits_data, split
     from minigpt_pixels.generation import complete_images
     from minigpt_pixels.model import ImageGPTForCausalImageModeling
     from minigpt_pixels.processor import ImageGPTImageProcessor
     from minigpt_pixels.sample import image_grid, save_png
-    from minigpt_pixels.train import load_digits_data, set_threads, split
+    from minigpt_pixels.train import set_threads
 
     model = ImageGPTForCausalImageModeling.from_pretrained(args.model)
     processor = ImageGPTImageProcessor.from_pretrained(args.model)

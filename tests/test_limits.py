@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import minigpt_pixels
-from minigpt_pixels import limits, sample, train
+from minigpt_pixels import checkpoints, datasets, limits, sample, train
 from minigpt_pixels.config import ConfigError, ImageGPTConfig
 from minigpt_pixels.model import ImageGPTForCausalImageModeling, KVCache
 from minigpt_pixels.processor import ImageGPTImageProcessor
@@ -148,7 +148,7 @@ def test_photos_are_resized_as_they_are_read(photos, tmp_path):
                             "--out", tmp_path / "r", "--steps", 1, "--batch-size", 2, "--n-embd", 8, "--n-layer", 1,
                             "--n-head", 2, "--no-progress", "--threads", 1)
     assert code == 0, err
-    assert train.latest_checkpoint(str(tmp_path / "r"))
+    assert checkpoints.latest_checkpoint(str(tmp_path / "r"))
 
 
 def test_photos_at_their_own_size_are_refused_before_decoding(photos, tmp_path):
@@ -161,7 +161,7 @@ def test_read_image_matches_the_processor_for_other_formats(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(tmp_path / "x.png")
     processor = ImageGPTImageProcessor(size={"height": 8, "width": 8}, do_color_quantize=False)
-    np.testing.assert_array_equal(processor(train.read_image(str(tmp_path / "x.png"), (8, 8)))["pixel_values"],
+    np.testing.assert_array_equal(processor(datasets.read_image(str(tmp_path / "x.png"), (8, 8)))["pixel_values"],
                                   processor(str(tmp_path / "x.png"))["pixel_values"])
 
 

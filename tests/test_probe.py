@@ -228,7 +228,7 @@ def test_plot_draws_error_bars_and_the_raw_pixel_band():
 
 
 def test_shifted_digits_paste_each_digit_whole_at_a_random_place():
-    from minigpt_pixels.train import load_digits_data
+    from minigpt_pixels.datasets import load_digits_data
 
     digits = np.stack(load_digits_data().images)
     images, labels = shifted_digits(canvas=10, copies=2, seed=0)
@@ -253,7 +253,7 @@ def stored_curve(setting, name):
 
 def test_default_model_probe_reads_the_digits():
     from minigpt_pixels.processor import ImageGPTImageProcessor
-    from minigpt_pixels.train import load_digits_data
+    from minigpt_pixels.datasets import load_digits_data
 
     model = ImageGPTForCausalImageModeling.from_pretrained(minigpt_pixels.DEFAULT_MODEL)
     processor = ImageGPTImageProcessor.from_pretrained(minigpt_pixels.DEFAULT_MODEL)

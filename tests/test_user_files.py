@@ -12,8 +12,7 @@ import threading
 import pytest
 from PIL import Image
 
-from minigpt_pixels import sample, train
-from minigpt_pixels.model import ImageGPTForCausalImageModeling
+from minigpt_pixels import checkpoints, sample
 from minigpt_pixels.weights import atomic_open
 
 from . import test_sample_cli
@@ -60,31 +59,64 @@ def user_project(root):
 
 
 # ---- train --export ---------------------------------------------------------------------------------
-def test_export_into_the_project_folder_keeps_every_sub_folder(tmp_path, monkeypatch, capsys):
-    """`--out runs/r --export .` from a project folder: the old code deleted ./src and ./runs."""
+def test_export_into_the_project_folder_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """`--out runs/r --export .` from a project folder: only an empty folder or this run's own export is
+    written into, and the refusal comes before any training."""
     project = user_project(tmp_path / "project")
     monkeypatch.chdir(project)
     before = snapshot(project)
     code, err = run(["--data", "data/images", "--out", "runs/r", *STEPS, *TINY, "--export", "."], capsys)
-    assert code == 0, err
+    one_line_error(code, err, "--export .", "not empty", "minigpt-pixels-export.json")
     survives(before, project)
-    assert train.latest_checkpoint("runs/r")  # the checkpoints just written are there too
-    ImageGPTForCausalImageModeling.from_pretrained(project)  # and the export itself
-    new = set(snapshot(project)[0]) - set(before[0])
-    top = {p for p in new if os.sep not in p}
-    assert top == {"config.json", "model.safetensors", "preprocessor_config.json"}, top  # only its three files
-    assert not [p for p in os.listdir(project) if p.startswith(".")]  # no temporary folder left
+    assert not (project / "runs").exists()
 
 
-def test_export_refuses_a_config_json_of_something_else_before_training(tmp_path, monkeypatch, capsys):
-    project = user_project(tmp_path / "project")
-    (project / "config.json").write_text('{"app": "my web app"}')  # the project's own config
-    monkeypatch.chdir(project)
-    before = snapshot(project)
-    code, err = run(["--data", "data/images", "--out", "runs/r", *STEPS, *TINY, "--export", "."], capsys)
-    one_line_error(code, err, "config.json", "not part of an ImageGPT model")
-    survives(before, project)
-    assert not (project / "runs").exists()  # refused before any training
+def test_export_refuses_an_imagegpt_folder_it_did_not_write(tmp_path, folder, capsys):
+    """The old code took any config.json saying "imagegpt" for its own earlier export and replaced it: a hub
+    checkpoint's folder got a 1-layer config beside its pytorch_model.bin."""
+    hub = tmp_path / "imagegpt-small"
+    hub.mkdir()
+    (hub / "config.json").write_text('{"model_type": "imagegpt", "n_layer": 24}')
+    (hub / "preprocessor_config.json").write_text('{"clusters": [[0, 0, 0]]}')
+    (hub / "pytorch_model.bin").write_bytes(b"300 MB of weights")
+    plain = tmp_path / "plain"  # an ImageGPT config.json and nothing else: still not this tool's export
+    plain.mkdir()
+    (plain / "config.json").write_text('{"model_type": "imagegpt", "n_embd": 4}')
+    for target, needle in ((hub, "pytorch_model.bin"), (plain, "minigpt-pixels-export.json")):
+        before = snapshot(target)
+        code, err = run(["--data", folder, "--out", tmp_path / "r", *STEPS, *TINY, "--export", target], capsys)
+        one_line_error(code, err, str(target), needle)
+        survives(before, target)
+        assert sorted(snapshot(target)[0]) == sorted(before[0]) and not (tmp_path / "r").exists()
+
+
+def test_export_never_replaces_the_model_a_run_starts_from(tmp_path, folder, capsys):
+    """`--finetune-from base --export base`: the old code replaced the pretrained model with the classifier."""
+    base = tmp_path / "base"
+    assert run(["--data", folder, "--out", tmp_path / "lm", *STEPS, *TINY, "--export", base])[0] == 0
+    before = snapshot(base)
+    for option in ("--finetune-from", "--init-from"):
+        code, err = run(["--data", folder, option, base, "--out", tmp_path / option[2:], "--steps", 2,
+                         "--batch-size", 4, "--no-progress", "--export", base], capsys)
+        one_line_error(code, err, f"is the {option} folder")
+        survives(before, base)
+        assert sorted(snapshot(base)[0]) == sorted(before[0]) and not (tmp_path / option[2:]).exists()
+
+
+def test_export_refuses_another_runs_export_and_edited_files(tmp_path, folder, capsys):
+    export, common = tmp_path / "model", ["--data", folder, *STEPS, *TINY]
+    assert run([*common, "--out", tmp_path / "a", "--export", export])[0] == 0
+    before = snapshot(export)
+    code, err = run([*common, "--out", tmp_path / "b", "--export", export], capsys)  # a new run, same folder
+    one_line_error(code, err, "export of another run", str(tmp_path / "a"))
+    survives(before, export)
+    (export / "config.json").write_text('{"model_type": "imagegpt", "note": "edited by hand"}')
+    before = snapshot(export)
+    code, err = run([*common, "--steps", 4, "--out", tmp_path / "a", "--resume", "--export", export], capsys)
+    one_line_error(code, err, "config.json", "changed since")
+    survives(before, export)
+    code, err = run([*common, "--out", tmp_path / "c", "--export", tmp_path / "c"], capsys)
+    one_line_error(code, err, "is the --out folder")
 
 
 def test_export_onto_a_file_is_refused_before_training(tmp_path, folder, capsys):
@@ -106,7 +138,7 @@ def test_pruning_removes_only_the_checkpoints_this_run_wrote(tmp_path, folder, c
     code, err = run(["--data", folder, "--out", out, "--n-colors", 4, "--steps", 8, *TINY, "--keep", 2], capsys)
     assert code == 0, err
     survives(before, out)
-    ours = sorted(d for d in os.listdir(out) if train.CHECKPOINT.fullmatch(d) and d != "checkpoint-000000")
+    ours = sorted(d for d in os.listdir(out) if checkpoints.CHECKPOINT.fullmatch(d) and d != "checkpoint-000000")
     assert ours == ["checkpoint-000006", "checkpoint-000008"]  # --keep 2 of its own
 
 
@@ -130,7 +162,7 @@ def test_resume_refuses_a_newer_checkpoint_it_did_not_write(tmp_path, folder, ca
     code, err = run(["--data", folder, "--out", out, "--n-colors", 4, "--steps", 4, *TINY, "--resume"], capsys)
     one_line_error(code, err, "checkpoint-000004", "did not write")
     assert (out / "checkpoint-000004" / "notes.txt").read_text() == "someone else's\n"
-    assert os.path.basename(train.latest_checkpoint(str(out))) == "checkpoint-000002"
+    assert os.path.basename(checkpoints.latest_checkpoint(str(out))) == "checkpoint-000002"
 
 
 def test_resumed_runs_prune_their_own_earlier_checkpoints(tmp_path, folder):

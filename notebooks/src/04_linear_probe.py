@@ -36,7 +36,7 @@ from minigpt_pixels import DEFAULT_MODEL
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.probe import SHIFTED_DIGITS_MODEL, compare_probes, extract_features, plot_probe_curves, shifted_digits
 from minigpt_pixels.processor import ImageGPTImageProcessor
-from minigpt_pixels.train import load_digits_data
+from minigpt_pixels.datasets import load_digits_data
 
 model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL)  # device "auto": "numpy" for a model this small
 processor = ImageGPTImageProcessor.from_pretrained(DEFAULT_MODEL)  # its 16-grey palette, 8 x 8 images

@@ -16,7 +16,7 @@ import numpy as np
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice when ipywidgets is missing
 
-from minigpt_pixels import optim, train
+from minigpt_pixels import checkpoints, datasets, optim, train
 from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.generation import sample_images
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
@@ -83,10 +83,10 @@ for name in ["transformer.wte.weight", "transformer.h.0.attn.c_attn.weight", "tr
 # every pixel (OpenAI's form of the shift).
 
 # %%
-data = train.load_digits_data()
-train_idx, held_out = train.split(len(data.images), 0.1, seed=0)
-processor = train.fit_processor([data.images[i] for i in train_idx], data.size, 16, seed=0)
-ids = train.encode(processor, data.images)  # [1797, 64]
+data = datasets.load_digits_data()
+train_idx, held_out = datasets.split(len(data.images), 0.1, seed=0)
+processor = datasets.fit_processor([data.images[i] for i in train_idx], data.size, 16, seed=0)
+ids = datasets.encode(processor, data.images)  # [1797, 64]
 sos = np.full((len(ids), 1), 16)  # SOS = vocab_size - 1 = 16 colours
 inputs, targets = np.concatenate([sos, ids[:, :-1]], axis=1), ids
 print(inputs.shape, "e.g.", inputs[0, :10], "->", targets[0, :9])
@@ -169,7 +169,7 @@ print(f"this notebook's: {config.n_layer} blocks of width {config.n_embd}, {tiny
 # flattened out far below where the tiny model stopped.
 
 # %%
-resumed = ImageGPTForCausalImageModeling(c, train.writable(default.params))  # writable copies of the weights
+resumed = ImageGPTForCausalImageModeling(c, checkpoints.writable(default.params))  # writable copies of the weights
 opt = optim.AdamW(resumed.params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
 MORE, START = 40, 4000  # steps resumed, and the step the default model's run ended at
 resumed_loss, resumed_held_out = [], {START: nats}

@@ -20,7 +20,7 @@ from minigpt_pixels.layers import log_softmax
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.probe import with_sos
 from minigpt_pixels.processor import ImageGPTImageProcessor
-from minigpt_pixels.train import load_digits_data, split
+from minigpt_pixels.datasets import load_digits_data, split
 
 model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL)  # device "auto": "numpy" for a model this small
 processor = ImageGPTImageProcessor.from_pretrained(DEFAULT_MODEL)  # its 16-grey palette, 8 x 8 images
