@@ -237,16 +237,12 @@ def load_model(path, device):
     return model.to(device)
 
 
-def check_prompt_file(path):
-    """The prompt image's size from its header, bounded before it is decoded."""
-    import PIL.Image
+def check_prompt_file(path, processor):
+    """The prompt image's decoding, bounded from its header before it is decoded (an unreadable file passes:
+    the processor reports it, naming the file)."""
+    from .processor import check_image_file
 
-    try:
-        with PIL.Image.open(path) as im:
-            width, height = im.size
-    except Exception:  # unreadable: the processor reports it, naming the file
-        return
-    limits.check_bytes(limits.image_bytes(height, width), f"--prompt {path} ({width}x{height} pixels)")
+    check_image_file(path, (processor.size["height"], processor.size["width"]), processor.resample)
 
 
 def kernels_notice(device):
@@ -274,7 +270,7 @@ def run(args, parser):
         if not 1 <= rows_kept < h:
             parser.error(f"--prompt-rows must be between 1 and {h - 1} for this model's {h}x{w} images, "
                          f"got {rows_kept}")
-        check_prompt_file(args.prompt)
+        check_prompt_file(args.prompt, processor)
         n_cells += 2
     per_row, scale = plan_grid(args, n_cells, h, w)
     limits.check_bytes(limits.kv_cache_bytes(config, chunk_size(config, args.num_samples), config.n_positions),

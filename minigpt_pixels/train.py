@@ -138,31 +138,21 @@ def _reading(path):
 
 
 def image_size_of(path):
-    """(height, width) from the file's header: nothing is decoded, so any size costs nothing to learn."""
-    import PIL.Image
+    """(height, width) upright (EXIF orientation applied) from the file's header: nothing is decoded."""
+    from .processor import image_file_size
 
-    with _reading(path), PIL.Image.open(path) as im:
-        return im.size[1], im.size[0]
+    with _reading(path):
+        return image_file_size(path)
 
 
 def read_image(path, size=None, resample=None):
-    """One image file -> RGB uint8 [H, W, 3], resized to size=(height, width) as it is read, the way the
-    processor would resize it. A JPEG is decoded at the smallest power-of-two reduction still at least
-    that size (Image.draft), so memory grows with the training size, not the photo's."""
-    import PIL.Image
+    """One image file -> RGB uint8 [H, W, 3], upright, resized to size=(height, width) as it is read, the way
+    the processor would resize it, its decoding bounded (processor.read_image_file). A JPEG is decoded at the
+    smallest power-of-two reduction still at least that size (draft), so memory grows with the training size."""
+    from .processor import read_image_file
 
-    from .processor import load_image, resize
-
-    with _reading(path), PIL.Image.open(path) as im:
-        width, height = im.size
-        if size is not None:
-            im.draft(None, (size[1], size[0]))  # JPEG only; other formats decode whole, then shrink at once
-        limits.check_bytes(limits.image_bytes(im.size[1], im.size[0]), f"{path} ({width}x{height} pixels)")
-        im.load()
-        rgb = load_image(im, name=path)  # [H, W, 3]
-        if size is not None and rgb.shape[:2] != tuple(size):
-            rgb = resize(rgb, size[0], size[1], *(() if resample is None else (resample,)))
-    return rgb
+    with _reading(path):
+        return read_image_file(path, size, *(() if resample is None else (resample,)), draft=True)
 
 
 def load_folder(path, size=None, need_same_size=True, resample=None, check=None):
