@@ -181,12 +181,18 @@ _SUPPORT = {0: 0.0, 4: 0.5, 2: 1.0, 5: 1.0, 3: 2.0, 1: 3.0}  # resample filter -
 
 @contextlib.contextmanager
 def _opened(name):
-    """PIL.Image.open(name), without PIL's warning from 89 M pixels on: what such an image costs is reckoned
-    and bounded here instead (`_plan`). Above twice that, PIL refuses it (DecompressionBombError)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-        with PIL.Image.open(name) as im:
-            yield im
+    """PIL.Image.open(name), its errors (opening or, within the block, decoding) one ImageError naming the
+    file. Without PIL's warning from 89 M pixels on: what such an image costs is reckoned and bounded here
+    instead (`_plan`); above twice that, PIL refuses it (DecompressionBombError, reported as the others)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(name) as im:
+                yield im
+    except FileNotFoundError as e:
+        raise ImageError(f"image file not found: {name}") from e
+    except (OSError, SyntaxError, EOFError, PIL.Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image file {name}: {e}") from e
 
 
 def _orientation(im):
@@ -268,44 +274,33 @@ def read_image_file(path, size=None, resample=PIL.Image.Resampling.BILINEAR, dra
     """
     name = os.fspath(path)
     size = None if size is None else (int(size[0]), int(size[1]))
-    try:
-        with _opened(name) as im:
-            plan = _plan(im, name, size, resample, draft)
-            limits.check_bytes(plan.nbytes, plan.what)
-            try:
-                im.load()  # PIL opens lazily: a truncated file only fails here
-                if _is_wide(im.mode):
-                    rgb = _array_to_rgb(_pil_to_array(im, name), name, "channels_last")  # [H, W, 3]
-                    if plan.orientation != 1:
-                        rgb = np.asarray(PIL.Image.fromarray(rgb).transpose(_UPRIGHT[plan.orientation]))
-                    return rgb if size is None else resize(rgb, size[0], size[1], resample)
-                rgb = _pil_rgb(im)
-                if plan.reduce:
-                    rgb = rgb.reduce(plan.reduce)
+    with _opened(name) as im:
+        plan = _plan(im, name, size, resample, draft)
+        limits.check_bytes(plan.nbytes, plan.what)
+        try:
+            im.load()  # PIL opens lazily: a truncated file only fails here
+            if _is_wide(im.mode):
+                rgb = _array_to_rgb(_pil_to_array(im, name), name, "channels_last")  # [H, W, 3]
                 if plan.orientation != 1:
-                    rgb = rgb.transpose(_UPRIGHT[plan.orientation])
-                if size is not None:
-                    rgb = rgb.resize((size[1], size[0]), resample=resample)  # `resize`, without its array copy
-                return np.asarray(rgb)  # [h, w, 3] uint8
-            except MemoryError:
-                raise limits.SizeError(f"{plan.what}: out of memory decoding it") from None
-    except FileNotFoundError as e:
-        raise ImageError(f"image file not found: {name}") from e
-    except (OSError, SyntaxError, EOFError, PIL.Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image file {name}: {e}") from e
+                    rgb = np.asarray(PIL.Image.fromarray(rgb).transpose(_UPRIGHT[plan.orientation]))
+                return rgb if size is None else resize(rgb, size[0], size[1], resample)
+            rgb = _pil_rgb(im)  # a PIL RGB image, as stored
+            if plan.reduce:
+                rgb = rgb.reduce(plan.reduce)
+            if plan.orientation != 1:
+                rgb = rgb.transpose(_UPRIGHT[plan.orientation])  # upright, before the resize as in transformers
+            if size is not None:
+                rgb = rgb.resize((size[1], size[0]), resample=resample)  # `resize`, without its array copy
+            return np.asarray(rgb)  # [h, w, 3] uint8
+        except MemoryError:  # the estimate fell short: still one line naming the image
+            raise limits.SizeError(f"{plan.what}: out of memory decoding it") from None
 
 
 def image_file_size(path):
     """(height, width) of an image file as `read_image_file` reads it (upright), from its header alone."""
-    name = os.fspath(path)
-    try:
-        with _opened(name) as im:
-            width, height = im.size
-            return (width, height) if _orientation(im) in (5, 6, 7, 8) else (height, width)
-    except FileNotFoundError as e:
-        raise ImageError(f"image file not found: {name}") from e
-    except (OSError, SyntaxError, EOFError, PIL.Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image file {name}: {e}") from e
+    with _opened(os.fspath(path)) as im:
+        width, height = im.size
+        return (width, height) if _orientation(im) in (5, 6, 7, 8) else (height, width)
 
 
 def check_image_file(path, size=None, resample=PIL.Image.Resampling.BILINEAR):
@@ -315,7 +310,7 @@ def check_image_file(path, size=None, resample=PIL.Image.Resampling.BILINEAR):
     try:
         with _opened(name) as im:
             plan = _plan(im, name, size, resample, draft=False)
-    except (OSError, SyntaxError, EOFError, ValueError, PIL.Image.DecompressionBombError):
+    except ImageError:
         return
     limits.check_bytes(plan.nbytes, plan.what)
 
