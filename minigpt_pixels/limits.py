@@ -8,6 +8,10 @@ Two budgets:
 - `available_memory()`: what it could allocate now (MemAvailable, the cgroup's limit and the process's
   rlimits, less what it already uses). Allocations (a KV cache, training activations) must fit it.
 
+The processor's `size` and every image file it, `sample --prompt` and `train --data` read are bounded the
+same way (`processed_bytes`; `image_bytes`, `resize_bytes` and `pil_pixel_bytes` for what decoding costs,
+reckoned from the file's header in processor.read_image_file before a pixel is decoded).
+
 The estimates are lower bounds (the biggest arrays only), so a check never refuses a run that would fit.
 This module imports nothing of the package: config, the model and the command lines all call it.
 """
