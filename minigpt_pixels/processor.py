@@ -176,6 +176,7 @@ _UPRIGHT = {2: PIL.Image.Transpose.FLIP_LEFT_RIGHT, 3: PIL.Image.Transpose.ROTAT
 # read whole, exactly as transformers reads it.
 EXACT_MAX_PIXELS = 89_478_485
 REDUCING_GAP = 3  # PIL's advice for resize(reducing_gap=): 3 is indistinguishable from resampling the whole
+_REDUCE_AS_STORED = ("L", "RGB")  # modes reduced before their RGB conversion (others: palettes, alpha, after)
 _SUPPORT = {0: 0.0, 4: 0.5, 2: 1.0, 5: 1.0, 3: 2.0, 1: 3.0}  # resample filter -> its support, in source pixels
 
 
@@ -247,6 +248,8 @@ def _plan(im, name, size, resample, draft):
     else:
         convert = 0 if im.mode == "RGB" else 4
     kept_w, kept_h = -(-width // factors[0]), -(-height // factors[1])  # after any reduce
+    if factors != (1, 1) and im.mode in _REDUCE_AS_STORED:
+        convert = convert * kept_w * kept_h // pixels  # the conversion comes after the reduce
     # the decoded image and its conversion, kept throughout; while decoding, the decoder's row buffers (a PNG's:
     # two rows); after it, the reduced and upright copies, and the resize or the array
     later = (4 * kept_w * kept_h if factors != (1, 1) else 0) + (4 * kept_w * kept_h if orientation != 1 else 0)
@@ -284,9 +287,11 @@ def read_image_file(path, size=None, resample=PIL.Image.Resampling.BILINEAR, dra
                 if plan.orientation != 1:
                     rgb = np.asarray(PIL.Image.fromarray(rgb).transpose(_UPRIGHT[plan.orientation]))
                 return rgb if size is None else resize(rgb, size[0], size[1], resample)
-            rgb = _pil_rgb(im)  # a PIL RGB image, as stored
-            if plan.reduce:
-                rgb = rgb.reduce(plan.reduce)
+            if plan.reduce and im.mode in _REDUCE_AS_STORED:
+                rgb = _pil_rgb(im.reduce(plan.reduce))  # a grey image is reduced before it is made RGB
+            else:
+                rgb = _pil_rgb(im)  # a PIL RGB image, as stored
+                rgb = rgb.reduce(plan.reduce) if plan.reduce else rgb
             if plan.orientation != 1:
                 rgb = rgb.transpose(_UPRIGHT[plan.orientation])  # upright, before the resize as in transformers
             if size is not None:

@@ -129,7 +129,7 @@ def _reading(path):
 
     try:
         yield
-    except ImageError as e:
+    except (ImageError, limits.SizeError) as e:  # each names the file already
         raise TrainError(str(e)) from None
     except FileNotFoundError:
         raise TrainError(f"image file not found: {path}") from None

@@ -153,18 +153,20 @@ def _chunk(kind, data):
 
 
 def flat_png(path, width, height, colour=(200, 120, 40), pixels=True):
-    """An RGB PNG of one colour, written row by row: any size in a few kB, never held in memory. With
-    pixels=False only the header is right (for checks that must refuse it from the header alone)."""
+    """An RGB (or, for a 1-tuple colour, grey) PNG of one colour, written row by row: any size in a few kB,
+    never held in memory. With pixels=False only the header is right (for checks that must refuse it from
+    the header alone)."""
     z = zlib.compressobj(1)
+    kind = 2 if len(colour) == 3 else 0  # PNG colour type: RGB or grey
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        f.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, kind, 0, 0, 0)))
         if pixels:
             piece = bytes(colour) * min(width, 1 << 20)
             parts = []
             for _ in range(height):
                 parts.append(z.compress(b"\x00"))
                 for start in range(0, width, 1 << 20):
-                    parts.append(z.compress(piece[: 3 * min(1 << 20, width - start)]))
+                    parts.append(z.compress(piece[: len(colour) * min(1 << 20, width - start)]))
             data = b"".join(parts) + z.flush()
         else:
             data = z.compress(b"\x00" * 16) + z.flush()
@@ -174,11 +176,12 @@ def flat_png(path, width, height, colour=(200, 120, 40), pixels=True):
 
 @pytest.fixture(scope="module")
 def huge_images(tmp_path_factory):
-    """A 10000x10000 PNG and JPEG of one colour (100 M pixels: 400 MB decoded whole, more than PIL's
+    """A 10000x10000 PNG, grey PNG and JPEG of one colour (100 M pixels: 400 MB decoded whole, more than PIL's
     89 M-pixel warning), a 80,000,000x1 PNG (below it, but 1.3 GB of resize tables) and a 170,000,000x1 PNG
     header (a row wider than PIL can decode)."""
     d = tmp_path_factory.mktemp("huge")
     flat_png(d / "big.png", 10_000, 10_000)
+    flat_png(d / "grey.png", 10_000, 10_000, colour=(90,))
     with warnings.catch_warnings():  # PIL's warning from 89 M pixels on
         warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
         with PIL.Image.open(d / "big.png") as im:  # made once here, outside any limit
@@ -202,11 +205,11 @@ except Exception as e:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["big.png", "big.jpg"])
+@pytest.mark.parametrize("name", ["big.png", "grey.png", "big.jpg"])
 def test_a_huge_source_with_a_small_target_is_read_within_the_limit(huge_images, clusters, name):
-    """The old code decoded the 100 M pixels whole and converted them twice: about 2.3 GB for an 8x8
-    result, a MemoryError under this limit. Read reduced (JPEG at 1/8 scale, PNG reduced after decoding),
-    every id is the flat colour's."""
+    """The old code decoded the 100 M pixels whole and converted them twice: 1.4 to 2.3 GB for an 8x8
+    result, a MemoryError under this limit. Read reduced (JPEG at 1/8 scale, PNG reduced after decoding, a
+    grey one before its RGB conversion), every id is the flat colour's."""
     assert 10_000 * 10_000 > EXACT_MAX_PIXELS
     status, out, err = run_limited_code(READ_IDS.format(path=str(huge_images / name)))
     assert status == 0, err
@@ -214,8 +217,9 @@ def test_a_huge_source_with_a_small_target_is_read_within_the_limit(huge_images,
     assert "error" not in result, result["error"]
     ids = set(result["ids"][0])
     assert len(ids) == 1, ids  # one colour throughout
-    if name == "big.png":  # lossless: exactly the colour's id
-        expected = ImageGPTImageProcessor(clusters=clusters, size=1)(np.full((1, 1, 3), (200, 120, 40), np.uint8))
+    if name.endswith(".png"):  # lossless: exactly the colour's id
+        colour = (200, 120, 40) if name == "big.png" else (90, 90, 90)
+        expected = ImageGPTImageProcessor(clusters=clusters, size=1)(np.full((1, 1, 3), colour, np.uint8))
         assert ids == {int(expected["input_ids"][0, 0])}
     else:  # JPEG moves the colour a little: its palette colour is still near it
         assert np.abs(palette_colors(clusters)[ids.pop()].astype(int) - (200, 120, 40)).max() <= 16
