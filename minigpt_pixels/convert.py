@@ -3,6 +3,9 @@
     python -m minigpt_pixels.convert DIR [--out PATH] [--force]
 
 The openai/imagegpt-* checkpoints ship only pytorch_model.bin; load_state_dict reads safetensors.
+Nothing the user has is lost: an --out that is the input itself is refused, --force or not, and a file
+whose tensors claim more bytes than it holds (10^12 floats) is refused naming the tensor, before torch
+would try to allocate them.
 """
 
 from __future__ import annotations
