@@ -467,6 +467,10 @@ class ImageGPTImageProcessor:
             rgb = load_image(image, name, input_data_format)  # [H, W, 3]
             if do_resize:
                 rgb = resize(rgb, size["height"], size["width"], resample)
+        if not do_resize:  # at its own size: its float arrays bounded as a `size` of it would be
+            what = os.fspath(image) if isinstance(image, (str, os.PathLike)) else name
+            limits.check_bytes(limits.processed_bytes(1, *rgb.shape[:2]),
+                               f"{what} at its own size {rgb.shape[0]}x{rgb.shape[1]} (do_resize=False)")
         pixels = rgb if rgb.dtype == np.float32 else rescale(rgb)  # floats in [0, 1] are already rescaled
         return normalize(pixels) if do_normalize else pixels
 

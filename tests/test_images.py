@@ -260,3 +260,12 @@ def test_the_checks_decode_nothing(huge_images):
     """check_image_file and image_file_size read the header only: instant on 100 M pixels, in-process."""
     check_image_file(huge_images / "big.png", (8, 8))
     assert image_file_size(huge_images / "big.jpg") == (10_000, 10_000)
+
+
+def test_an_image_kept_at_its_own_size_is_bounded_like_a_size():
+    """do_resize=False: the float arrays of a 20000x20000 image (25 GB) are refused naming it, before any is
+    made (the old code allocated them until the MemoryError)."""
+    one_line_error("import numpy as np\nfrom minigpt_pixels.processor import ImageGPTImageProcessor as P\n"
+                   "image = np.zeros((20000, 20000, 3), np.uint8)\n"
+                   + RAISE.format(call="P(do_resize=False, do_color_quantize=False)(image)"),
+                   "SizeError: image 0 at its own size 20000x20000 (do_resize=False) needs", limit=3_000_000_000)
