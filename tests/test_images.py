@@ -246,9 +246,8 @@ def test_a_row_wider_than_pil_decodes_is_named_not_a_bare_memory_error(huge_imag
 
 def test_sample_prompt_too_big_is_refused_before_the_model_loads(huge_images, tmp_path):
     """The old pre-check counted 7 bytes a pixel, let this through, and then said "try a smaller --num-samples"."""
-    code = ("import runpy, sys; "
-            f"sys.argv = ['sample', '--prompt', {str(huge_images / 'wide.png')!r}, '--out', {str(tmp_path / 'x.png')!r},"
-            " '--no-progress']; runpy.run_module('minigpt_pixels.sample', run_name='__main__')")
+    argv = ["sample", "--prompt", str(huge_images / "wide.png"), "--out", str(tmp_path / "x.png"), "--no-progress"]
+    code = f"import runpy, sys; sys.argv = {argv!r}; runpy.run_module('minigpt_pixels.sample', run_name='__main__')"
     status, out, err = run_limited_code(code)
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and "Traceback" not in err and "MemoryError" not in err, err
