@@ -3,6 +3,9 @@
     python -m minigpt_pixels.convert DIR [--out PATH] [--force]
 
 The openai/imagegpt-* checkpoints ship only pytorch_model.bin; load_state_dict reads safetensors.
+Nothing the user has is lost: an --out that is the input itself is refused, --force or not, and a file
+whose tensors claim more bytes than it holds (10^12 floats) is refused naming the tensor, before torch
+would try to allocate them.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
         import torch
     except ImportError:
         raise ConvertError("reading pytorch_model.bin needs torch: pip install torch") from None
+    check_storage_sizes(path)  # a claim of 10^12 floats is refused here, before torch allocates it
     try:
         with warnings.catch_warnings():  # torch's advice about pickle protocols would break the one-line error
             warnings.simplefilter("ignore", UserWarning)
@@ -62,6 +66,91 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
             # float32 tensors come through without a copy (still backed by the mmap).
             arrays[name] = tensor.detach().to(torch.float32).contiguous().numpy()
     return arrays
+
+
+# ---- the sizes a pickle claims, read before torch allocates them ---------------------------------------
+# Bytes an element of each storage type takes (unknown types count 1: the check stays a lower bound).
+_STORAGE_ITEMSIZE = {"DoubleStorage": 8, "LongStorage": 8, "ComplexFloatStorage": 8, "FloatStorage": 4,
+                     "IntStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "ShortStorage": 2}
+
+
+class _Storage(tuple):
+    """(key, itemsize, numel) of a storage as the pickle's persistent id describes it; nothing allocated."""
+
+
+class _Tensor(tuple):
+    """(storage, reach) of a tensor: `_rebuild_tensor_v2`'s storage, and the elements from its start it reads."""
+
+
+def _rebuild(storage, offset, shape, stride, *args):
+    """_rebuild_tensor_v2's stand-in: the storage and how many of its elements the tensor reaches."""
+    dims = tuple(shape) + tuple(stride)
+    if not all(isinstance(d, int) and d >= 0 for d in dims) or not isinstance(offset, int) or len(shape) != len(stride):
+        raise pickle.UnpicklingError("a tensor of malformed shape")  # torch.load reports it
+    reach = offset if 0 in shape else offset + sum((n - 1) * st for n, st in zip(shape, stride)) + 1
+    return _Tensor((storage, reach))
+
+
+class _SizeReader(pickle.Unpickler):
+    """Reads a state dict's pickle without torch: tensors become _Tensor records, storages _Storage.
+    Any global but the few a state dict uses is refused (raises), so nothing of the file's runs here."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if module == "torch" and name.endswith("Storage"):
+            return name
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+    def persistent_load(self, pid):  # ("storage", type name, key, location, numel[, view metadata (legacy)])
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"persistent id {pid!r}")
+        _, kind, key, _, numel = pid[:5]
+        return _Storage((str(key), _STORAGE_ITEMSIZE.get(kind if isinstance(kind, str) else "", 1), numel))
+
+
+def _claimed_tensors(path):
+    """{name: _Tensor} from the state dict's pickle and {storage key: bytes the file holds for it}, or None
+    when the pickle is not the plain kind this can read (torch.load then gives its own verdict)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                pkl = next(n for n in z.namelist() if n.endswith("data.pkl"))
+                prefix = pkl[: -len("data.pkl")]
+                held = {n[len(prefix) + 5:]: z.getinfo(n).file_size for n in z.namelist()
+                        if n.startswith(prefix + "data/")}  # {key: record size}
+                state = _SizeReader(io.BytesIO(z.read(pkl))).load()
+        else:  # the legacy format: magic number, protocol, system info, then the state dict's pickle
+            with open(path, "rb") as f:
+                for _ in range(3):
+                    _SizeReader(f).load()  # plain ints and a dict of ints (a global among them is refused)
+                state = _SizeReader(f).load()
+            held = None  # storages follow in one stream: the file's size bounds every one of them
+    except Exception:  # not the plain kind: torch.load reports it
+        return None, None
+    if not isinstance(state, dict):
+        return None, None
+    return {k: v for k, v in state.items() if isinstance(v, _Tensor)}, held
+
+
+def check_storage_sizes(path):
+    """Refuse a tensor whose storage claims more bytes than the file holds for it, naming the tensor:
+    torch.load would try to allocate the claim (10^12 floats: 4 TB) before noticing."""
+    tensors, held = _claimed_tensors(path)
+    if not tensors:
+        return
+    file_size = os.path.getsize(path)
+    for name, (storage, reach) in tensors.items():
+        if not isinstance(storage, _Storage):
+            continue
+        key, itemsize, numel = storage
+        claimed = max(numel if isinstance(numel, int) else 0, reach)
+        available = file_size if held is None else held.get(key, 0)
+        if claimed * itemsize > available:
+            raise ConvertError(f"{path}: tensor {name!r} claims {claimed:,} elements ({claimed * itemsize:,} bytes) "
+                               f"but the file holds {available:,} bytes for it; the file is damaged")
 
 
 # The globals a torch.save'd state dict needs, which weights_only allows; any other is what it refused.
@@ -119,6 +208,9 @@ def convert(directory, out=None, force: bool = False) -> tuple[str, dict[str, np
         raise ConvertError(f"{directory}: no such directory")
     if not os.path.isfile(source):
         raise ConvertError(f"{directory}: no {TORCH_WEIGHTS_NAME} in this directory")
+    if os.path.abspath(out) == os.path.abspath(source) or (os.path.exists(out) and os.path.samefile(out, source)):
+        raise ConvertError(f"--out {out} is the input {TORCH_WEIGHTS_NAME} itself; writing it would destroy the "
+                           f"checkpoint (choose another path, e.g. {os.path.join(directory, SAFE_WEIGHTS_NAME)})")
     if os.path.exists(out) and not force:
         raise ConvertError(f"{out} already exists; pass --force to overwrite it")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):

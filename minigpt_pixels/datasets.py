@@ -23,12 +23,10 @@ import PIL.Image
 
 from . import limits
 from .palette import fit_palette
-from .processor import ImageError, ImageGPTImageProcessor, load_image, resize
+from .processor import ImageError, ImageGPTImageProcessor, image_file_size, read_image_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DIGITS_SIZE, DIGITS_COUNT = (8, 8), 1797  # scikit-learn's digits
-EXIF_ORIENTATION = 0x0112  # the EXIF tag; values 5..8 turn the stored image by 90 degrees
-TRANSPOSED = (5, 6, 7, 8)
 
 
 class DataError(ValueError):
@@ -88,7 +86,7 @@ def _reading(path):
     """PIL's and the processor's errors reading `path` as one DataError naming it."""
     try:
         yield
-    except ImageError as e:
+    except (ImageError, limits.SizeError) as e:  # each names the file already
         raise DataError(str(e)) from None
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
@@ -97,29 +95,18 @@ def _reading(path):
 
 
 def image_size_of(path):
-    """(height, width) as the image is shown, from the file's header: nothing is decoded, so any size
-    costs nothing to learn. An EXIF orientation that turns the image swaps the two."""
-    with _reading(path), PIL.Image.open(path) as im:
-        width, height = im.size
-        turned = im.getexif().get(EXIF_ORIENTATION) in TRANSPOSED
-    return (width, height) if turned else (height, width)
+    """(height, width) upright (EXIF orientation applied) from the file's header: nothing is decoded, so any
+    size costs nothing to learn."""
+    with _reading(path):
+        return image_file_size(path)
 
 
 def read_image(path, size=None, resample=None):
-    """One image file -> RGB uint8 [H, W, 3], resized to size=(height, width) as it is read, the way the
-    processor would resize it. A JPEG is decoded at the smallest power-of-two reduction still at least
-    that size (Image.draft), so memory grows with the training size, not the photo's."""
-    with _reading(path), PIL.Image.open(path) as im:
-        width, height = im.size
-        if size is not None:
-            side = max(size)  # either way round: an EXIF orientation may turn the image after decoding
-            im.draft(None, (side, side))  # JPEG only; other formats decode whole, then shrink at once
-        limits.check_bytes(limits.image_bytes(im.size[1], im.size[0]), f"{path} ({width}x{height} pixels)")
-        im.load()
-        rgb = load_image(im, name=path)  # [H, W, 3]
-        if size is not None and rgb.shape[:2] != tuple(size):
-            rgb = resize(rgb, size[0], size[1], *(() if resample is None else (resample,)))
-    return rgb
+    """One image file -> RGB uint8 [H, W, 3], upright, resized to size=(height, width) as it is read, the way
+    the processor would resize it, its decoding bounded (processor.read_image_file). A JPEG is decoded at the
+    smallest power-of-two reduction still at least that size (draft), so memory grows with the training size."""
+    with _reading(path):
+        return read_image_file(path, size, *(() if resample is None else (resample,)), draft=True)
 
 
 def load_folder(path, size=None, need_same_size=True, resample=None, check=None):

@@ -8,6 +8,10 @@ Two budgets:
 - `available_memory()`: what it could allocate now (MemAvailable, the cgroup's limit and the process's
   rlimits, less what it already uses). Allocations (a KV cache, training activations) must fit it.
 
+The processor's `size` and every image file it, `sample --prompt` and `train --data` read are bounded the
+same way (`processed_bytes`; `image_bytes`, `resize_bytes` and `pil_pixel_bytes` for what decoding costs,
+reckoned from the file's header in processor.read_image_file before a pixel is decoded).
+
 The estimates are lower bounds (the biggest arrays only), so a check never refuses a run that would fit.
 This module imports nothing of the package: config, the model and the command lines all call it.
 """
@@ -172,9 +176,37 @@ def training_bytes(config, batch) -> int:
     return F32 * (4 * parameter_count(config) + config.n_layer * per_block + logits)
 
 
-def image_bytes(height, width, channels=4) -> int:
-    """A decoded image with its RGB copy (PIL decodes to up to 4 bytes a pixel, then we convert)."""
-    return height * width * (channels + 3)
+# Bytes a pixel of each PIL mode takes once decoded: PIL keeps every 3- and 4-band mode (RGB too) in 32 bits.
+_PIL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def pil_pixel_bytes(mode) -> int:
+    """Bytes a pixel of a decoded PIL image of `mode` takes (4 for RGB, RGBA, LA, I, F, CMYK, ...)."""
+    return _PIL_BYTES.get(mode, 4)
+
+
+def image_bytes(height, width, mode="RGB") -> int:
+    """Reading an image whole into an [H, W, 3] uint8 array: PIL's decoded image (1 to 4 bytes a pixel by
+    its mode), its RGB copy (4: PIL keeps RGB in 32 bits) and the array (3): 11 bytes a pixel for a colour
+    photo, what reading one was measured to cost (the 7 this once assumed let photos through that did not
+    fit)."""
+    return height * width * (pil_pixel_bytes(mode) + 4 + 3)
+
+
+def resize_bytes(in_height, in_width, out_height, out_width, support=1.0) -> int:
+    """PIL's resize: its two passes' coefficient tables (doubles, 2 * support of them per input pixel of
+    each side when shrinking: 1.3 GB for an 80,000,000-pixel-wide row shrunk by bilinear) and the
+    intermediate image between the passes."""
+    coefficients = 8 * 2 * max(support, 0.5) * (in_width + in_height) + 8 * 8 * (out_width + out_height)
+    return int(coefficients) + 4 * out_width * in_height + 4 * out_width * out_height
+
+
+def processed_bytes(batch, height, width) -> int:
+    """The processor's arrays for `batch` images of height x width after any resize: per image its uint8
+    RGB (3 bytes a pixel) and, for one at a time, the rescale's float64 (24); for all of them the float32
+    pixels, their stacked batch (12 each) and the ids with their distances (12)."""
+    pixels = height * width
+    return batch * pixels * (12 + 12 + 12) + pixels * (3 + 24)
 
 
 def check_count(value, what, most) -> None:

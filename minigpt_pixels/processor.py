@@ -13,12 +13,17 @@ The processor does NOT prepend the start-of-sequence token (id vocab_size - 1 = 
 OpenAI checkpoints); add it before feeding the ids to the causal LM, as transformers' example does.
 """
 
+import contextlib
 import json
 import os
+import warnings
+from typing import NamedTuple
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 
+from . import limits
 from .config import refuse_hub_arguments, make_save_directory
 from .palette import check_clusters, dequantize, quantize
 from .weights import atomic_write_bytes
@@ -38,6 +43,20 @@ class ImageError(ValueError):
     """An image that cannot be read or used; the message names the file or the image's place in the batch."""
 
 
+def _is_wide(mode):
+    """16- and 32-bit integer greys ("I;16...", "I") and float grey ("F"): read as arrays, not PIL RGB."""
+    return mode.startswith("I") or mode == "F"
+
+
+def _pil_rgb(im):
+    """A PIL image of an 8-bit mode -> the same as a PIL "RGB" image (no copy when it already is one)."""
+    if "A" in im.getbands() or "transparency" in im.info:
+        # transparency composited onto white, as transformers' convert_to_rgb does
+        return PIL.Image.alpha_composite(PIL.Image.new("RGBA", im.size, (255, 255, 255, 255)),
+                                         im.convert("RGBA")).convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
 def _pil_to_array(im, name):
     """A PIL image of any mode -> [H, W, 3] uint8, [H, W] uint16 (16-bit grey) or [H, W] float32 ("F")."""
     if im.mode.startswith("I"):  # "I;16..." 16-bit greys, or "I" (32-bit), which some 16-bit files open as
@@ -47,10 +66,7 @@ def _pil_to_array(im, name):
         return a.astype(np.uint16)  # scaled to 8 bits in `_array_to_rgb`; PIL's convert would clip at 255
     if im.mode == "F":
         return np.asarray(im)  # float grey: must be in [0, 1], checked in `_array_to_rgb`
-    if "A" in im.getbands() or "transparency" in im.info:
-        # transparency composited onto white, as transformers' convert_to_rgb does
-        im = PIL.Image.alpha_composite(PIL.Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-    return np.asarray(im.convert("RGB"))
+    return np.asarray(_pil_rgb(im))
 
 
 def _channels_last(a, name, data_format=None):
@@ -117,18 +133,14 @@ def load_image(image, name="image", input_data_format=None):
     palette-mode ("P") and 16-bit images are converted to RGB instead of failing: transparency is
     composited onto white (as transformers' `do_convert_rgb` does) and 16 bits become 8 by v / 257.
     Raises ImageError naming `name` (or the path) for anything it cannot read or use.
+
+    A file is read as transformers' `load_image` reads it: turned upright by its EXIF orientation (see
+    `read_image_file`). A PIL image is taken as it is, as transformers' processor takes it: its EXIF
+    orientation is not applied (`PIL.ImageOps.exif_transpose(image)` first does that).
     """
     if isinstance(image, (str, os.PathLike)):
-        name = os.fspath(image)
-        try:
-            with PIL.Image.open(name) as im:
-                im.load()  # PIL opens lazily: a truncated file only fails here
-                array = _pil_to_array(im, name)
-        except FileNotFoundError as e:
-            raise ImageError(f"image file not found: {name}") from e
-        except (OSError, SyntaxError, EOFError, PIL.Image.DecompressionBombError) as e:
-            raise ImageError(f"cannot read image file {name}: {e}") from e
-    elif isinstance(image, PIL.Image.Image):
+        return read_image_file(image)
+    if isinstance(image, PIL.Image.Image):
         try:
             array = _pil_to_array(image, name)
         except (OSError, SyntaxError, EOFError, ValueError) as e:
@@ -149,6 +161,163 @@ def resize(image, height, width, resample=PIL.Image.Resampling.BILINEAR):
     if image.dtype != np.uint8:
         image = (image.astype(np.float64) * 255).astype(np.float32).astype(np.uint8)
     return np.asarray(PIL.Image.fromarray(image).resize((width, height), resample=resample))
+
+
+# ---- image files: upright, and their decoding bounded before it allocates ----------------------------------
+# EXIF orientation (tag 0x0112) -> the transpose that makes the image upright, PIL.ImageOps.exif_transpose's
+# table; 5 to 8 are quarter turns, which swap width and height.
+_UPRIGHT = {2: PIL.Image.Transpose.FLIP_LEFT_RIGHT, 3: PIL.Image.Transpose.ROTATE_180,
+            4: PIL.Image.Transpose.FLIP_TOP_BOTTOM, 5: PIL.Image.Transpose.TRANSPOSE,
+            6: PIL.Image.Transpose.ROTATE_270, 7: PIL.Image.Transpose.TRANSVERSE, 8: PIL.Image.Transpose.ROTATE_90}
+# Above this many pixels PIL itself warns of a possible decompression bomb. Such a source with a small target
+# is read reduced (a JPEG decoded at 1/2, 1/4 or 1/8 scale by Image.draft, any format then shrunk by
+# Image.reduce to REDUCING_GAP times the target before the resize), so it costs memory by the target, not the
+# source; its pixels then differ slightly from transformers', which decodes it whole. Every smaller image is
+# read whole, exactly as transformers reads it.
+EXACT_MAX_PIXELS = 89_478_485
+REDUCING_GAP = 3  # PIL's advice for resize(reducing_gap=): 3 is indistinguishable from resampling the whole
+_REDUCE_AS_STORED = ("L", "RGB")  # modes reduced before their RGB conversion (others: palettes, alpha, after)
+_SUPPORT = {0: 0.0, 4: 0.5, 2: 1.0, 5: 1.0, 3: 2.0, 1: 3.0}  # resample filter -> its support, in source pixels
+
+
+@contextlib.contextmanager
+def _opened(name):
+    """PIL.Image.open(name), its errors (opening or, within the block, decoding) one ImageError naming the
+    file. Without PIL's warning from 89 M pixels on: what such an image costs is reckoned and bounded here
+    instead (`_plan`); above twice that, PIL refuses it (DecompressionBombError, reported as the others)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(name) as im:
+                yield im
+    except FileNotFoundError as e:
+        raise ImageError(f"image file not found: {name}") from e
+    except (OSError, SyntaxError, EOFError, PIL.Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image file {name}: {e}") from e
+
+
+def _orientation(im):
+    """The EXIF orientation of an opened image, 1 (as stored) when it has none or a damaged one."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1  # PIL's PngImageFile.getexif() decodes the whole image to look for an eXIf chunk after the pixels
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: read the pixels as stored
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def _reduce_factors(width, height, target_width, target_height):
+    """Image.reduce's (x, y) factors that leave at least REDUCING_GAP times the target on each side."""
+    return (max(1, width // (REDUCING_GAP * target_width)), max(1, height // (REDUCING_GAP * target_height)))
+
+
+class _Plan(NamedTuple):
+    """How an opened image file will be read: found from its header, before anything is decoded."""
+    orientation: int  # EXIF orientation, 1 to 8 (1: as stored)
+    reduce: tuple | None  # Image.reduce's (x, y) factors, or None to resize the whole image
+    nbytes: int  # the reading's peak memory
+    what: str  # "image PATH (WxH pixels)", for messages
+
+
+def _plan(im, name, size, resample, draft):
+    """Plan reading the opened image file `im` to size=(height, width) (None: its own size), setting a
+    JPEG's draft scale where it pays (see EXACT_MAX_PIXELS). The cost counts PIL's decoded image, the
+    decoder's row buffers, the RGB conversion (16-bit and float greys: a uint16 and a float64 array instead),
+    the reduced and the upright copies, then PIL's resize or, with no target, the [H, W, 3] array and its bytes."""
+    width, height = im.size
+    what = f"image {name} ({width}x{height} pixels)"
+    # PIL's decoders count a row's bits in a C int: a wider row fails in PIL as a bare MemoryError
+    bits = 32 if im.mode in ("I", "F") else 16 if im.mode.startswith("I;16") else 8 * len(im.getbands())
+    if width > (2**31 - 1) // bits - 8:
+        raise ImageError(f"{what}: rows of {width:,} pixels are wider than PIL can decode "
+                         f"(at most {(2**31 - 1) // bits - 8:,} for mode {im.mode})")
+    orientation = _orientation(im)
+    turned = orientation in (5, 6, 7, 8)  # a quarter turn: the target's sides swap in the stored image
+    stored = None if size is None else (size[::-1] if turned else size)  # (h, w) as stored
+    large = size is not None and width * height > EXACT_MAX_PIXELS
+    if stored is not None and (draft or large):
+        im.draft(None, (stored[1], stored[0]))  # JPEG only: decoded at 1/2, 1/4 or 1/8 scale, at least the target
+    width, height = im.size
+    factors = _reduce_factors(width, height, stored[1], stored[0]) if large and not _is_wide(im.mode) else (1, 1)
+    pixels = width * height
+    if _is_wide(im.mode):
+        convert = 2 + 8 + 3  # uint16 array, its float64 division, the uint8 result
+    elif "A" in im.getbands() or "transparency" in im.info:
+        convert = 16  # RGBA copy, white RGBA, the composite, its RGB
+    else:
+        convert = 0 if im.mode == "RGB" else 4
+    kept_w, kept_h = -(-width // factors[0]), -(-height // factors[1])  # after any reduce
+    if factors != (1, 1) and im.mode in _REDUCE_AS_STORED:
+        convert = convert * kept_w * kept_h // pixels  # the conversion comes after the reduce
+    # the decoded image and its conversion, kept throughout; while decoding, the decoder's row buffers (a PNG's:
+    # two rows); after it, the reduced and upright copies, and the resize or the array
+    later = (4 * kept_w * kept_h if factors != (1, 1) else 0) + (4 * kept_w * kept_h if orientation != 1 else 0)
+    if size is None:
+        later += 6 * pixels
+    else:
+        in_h, in_w = (kept_w, kept_h) if turned else (kept_h, kept_w)
+        later += limits.resize_bytes(in_h, in_w, size[0], size[1], _SUPPORT.get(resample, 3.0))
+    nbytes = pixels * (limits.pil_pixel_bytes(im.mode) + convert) + max(width * bits // 4, later)
+    return _Plan(orientation, factors if factors != (1, 1) else None, nbytes, what)
+
+
+def read_image_file(path, size=None, resample=PIL.Image.Resampling.BILINEAR, draft=False):
+    """An image file -> RGB [H, W, 3] uint8 (float32 in [0, 1] for a float "F" image), upright, resized to
+    size=(height, width) when given as the processor resizes, all as transformers reads the file.
+
+    Upright: the EXIF orientation (a phone photo's tag 0x0112) is applied, as transformers' `load_image`
+    applies it (PIL.ImageOps.exif_transpose), before any resize. Bounded: what decoding and converting the
+    image will cost is reckoned from its header and checked against the memory available before a pixel is
+    decoded; a source of more than EXACT_MAX_PIXELS with a small target is read reduced (see there).
+    `draft` decodes a JPEG at the smallest of 1/2, 1/4 and 1/8 scale still at least the target, whatever its
+    size (train's choice: memory by the training size; the pixels differ slightly from a whole decode).
+    Raises ImageError naming the file for one missing or unreadable, limits.SizeError naming it and its size
+    for one this machine cannot decode now.
+    """
+    name = os.fspath(path)
+    size = None if size is None else (int(size[0]), int(size[1]))
+    with _opened(name) as im:
+        plan = _plan(im, name, size, resample, draft)
+        limits.check_bytes(plan.nbytes, plan.what)
+        try:
+            im.load()  # PIL opens lazily: a truncated file only fails here
+            if _is_wide(im.mode):
+                rgb = _array_to_rgb(_pil_to_array(im, name), name, "channels_last")  # [H, W, 3]
+                if plan.orientation != 1:
+                    rgb = np.asarray(PIL.Image.fromarray(rgb).transpose(_UPRIGHT[plan.orientation]))
+                return rgb if size is None else resize(rgb, size[0], size[1], resample)
+            if plan.reduce and im.mode in _REDUCE_AS_STORED:
+                rgb = _pil_rgb(im.reduce(plan.reduce))  # a grey image is reduced before it is made RGB
+            else:
+                rgb = _pil_rgb(im)  # a PIL RGB image, as stored
+                rgb = rgb.reduce(plan.reduce) if plan.reduce else rgb
+            if plan.orientation != 1:
+                rgb = rgb.transpose(_UPRIGHT[plan.orientation])  # upright, before the resize as in transformers
+            if size is not None:
+                rgb = rgb.resize((size[1], size[0]), resample=resample)  # `resize`, without its array copy
+            return np.asarray(rgb)  # [h, w, 3] uint8
+        except MemoryError:  # the estimate fell short: still one line naming the image
+            raise limits.SizeError(f"{plan.what}: out of memory decoding it") from None
+
+
+def image_file_size(path):
+    """(height, width) of an image file as `read_image_file` reads it (upright), from its header alone."""
+    with _opened(os.fspath(path)) as im:
+        width, height = im.size
+        return (width, height) if _orientation(im) in (5, 6, 7, 8) else (height, width)
+
+
+def check_image_file(path, size=None, resample=PIL.Image.Resampling.BILINEAR):
+    """Raise limits.SizeError, naming the file and its size, if `read_image_file(path, size, resample)` could
+    not decode it in the memory available now; decodes nothing. An unreadable file passes: reading it says why."""
+    name = os.fspath(path)
+    try:
+        with _opened(name) as im:
+            plan = _plan(im, name, size, resample, draft=False)
+    except ImageError:
+        return
+    limits.check_bytes(plan.nbytes, plan.what)
 
 
 def rescale(image):
@@ -176,7 +345,9 @@ def pixels_from_images(images):
 
 
 def _size_dict(size):
-    """int or {"height": h, "width": w} -> {"height": h, "width": w} of positive ints."""
+    """int or {"height": h, "width": w} -> {"height": h, "width": w} of positive ints, bounded like every
+    size (limits.py): one image of it must fit this machine's memory, so `size=30000` (or a typo in
+    preprocessor_config.json) is a one-line error here, not a 30000x30000 float64 image later."""
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         size = {"height": int(size), "width": int(size)}  # hub configs store a square size as one int
     if not isinstance(size, dict) or set(size) != {"height", "width"}:
@@ -184,7 +355,12 @@ def _size_dict(size):
     for value in size.values():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"size must hold positive integers, got {size!r}")
-    return {"height": int(size["height"]), "width": int(size["width"])}
+    height, width = int(size["height"]), int(size["width"])
+    nbytes, budget = limits.processed_bytes(1, height, width), limits.machine_memory()
+    if nbytes > budget:
+        raise limits.SizeError(f"size {height}x{width}: one image of it needs {limits.fmt_bytes(nbytes)} to process, "
+                               f"more than this machine's {limits.fmt_bytes(budget)} of memory")
+    return {"height": height, "width": width}
 
 
 def _same_numbers(a, b):
@@ -284,9 +460,17 @@ class ImageGPTImageProcessor:
         do_resize = self.do_resize if do_resize is None else do_resize
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
         size = self.size if size is None else size
-        rgb = load_image(image, name, input_data_format)  # [H, W, 3]
-        if do_resize:
-            rgb = resize(rgb, size["height"], size["width"], self.resample if resample is None else resample)
+        resample = self.resample if resample is None else resample
+        if isinstance(image, (str, os.PathLike)):  # a file: read upright, resized as it is read, bounded
+            rgb = read_image_file(image, (size["height"], size["width"]) if do_resize else None, resample)
+        else:
+            rgb = load_image(image, name, input_data_format)  # [H, W, 3]
+            if do_resize:
+                rgb = resize(rgb, size["height"], size["width"], resample)
+        if not do_resize:  # at its own size: its float arrays bounded as a `size` of it would be
+            what = os.fspath(image) if isinstance(image, (str, os.PathLike)) else name
+            limits.check_bytes(limits.processed_bytes(1, *rgb.shape[:2]),
+                               f"{what} at its own size {rgb.shape[0]}x{rgb.shape[1]} (do_resize=False)")
         pixels = rgb if rgb.dtype == np.float32 else rescale(rgb)  # floats in [0, 1] are already rescaled
         return normalize(pixels) if do_normalize else pixels
 
@@ -322,6 +506,10 @@ class ImageGPTImageProcessor:
             raise ImageError("no images given")
         if quantizing and clusters is None:
             raise ValueError("clusters must be provided for color quantization (or set do_color_quantize=False)")
+        if flags.get("do_resize", self.do_resize):  # the batch's arrays, bounded before any image is read
+            target = size or self.size
+            limits.check_bytes(limits.processed_bytes(len(images), target["height"], target["width"]),
+                               f"{len(images):,} images of size {target['height']}x{target['width']}")
         processed = [self.preprocess_one(image, f"image {i}", input_data_format, flags.get("do_resize"), size,
                                          resample, flags.get("do_normalize"))
                      for i, image in enumerate(images)]  # B x [h, w, 3]

@@ -27,7 +27,7 @@ from .config import ImageGPTConfig
 from .generation import (GenerationConfig, OptionError, as_generator, complete_images, image_shape, progress_bar,
                          sample_images)
 from .model import ImageGPTForCausalImageModeling
-from .processor import PREPROCESSOR_CONFIG_NAME, ImageGPTImageProcessor
+from .processor import PREPROCESSOR_CONFIG_NAME, ImageGPTImageProcessor, check_image_file
 from .weights import NonFiniteWeightsWarning, atomic_open
 
 DEFAULT_OUT = "samples.png"
@@ -264,16 +264,10 @@ def check_cuda(config, parser):
                      f"limit of {cuda.MAX_HEAD_DIM}; use --device cpu or --device auto")
 
 
-def check_prompt_file(path):
-    """The prompt image's size from its header, bounded before it is decoded."""
-    import PIL.Image
-
-    try:
-        with PIL.Image.open(path) as im:
-            width, height = im.size
-    except Exception:  # unreadable: the processor reports it, naming the file
-        return
-    limits.check_bytes(limits.image_bytes(height, width), f"--prompt {path} ({width}x{height} pixels)")
+def check_prompt_file(path, processor):
+    """The prompt image's decoding, bounded from its header before it is decoded (an unreadable file passes:
+    the processor reports it, naming the file)."""
+    check_image_file(path, (processor.size["height"], processor.size["width"]), processor.resample)
 
 
 def kernels_notice(device):
@@ -285,14 +279,14 @@ def kernels_notice(device):
     return compiling_notice()
 
 
-def check_prompt_rows(args, parser, h, w):
+def check_prompt_rows(args, parser, h, w, processor):
     """The rows of --prompt kept (None without --prompt), and the prompt image's size bounded."""
     if args.prompt is None:
         return None
     rows_kept = args.prompt_rows if args.prompt_rows is not None else h // 2
     if not 1 <= rows_kept < h:
         parser.error(f"--prompt-rows must be between 1 and {h - 1} for this model's {h}x{w} images, got {rows_kept}")
-    check_prompt_file(args.prompt)
+    check_prompt_file(args.prompt, processor)
     return rows_kept
 
 
@@ -302,7 +296,7 @@ def run(args, parser, options, rng):
     config = ImageGPTConfig.from_pretrained(args.model)
     processor = ImageGPTImageProcessor.from_pretrained(args.model)
     h, w = image_shape(processor, config)
-    rows_kept = check_prompt_rows(args, parser, h, w)
+    rows_kept = check_prompt_rows(args, parser, h, w, processor)
     per_row, scale = plan_grid(args, args.num_samples + (0 if rows_kept is None else 2), h, w)
     limits.check_bytes(limits.kv_cache_bytes(config, chunk_size(config, args.num_samples), config.n_positions),
                        f"--num-samples {args.num_samples:,}: the KV cache of one chunk")

@@ -5,6 +5,7 @@ import pickle
 import re
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -138,3 +139,73 @@ def test_a_torch_saved_pickle_that_runs_code_names_the_blocked_global(tmp_path, 
     # torch.save's protocol 2 pickles Path.touch as getattr(Path, "touch"): getattr is what it blocks
     assert "Unsupported global" in err and "getattr" in err and "could run code" in err, err
     assert "weights_only=False" not in err and not marker.exists()
+
+
+@pytest.mark.parametrize("spelling", ["plain", "dotted", "force"])
+def test_an_output_that_is_the_input_is_refused(tmp_path, capsys, spelling):
+    directory = checkpoint(tmp_path, tiny_state_dict())
+    source = directory / "pytorch_model.bin"
+    before = source.read_bytes()
+    out = {"plain": source, "dotted": directory / "." / "pytorch_model.bin", "force": source}[spelling]
+    assert main([str(directory), "--out", str(out), *(["--force"] if spelling == "force" else [])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the input pytorch_model.bin itself" in err, err
+    assert source.read_bytes() == before
+
+
+def test_an_output_hard_linked_to_the_input_is_refused(tmp_path, capsys):
+    directory = checkpoint(tmp_path, tiny_state_dict())
+    link = tmp_path / "alias.safetensors"
+    link.hardlink_to(directory / "pytorch_model.bin")
+    assert main([str(directory), "--out", str(link), "--force"]) == 2
+    assert "is the input pytorch_model.bin itself" in capsys.readouterr().err
+    assert torch.load(directory / "pytorch_model.bin", weights_only=True)["transformer.wte.weight"].shape == (17, 8)
+
+
+def _long1(n):
+    """The pickle opcode LONG1 for the integer n."""
+    data = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(data)]) + data
+
+
+def claims_huge_storage(directory, zip_format, n=10**12):
+    """A pytorch_model.bin whose one tensor, 'w', claims n float32 elements while holding 3."""
+    path = directory / "pytorch_model.bin"
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=zip_format)
+    if not zip_format:  # the storage's numel in the pickle, the tensor's size, and the record's own length
+        data = path.read_bytes()
+        data = data.replace(b"K\x03N", _long1(n) + b"N").replace(b"K\x03\x85", _long1(n) + b"\x85")
+        path.write_bytes(data.replace((3).to_bytes(8, "little") + b"\x00\x00\x80?", n.to_bytes(8, "little") +
+                                      b"\x00\x00\x80?"))
+        return directory
+    with zipfile.ZipFile(path) as z:
+        members = [(info, z.read(info.filename)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in members:
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"K\x03t", _long1(n) + b"t").replace(b"K\x03\x85", _long1(n) + b"\x85")
+            z.writestr(info, data)
+    return directory
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_tensor_claiming_more_than_the_file_holds_is_named(tmp_path, capsys, zip_format):
+    """torch.load would ask its allocator for the 4 TB first (legacy format) or fail resizing a mapped
+    storage (zip format); the claim is refused first, naming the file and the tensor."""
+    directory = claims_huge_storage(tmp_path, zip_format)
+    assert main([str(directory)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pytorch_model.bin: tensor 'w' claims 1,000,000,000,000 elements" in err, err
+    assert "allocat" not in err and "resize" not in err
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_tensors_sharing_or_expanding_a_storage_still_convert(tmp_path):
+    """The size check reads a tensor's reach from its strides: a view into a larger storage and an
+    expanded tensor (stride 0: more elements than its storage) are both within what the file holds."""
+    base = torch.arange(12, dtype=torch.float32)
+    directory = checkpoint(tmp_path, {"view": base[4:8], "whole": base, "expanded": torch.ones(1, 3).expand(5, 3)})
+    assert main([str(directory)]) == 0
+    loaded = load_state_dict(directory)
+    np.testing.assert_array_equal(loaded["view"], [4, 5, 6, 7])
+    np.testing.assert_array_equal(loaded["expanded"], np.ones((5, 3), np.float32))

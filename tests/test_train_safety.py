@@ -215,7 +215,7 @@ def test_header_sizes_follow_the_exif_orientation(tmp_path):
     """A phone photo stored 6 wide and 4 high with orientation 6 (turn 90 degrees) is shown 4 wide, 6 high:
     the mixed-size check and the training size must see it as transformers' processor does."""
     exif = Image.Exif()
-    exif[datasets.EXIF_ORIENTATION] = 6
+    exif[0x0112] = 6  # EXIF orientation: turned 90 degrees
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "plain.jpg")
     assert datasets.image_size_of(str(tmp_path / "phone.jpg")) == (6, 4)

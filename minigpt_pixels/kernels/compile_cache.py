@@ -6,7 +6,14 @@ code goes to disk, and later processes load it instead (milliseconds a kernel; N
 about 1 s, remains). Where it goes is Numba's own choice, left alone: NUMBA_CACHE_DIR when the user
 sets it, else the __pycache__ beside the source when that is writable (an editable install), else a
 per-user directory (~/.cache/numba/... on Linux: a read-only, installed package). Nothing here sets an
-environment variable, and a kernel whose code cannot be cached still runs (Numba then warns).
+environment variable.
+
+The cache can never stop a kernel from running (`KernelCache`): a damaged entry (Numba writes its files
+without fsync, so a crash can leave one truncated, empty or garbage) is deleted and the kernel compiled
+again; with no writable place for it (a container under an arbitrary uid, HOME and the install read-only)
+the kernels run uncached. Each says so in one warning line on stderr, once a process. Under
+NUMBA_DISABLE_JIT=1, Numba's debugging switch, `njit` hands back the Python function and `intrinsic` its
+Python twin, so the kernels run as (slow) Python.
 
 One thing Numba's cache gets wrong for us: it checks a cached kernel against its own source file
 only, yet cpu.py's decode kernels have simd.py's matmul compiled into them, so an edit of simd.py alone
@@ -25,7 +32,9 @@ import os
 import sys
 
 import numba
+import numba.extending
 from numba.core import caching, event
+from numba.core.dispatcher import Dispatcher
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,8 +76,49 @@ class _CacheImpl(caching.CompileResultCacheImpl):
 
 
 class KernelCache(caching.FunctionCache):
-    """numba's FunctionCache (what cache=True installs), with the directory-wide source stamp."""
+    """numba's FunctionCache (what cache=True installs), with the directory-wide source stamp, that never
+    stops a kernel from running: a damaged entry is deleted and the kernel compiled again, and an entry
+    that cannot be written leaves the kernel uncached, each with one warning line."""
     _impl_class = _CacheImpl
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as e:  # Numba writes its files without fsync: truncated, empty or garbage after a crash
+            removed = self._remove_entries()
+            warn_once("damaged", f"damaged Numba cache file(s) for {self._py_func.__qualname__} in {self._cache_path} "
+                                 f"({type(e).__name__}: {str(e)[:80]}); deleted {removed}, compiling again")
+            return None  # a miss: the dispatcher compiles, then save_overload writes a fresh entry
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+        except Exception as e:  # a read-only or full disk: the compiled kernel runs all the same
+            self.disable()
+            warn_once("unsaved", f"cannot write the Numba cache in {self._cache_path} ({type(e).__name__}: "
+                                 f"{str(e)[:80]}); the kernels run uncached, compiled again in every process")
+
+    def _remove_entries(self):
+        """Delete this kernel's index (.nbi) and every data file (.nbc) it names; return how many went."""
+        index = self._cache_file._index_path
+        data = glob.glob(glob.escape(index[: -len(".nbi")]) + ".*.nbc")
+        removed = 0
+        for path in [index, *data]:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+                removed += 1
+        return removed
+
+
+_WARNED = set()
+
+
+def warn_once(kind, message):
+    """One line on stderr, once a process per kind: the cache's troubles are the user's to know of, but a
+    run of forty kernels must not print forty lines."""
+    if kind not in _WARNED:
+        _WARNED.add(kind)
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def njit(*, parallel=False, **options):
@@ -76,8 +126,23 @@ def njit(*, parallel=False, **options):
     against every kernel file (see the module docstring)."""
     def decorate(fn):
         dispatcher = numba.njit(parallel=parallel, **options)(fn)
-        dispatcher._cache = KernelCache(dispatcher.py_func)  # what Dispatcher.enable_caching() sets
+        if not isinstance(dispatcher, Dispatcher):  # NUMBA_DISABLE_JIT=1: njit gave back fn, to run as Python
+            return dispatcher
+        try:
+            dispatcher._cache = KernelCache(dispatcher.py_func)  # what Dispatcher.enable_caching() sets
+        except (RuntimeError, OSError) as e:  # "no locator available": no writable place; the kernel runs uncached
+            warn_once("no place", f"no writable place for Numba's cache ({str(e)[:120]}); the kernels run "
+                                  f"uncached, compiled again in every process (set NUMBA_CACHE_DIR to a writable "
+                                  f"folder to keep them)")
         return dispatcher
+    return decorate
+
+
+def intrinsic(python):
+    """numba.extending.intrinsic; under NUMBA_DISABLE_JIT=1, where the kernels run as Python functions and an
+    intrinsic cannot be called from Python, its twin `python` (the same result, slowly) takes its place."""
+    def decorate(fn):
+        return python if numba.config.DISABLE_JIT else numba.extending.intrinsic(fn)
     return decorate
 
 

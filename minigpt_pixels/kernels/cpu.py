@@ -48,11 +48,10 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.extending import intrinsic
 
 from .. import layers
 from . import simd
-from .compile_cache import njit  # numba.njit, its compiled code cached on disk
+from .compile_cache import intrinsic, njit  # numba's, cached on disk / with a Python twin for NUMBA_DISABLE_JIT
 
 F32 = np.float32
 MASK_MIN = layers.MASK_MIN
@@ -68,7 +67,7 @@ PARALLEL_MIN_WORK = 1 << 22  # multiply-adds below which a section runs on one t
 JIT = dict(fastmath=False, nogil=True, error_model="numpy")
 
 
-@intrinsic
+@intrinsic(python=lambda bits: np.int32(bits).view(F32))
 def _float32_from_bits(typingctx, bits):
     """Reinterpret an int32's bits as a float32 (what `np.int32(...).view(np.float32)` would do)."""
     def codegen(context, builder, signature, args):

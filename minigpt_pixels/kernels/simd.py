@@ -27,9 +27,8 @@ from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
 from numba.core.datamodel import models, register_default
-from numba.extending import intrinsic
 
-from .compile_cache import njit  # numba.njit, its compiled code cached on disk
+from .compile_cache import intrinsic, njit  # numba's, cached on disk / with a Python twin for NUMBA_DISABLE_JIT
 
 F32 = np.float32
 LANES = 8
@@ -63,7 +62,7 @@ def _check_row_array(arr):
         raise numba.TypingError(f"expected a C-contiguous 2-D float32 array, got {arr}")
 
 
-@intrinsic
+@intrinsic(python=lambda: np.zeros(LANES, F32))
 def vzero(typingctx):
     """[0, 0, 0, 0, 0, 0, 0, 0]"""
     def codegen(context, builder, signature, args):
@@ -71,7 +70,7 @@ def vzero(typingctx):
     return f32x8(), codegen
 
 
-@intrinsic
+@intrinsic(python=lambda x: np.full(LANES, x, F32))
 def vsplat(typingctx, x):
     """[x, x, x, x, x, x, x, x] for a float32 x."""
     if x != types.float32:
@@ -84,7 +83,7 @@ def vsplat(typingctx, x):
     return f32x8(x), codegen
 
 
-@intrinsic
+@intrinsic(python=lambda arr, i, j: arr[i, j:j + LANES].copy())
 def vload(typingctx, arr, i, j):
     """arr[i, j:j + 8] for a C-contiguous 2-D float32 array (no bounds check: j + 8 <= arr.shape[1])."""
     _check_row_array(arr)
@@ -94,7 +93,7 @@ def vload(typingctx, arr, i, j):
     return f32x8(arr, i, j), codegen
 
 
-@intrinsic
+@intrinsic(python=lambda arr, i, j, v: np.copyto(arr[i, j:j + LANES], v))
 def vstore(typingctx, arr, i, j, v):
     """arr[i, j:j + 8] = v (no bounds check: j + 8 <= arr.shape[1])."""
     _check_row_array(arr)
@@ -105,7 +104,7 @@ def vstore(typingctx, arr, i, j, v):
     return types.void(arr, i, j, f32x8), codegen
 
 
-@intrinsic
+@intrinsic(python=lambda a, b, c: (a.astype(np.float64) * b + c).astype(F32))
 def vfma(typingctx, a, b, c):
     """a * b + c in each lane, rounded once (llvm.fma: one vfmadd instruction with FMA3)."""
     def codegen(context, builder, signature, args):
@@ -114,7 +113,7 @@ def vfma(typingctx, a, b, c):
     return f32x8(f32x8, f32x8, f32x8), codegen
 
 
-@intrinsic
+@intrinsic(python=lambda arr, i, j: None)
 def vprefetch(typingctx, arr, i, j):
     """Ask the CPU to start loading the cache line holding arr[i, j] (llvm.prefetch: a hint, no result,
     never faults; same array rules as vload)."""
