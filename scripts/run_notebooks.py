@@ -125,8 +125,11 @@ def comparable_outputs(nb):
         for out in c.get("outputs", []):
             kind = out.get("output_type")
             if kind == "stream":
-                if out.get("name") == "stdout":
-                    shown.append(("stdout", _untimed(out.get("text", ""))))
+                if out.get("name") == "stdout":  # one stream however its flushes split it into outputs
+                    text = _joined(out.get("text", ""))
+                    if shown and shown[-1][0] == "stdout-raw":
+                        text = shown.pop()[1] + text
+                    shown.append(("stdout-raw", text))
             elif kind in ("display_data", "execute_result"):
                 data = out.get("data", {})
                 if any(m.startswith("image/") for m in data):
@@ -134,7 +137,7 @@ def comparable_outputs(nb):
                 shown += [(m, _untimed(_joined(data[m]))) for m in TEXT_TYPES if m in data]
             elif kind == "error":
                 shown.append(("error", f"{out.get('ename')}: {out.get('evalue')}"))
-        cells.append((c.get("id"), shown))
+        cells.append((c.get("id"), [("stdout", _untimed(v)) if k == "stdout-raw" else (k, v) for k, v in shown]))
     return cells
 
 
