@@ -34,7 +34,9 @@ import nbformat
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 SRC = NOTEBOOKS / "src"
-KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}  # ipykernel's own
+# (ipykernel.kernelspec.get_kernel_dict()): with any other display name JupyterLab rewrites it on opening, so the
+# notebook opens as modified ("save changes?") and a teacher's clone shows a git diff
 SOLUTION = ("BEGIN SOLUTION", "END SOLUTION")  # nbgrader's delimiters (found anywhere in a line)
 HIDDEN_TESTS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"  # nbgrader's ClearSolutions.code_stub for Python
@@ -188,7 +190,8 @@ def main(argv=None):
     for path, nb in all_notebooks().items():
         if args.check:
             on_disk = ROOT / path
-            if not on_disk.exists() or sources(nbformat.read(on_disk, as_version=4)) != sources(nb):
+            old = nbformat.read(on_disk, as_version=4) if on_disk.exists() else None
+            if old is None or sources(old) != sources(nb) or old.metadata.get("kernelspec") != KERNELSPEC:
                 stale.append(path)
         else:
             write(path, nb)

@@ -10,7 +10,15 @@ then each runs in a fresh kernel in its own folder (so relative paths such as ..
 written back with its outputs, pictures included: what people see when browsing the repository is what the code makes
 today. Each notebook gets `--timeout` seconds in all; a cell that raises or runs past that fails the
 run with the notebook and cell named. The check results the exercise notebooks show are listed
-after each. (To mark students' notebooks, use `python -m minigpt_pixels.grade` instead: running a
+after each; the exercise notebooks themselves are stored without outputs (what students get, as
+nbgrader releases them).
+
+Stored outputs are what a fresh run prints: tests/test_notebooks.py runs every notebook and fails when
+its outputs differ from the stored ones (`stale_outputs`). Only timing lines may differ, and a notebook
+marks each one by saying how many threads it was timed on, e.g. `print(f"... in {s:.2f} s (timed on
+{n} thread{'s' * (n > 1)})")`: every output line matching TIMING is left out of the comparison, and so is
+stderr (progress bars and warnings carry rates and addresses). Figures are compared by where they are,
+not by their pixels. (To mark students' notebooks, use `python -m minigpt_pixels.grade` instead: running a
 student's notebook here runs all of its code in this kernel and believes what it prints.)
 """
 
@@ -35,6 +43,9 @@ THREADS = 1  # BLAS/OpenMP threads per kernel: the notebooks' matrices are small
 # steps on 2 busy cores than the libraries' default of one thread per core)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 RESULT_MARKS = ("\u2705", "\u274c", "\u23f3")  # how exercises.CheckResult starts: passed, failed, not done
+TIMING = re.compile(r"\btimed on \d+ threads?\b")  # how a notebook marks a line whose numbers are timings
+ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object reprs (<... at 0x7f...>) differ from run to run
+TEXT_TYPES = ("text/plain", "text/markdown", "text/html", "text/latex", "application/json")
 
 
 class NotebookError(Exception):
@@ -102,6 +113,66 @@ def check_results(nb):
     return found
 
 
+def comparable_outputs(nb):
+    """-> [(cell id, [output, ...])] of a notebook's code cells, each output reduced to what a fresh run
+    must reproduce: stdout and rich text with the TIMING lines dropped and object addresses blanked,
+    a figure as the word "<image>" (its place, not its pixels), an error as its name and value."""
+    cells = []
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        shown = []
+        for out in c.get("outputs", []):
+            kind = out.get("output_type")
+            if kind == "stream":
+                if out.get("name") == "stdout":  # one stream however its flushes split it into outputs
+                    text = _joined(out.get("text", ""))
+                    if shown and shown[-1][0] == "stdout-raw":
+                        text = shown.pop()[1] + text
+                    shown.append(("stdout-raw", text))
+            elif kind in ("display_data", "execute_result"):
+                data = out.get("data", {})
+                if any(m.startswith("image/") for m in data):
+                    shown.append(("image", "<image>"))
+                shown += [(m, _untimed(_joined(data[m]))) for m in TEXT_TYPES if m in data]
+            elif kind == "error":
+                shown.append(("error", f"{out.get('ename')}: {out.get('evalue')}"))
+        cells.append((c.get("id"), [("stdout", _untimed(v)) if k == "stdout-raw" else (k, v) for k, v in shown]))
+    return cells
+
+
+def stale_outputs(stored, fresh, limit=5):
+    """The differences between a stored notebook's outputs and a fresh run's, timing lines excepted, as
+    readable lines (at most `limit`); [] when the stored outputs are what the code prints today."""
+    old, new = comparable_outputs(stored), comparable_outputs(fresh)
+    if [i for i, _ in old] != [i for i, _ in new]:
+        return ["the code cells differ (rebuild the notebook: python scripts/build_notebooks.py)"]
+    found = []
+    for (cell, a), (_, b) in zip(old, new):
+        if a == b:
+            continue
+        for k in range(max(len(a), len(b))):
+            x, y = (a[k] if k < len(a) else ("", "<nothing>")), (b[k] if k < len(b) else ("", "<nothing>"))
+            if x == y:
+                continue
+            xl, yl = x[1].splitlines() or [""], y[1].splitlines() or [""]
+            j = next((j for j in range(max(len(xl), len(yl))) if xl[j:j + 1] != yl[j:j + 1]), 0)
+            found.append(f"cell {cell}, output {k}: stored {x[0]} {xl[j] if j < len(xl) else '<nothing>'!r}, "
+                         f"fresh run {y[0]} {yl[j] if j < len(yl) else '<nothing>'!r}")
+            break
+    if len(found) > limit:
+        found = found[:limit] + [f"... and {len(found) - limit} more cells"]
+    return found
+
+
+def _joined(text):
+    return "".join(text) if isinstance(text, list) else str(text)
+
+
+def _untimed(text):
+    return "\n".join(ADDRESS.sub(" at 0x...", line) for line in _joined(text).splitlines() if not TIMING.search(line))
+
+
 def _name(path):
     try:
         return str(pathlib.Path(path).resolve().relative_to(ROOT))
@@ -156,7 +227,7 @@ def main(argv=None):
         print(f"{seconds:6.1f} s  {_name(path)}", flush=True)
         for line in dict.fromkeys(check_results(nb)):  # each check once (a notebook's summary repeats them)
             print(f"          {line}")
-        if not args.no_write:
+        if not args.no_write and path.parent.name != "exercises":  # students get theirs without outputs
             write(path, nb)
     print(f"{total:6.1f} s  in all, {len(paths) - len(failures)} of {len(paths)} notebooks ran")
     if failures:

@@ -116,10 +116,18 @@ def student_layer_norm_backward(dout, cache):
     return dx, (dout * n).reshape(-1, n.shape[-1]).sum(0)
 
 
+def student_bits_per_token(logits, targets):
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    picked = np.take_along_axis(logp, targets[:, :, None], axis=2)[:, :, 0]
+    return (-picked.mean(axis=1) / np.log(2)).astype(np.float32)
+
+
 STUDENTS = {"layer_norm": student_layer_norm, "quick_gelu": student_quick_gelu,
             "causal_attention": student_attention, "kv_cache_step": student_kv_step,
             "top_k_filter": student_top_k_filter, "top_k_sample": student_top_k_sample,
-            "kmeans_step": student_kmeans_step, "layer_norm_backward": student_layer_norm_backward}
+            "kmeans_step": student_kmeans_step, "layer_norm_backward": student_layer_norm_backward,
+            "bits_per_token": student_bits_per_token}
 
 
 @pytest.mark.parametrize("name", list(EXERCISES))

@@ -2,8 +2,9 @@
 it writes lands in the repository), within 600 s; the exercise notebooks students get report "not done
 yet" without raising, and the teacher's versions (built from notebooks/src/exercises/, solutions in)
 pass every check. Also: the files on disk are what scripts/build_notebooks.py makes from their jupytext
-sources in notebooks/src/, no solution reaches what students get, and the walkthroughs are stored with
-their pictures."""
+sources in notebooks/src/, no solution reaches what students get, the walkthroughs are stored with
+their pictures and with the outputs a fresh run gives (timing lines excepted), and every notebook carries
+ipykernel's own kernelspec so that it opens unmodified in JupyterLab."""
 
 import json
 import pathlib
@@ -82,7 +83,7 @@ def outputs_text(nb):
 
 def test_the_notebooks_are_all_there():
     names = [p.name for p in WALKTHROUGHS]
-    assert [n[:2] for n in names] == ["01", "02", "03", "04", "05", "06", "07"], names
+    assert {"01", "02", "03", "04", "05", "06", "07"} <= {n[:2] for n in names}, names
     assert sorted(p.stem for p in (ROOT / "notebooks" / "src").glob("[0-9]*.py")) == [p.stem for p in WALKTHROUGHS]
     skeletons = sorted(p.stem for p in PATHS if p.parent.name == "exercises")
     assert len(skeletons) >= 5 and skeletons == sorted(TEACHER)
@@ -110,6 +111,49 @@ def test_the_files_on_disk_are_what_the_builder_makes():
     assert build_notebooks.main(["--check"]) == 0, "run python scripts/run_notebooks.py"
 
 
+@pytest.mark.parametrize("path", PATHS, ids=["/".join(p.parts[1:]) for p in PATHS])
+def test_notebooks_carry_ipykernel_s_kernelspec(path):
+    """What ipykernel installs (`python -m ipykernel install`), so JupyterLab opens the file unmodified."""
+    from ipykernel.kernelspec import get_kernel_dict
+
+    ours = get_kernel_dict()
+    spec = nbformat.read(ROOT / path, as_version=4).metadata.get("kernelspec")
+    assert spec == {"display_name": ours["display_name"], "language": ours["language"], "name": "python3"}, \
+        f"{path}: run python scripts/build_notebooks.py"
+
+
+def test_exercise_notebooks_are_stored_without_outputs():
+    """Students get them clean, as nbgrader releases them."""
+    for path in PATHS:
+        if path.parent.name == "exercises":
+            nb = nbformat.read(ROOT / path, as_version=4)
+            assert not any(c.get("outputs") for c in nb.cells), path
+
+
+def _with_output(text):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(x)")
+    cell["id"] = "c0"
+    cell["outputs"] = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    nb.cells.append(cell)
+    return nb
+
+
+def test_the_stale_output_check_sees_a_changed_number_and_ignores_timings():
+    stored = _with_output("held-out loss 1.2345\n32 images in 0.51 s (timed on 1 thread)\n")
+    assert run_notebooks.stale_outputs(stored, _with_output(
+        "held-out loss 1.2345\n32 images in 4.70 s (timed on 2 threads)\n")) == []
+    stale = run_notebooks.stale_outputs(stored, _with_output(
+        "held-out loss 1.2346\n32 images in 0.51 s (timed on 1 thread)\n"))
+    assert len(stale) == 1 and "1.2345" in stale[0] and "1.2346" in stale[0], stale
+    # a timing not marked as one is compared like any other number
+    assert run_notebooks.stale_outputs(_with_output("in 0.51 s\n"), _with_output("in 0.52 s\n"))
+    # a lost output or figure counts
+    fresh = _with_output("held-out loss 1.2345\n")
+    fresh.cells[0]["outputs"].append(nbformat.v4.new_output("display_data", data={"image/png": "", "text/plain": "x"}))
+    assert run_notebooks.stale_outputs(stored, fresh)
+
+
 @pytest.mark.parametrize("path", WALKTHROUGHS, ids=[p.name for p in WALKTHROUGHS])
 def test_walkthroughs_are_stored_with_their_pictures(path):
     """Outputs are kept in git so the pictures show when browsing; run_notebooks.py regenerates them."""
@@ -132,7 +176,11 @@ def test_notebook_runs_top_to_bottom(path, workdir):
         assert results and all(r.startswith("\u23f3") and "not done yet" in r for r in results), results
     else:
         assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
-        assert EXPECTED[path.name] in text
+        assert EXPECTED.get(path.name, "") in text
+        stale = run_notebooks.stale_outputs(nbformat.read(ROOT / path, as_version=4), nb)
+        assert not stale, (f"{path}: the stored outputs are not what a fresh run prints (run python "
+                           f"scripts/run_notebooks.py {path}; mark timing lines 'timed on N threads'):\n"
+                           + "\n".join(stale))
         if path.name == "04_linear_probe.ipynb":
             check_probe_numbers(nb, "executed notebook")
     assert not list(workdir.glob("notebooks/**/*.png")), "a notebook wrote files into its folder"

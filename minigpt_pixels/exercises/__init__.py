@@ -16,6 +16,7 @@ Every exercise replaces one function of the package and takes the same arguments
     top_k_sample(logits, k, rng)                     generation.sample_from_logits(logits, rng, top_k=k)
     kmeans_step(pixels, centres)                     palette.lloyd_step, one iteration of fit_palette
     layer_norm_backward(dout, cache)                 layers.layer_norm_backward
+    bits_per_token(logits, targets)                  train.evaluate's "bits", image by image
 
 Each exercise is one module here (its reference from the package, its cases, its classic mistakes
 with their hints); `engine` holds what they share: calling the student's function, and judging what
@@ -28,13 +29,13 @@ shape or dtype, NaN, changes its inputs in place, or runs past `timeout` seconds
 with a message; `raise NotImplementedError` (the skeletons' body) gives "not done yet".
 """
 
-from . import (causal_attention, kmeans_step, kv_cache_step, layer_norm, layer_norm_backward, quick_gelu,
-               top_k_filter, top_k_sample)
+from . import (bits_per_token, causal_attention, kmeans_step, kv_cache_step, layer_norm, layer_norm_backward,
+               quick_gelu, top_k_filter, top_k_sample)
 from .engine import SEED, TIMEOUT_S, CheckResult, Exercise, check_in, describe_in, judge, make_cases
 
 EXERCISES = {m.EXERCISE.name: m.EXERCISE for m in (
     layer_norm, quick_gelu, causal_attention, kv_cache_step, top_k_filter, top_k_sample, kmeans_step,
-    layer_norm_backward)}
+    layer_norm_backward, bits_per_token)}
 
 NOTEBOOKS = {  # exercise notebook (file stem) -> the exercises it holds, in order
     "01_layer_norm_and_quick_gelu": ("layer_norm", "quick_gelu"),
@@ -42,6 +43,7 @@ NOTEBOOKS = {  # exercise notebook (file stem) -> the exercises it holds, in ord
     "03_top_k_sampling": ("top_k_filter", "top_k_sample"),
     "04_kmeans_step": ("kmeans_step",),
     "05_layer_norm_backward": ("layer_norm_backward",),
+    "06_bits_per_token": ("bits_per_token",),
 }
 
 __all__ = ["EXERCISES", "NOTEBOOKS", "SEED", "TIMEOUT_S", "CheckResult", "Exercise", "check", "describe", "judge",

@@ -30,10 +30,15 @@ def masked(s, offset, fill=layers.MASK_MIN):
     return np.where(np.tri(T, S, k=offset, dtype=bool), s, fill)
 
 
-def attend(q, k, v, scale, offset=None, softmax_fn=softmax, axis=-1, zero_fill=False, fill=layers.MASK_MIN):
-    """Attention where key j is visible to query t when j <= t + offset; offset None: no mask at all."""
+def attend(q, k, v, scale, offset=None, softmax_fn=softmax, axis=-1, zero_fill=False, fill=layers.MASK_MIN,
+           after_softmax=False):
+    """Attention where key j is visible to query t when j <= t + offset; offset None: no mask at all.
+    after_softmax: the mask zeroes the weights after a softmax over every key (rows no longer sum to 1)."""
     s = scores(q, k, scale)
     T, S = s.shape[-2:]
+    if after_softmax:
+        w = softmax(s) * np.tri(T, S, k=offset, dtype=F32)  # [B, H, T, S], the future's share thrown away
+        return (w @ v).astype(F32)
     if offset is not None:
         if zero_fill:
             s = s * np.tri(T, S, k=offset, dtype=F32)  # masked scores set to 0, not -inf
@@ -41,6 +46,26 @@ def attend(q, k, v, scale, offset=None, softmax_fn=softmax, axis=-1, zero_fill=F
             s = masked(s, offset, fill)
     w = softmax_fn(s, axis=axis) if softmax_fn is softmax else softmax_fn(s)
     return (w @ v).astype(F32)
+
+
+def triu_kept(q, k, v, scale):
+    """np.triu as the mask of keys to keep: each query sees itself and the future, not the past."""
+    s = scores(q, k, scale)
+    T, S = s.shape[-2:]
+    return (softmax(np.where(np.triu(np.ones((T, S), bool)), s, layers.MASK_MIN)) @ v).astype(F32)
+
+
+def k_dot_T(q, k, v, scale):
+    """`q @ k.T`: on a 4-D array .T reverses all four axes, so matmul cannot broadcast [B, H] against [D, S]."""
+    return softmax(q @ k.T * scale) @ v
+
+
+K_T_HINT = ("q @ k^T needs the keys as [B, H, D, S]. `k.T` on a 4-D array reverses all four axes ([B, H, S, D] -> "
+            "[D, S, H, B]), so the matmul pairs the wrong axes (and plain q @ k pairs D with S). Swap only the "
+            "last two: k.swapaxes(-1, -2) or k.transpose(0, 1, 3, 2)")
+# numpy's matmul messages: the inner axes do not match ([T, D] @ [H, B] for k.T, [T, D] @ [S, D] for no
+# transpose), or the inner ones match and the batch axes ([B, H] against [D, S]) cannot broadcast
+K_T_ERRORS = ("mismatch in its core dimension", "remapped shapes")
 
 
 def qkv(B, H, T, S, D, mag=1.0):
@@ -85,11 +110,11 @@ EXERCISE = Exercise(
                 "no causal mask: position t sees the future. Mask the scores above the diagonal (key > query) "
                 "with -inf before the softmax"),
         Mistake("mask_excludes_diagonal", lambda q, k, v, s: attend(q, k, v, s, offset=-1),
-                "the mask is off by one: each position must also see itself (keep key == query: np.tri(T, S), "
+                "the mask is off by one: each position must also see itself (keep key == query: np.tri(T, T), "
                 "i.e. k=0, not k=-1)"),
         Mistake("mask_excludes_diagonal_nan", lambda q, k, v, s: attend(q, k, v, s, offset=-1, fill=-np.inf),
                 "the mask is off by one: each position must also see itself. Position 0 then sees no key at "
-                "all, and a softmax over nothing but -inf is 0/0 = NaN (keep key == query: np.tri(T, S), k=0)"),
+                "all, and a softmax over nothing but -inf is 0/0 = NaN (keep key == query: np.tri(T, T), k=0)"),
         Mistake("mask_includes_next", lambda q, k, v, s: attend(q, k, v, s, offset=1),
                 "the mask is off by one: position t sees t + 1. Keep keys 0..t only"),
         Mistake("no_scale", lambda q, k, v, s: attend(q, k, v, 1.0, offset=0),
@@ -105,6 +130,15 @@ EXERCISE = Exercise(
         Mistake("masked_with_zero", lambda q, k, v, s: attend(q, k, v, s, offset=0, zero_fill=True),
                 "masked scores were set to 0, which still gets exp(0) = 1 of weight: set them to -inf "
                 "(or a very negative number) before the softmax"),
+        Mistake("mask_after_softmax", lambda q, k, v, s: attend(q, k, v, s, offset=0, after_softmax=True),
+                "the mask was applied after the softmax: the future keys' weights were zeroed, but they had already "
+                "taken their share of each row, so the rows no longer sum to 1. Mask the scores (set the future to "
+                "-inf) before the softmax", expect="applied after the softmax"),
+        Mistake("triu_keeps_future", triu_kept,
+                "np.triu keeps the upper triangle, key >= query: the future. A query may see the lower triangle, "
+                "key <= query: np.tril(np.ones((T, T), bool)) or np.tri(T, T, dtype=bool) as the keys to keep "
+                "(np.triu(..., k=1) is the part to hide)", expect="np.triu keeps the upper triangle"),
+        Mistake("k_dot_T", k_dot_T, K_T_HINT, expect="`k.T` on a 4-D array"),
         Mistake("no_max_subtraction", lambda q, k, v, s: attend(q, k, v, s, offset=0, softmax_fn=naive_softmax),
                 "softmax overflowed: exp of a large score is inf and inf / inf is NaN. Subtract each row's "
                 "max before exp (it cancels in the ratio)"),
@@ -113,5 +147,6 @@ EXERCISE = Exercise(
         Mistake("q_v_swapped", lambda q, k, v, s: attend(v, k, q, s, offset=0),
                 "q and v look swapped: scores come from q @ k^T, the output is weights @ v"),
     ),
+    error_hints=tuple((text, "k_dot_T") for text in K_T_ERRORS),
     advice="out = softmax(scale * q @ k^T with keys after the query set to -inf, over the last axis) @ v.",
 )

@@ -3,16 +3,15 @@
 import numpy as np
 
 from .. import layers
-from .causal_attention import attend, qkv
+from ..cache import KVCache
+from ..config import ImageGPTConfig
+from .causal_attention import K_T_ERRORS, K_T_HINT, attend, k_dot_T, qkv
 from .engine import F32, Case, Exercise, Mistake
 
 
 def _reference(q, k, v, past_k, past_v, scale):
     """Append the new keys and values to a KVCache holding the past ones, then attend: the new queries
     sit at positions P..P+T-1, so layers.attention's causal mask lets row t see keys 0..P+t."""
-    from ..config import ImageGPTConfig
-    from ..cache import KVCache
-
     B, H, P, D = past_k.shape
     T = k.shape[2]
     config = ImageGPTConfig(vocab_size=2, n_positions=P + T, n_embd=H * D, n_layer=1, n_head=H)
@@ -65,15 +64,18 @@ EXERCISE = Exercise(
                 "the new keys went in front of the cached ones: append them after (np.concatenate([past_k, k], axis=2))"),
         Mistake("wrong_position", _over_all(lambda q, k, v, s: attend(q, k, v, s, offset=0)),
                 "the causal mask treats the new queries as positions 0..T-1; they are positions P..P+T-1, so "
-                "row t may see keys 0..P+t (np.tri(T, S, k=S - T))"),
+                "row t may see keys 0..P+t. np.tri(T, S) (k=0) is the causal mask only when S == T, as in the "
+                "previous exercise; with S = P + T keys, shift it: np.tri(T, S, k=S - T)",
+                expect="np.tri(T, S) (k=0) is the causal mask only when S == T"),
         Mistake("no_mask", _over_all(lambda q, k, v, s: attend(q, k, v, s, offset=None)),
                 "no causal mask: fine for one new token, but with several new tokens each must not see the ones "
                 "after it (np.tri(T, S, k=S - T))"),
         Mistake("wrong_axis",
                 lambda q, k, v, pk, pv, s: (attend(q, k, v, s, offset=0), np.concatenate([pk, k], 3), np.concatenate([pv, v], 3)),
                 "the keys were appended along the wrong axis: positions are axis 2 of [B, H, S, D]"),
+        Mistake("k_dot_T", _over_all(k_dot_T), K_T_HINT, expect="`k.T` on a 4-D array"),
     ),
-    error_hints=(("concatenation axis", "wrong_axis"),),
+    error_hints=(("concatenation axis", "wrong_axis"), *((text, "k_dot_T") for text in K_T_ERRORS)),
     advice="keys = concat([past_k, k], axis=2), values likewise; then causal attention where query t "
            "(at position P + t) sees keys 0..P+t.",
 )

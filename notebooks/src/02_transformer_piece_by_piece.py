@@ -1,6 +1,12 @@
 # %% [markdown]
 # # 2. The transformer, piece by piece
 #
+# > **The paper.** Chen, Radford, Child, Wu, Jun, Luan, Sutskever, *Generative Pretraining from Pixels*,
+# > ICML 2020 ([PDF](https://cdn.openai.com/papers/Generative_Pretraining_from_Pixels_V2.pdf)).
+# > Section 2.2: "The transformer decoder takes an input sequence x1, ..., xn of discrete tokens and
+# > produces a d-dimensional embedding for each position." The sequence is the palette ids of notebook
+# > 1, in raster order.
+#
 # ImageGPT is GPT-2 with a few quirks. This notebook runs a small model one component at a time with
 # the pure NumPy functions of `minigpt_pixels.layers`, prints every shape, and checks each
 # intermediate result against what Hugging Face transformers computed for the same weights and inputs
@@ -12,6 +18,7 @@
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import Markdown, display
 
 from minigpt_pixels import DEFAULT_MODEL, layers
 from minigpt_pixels.model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
@@ -74,8 +81,30 @@ print(f"a mean-centring layer norm would differ by up to {np.abs(centred - h).ma
 # ## Attention
 #
 # One matmul makes queries, keys and values for every head at once (`c_attn`, `[C, 3C]`). Each is split
-# into `H` heads of size `D`. Scores `q k^T / sqrt(D)` above the diagonal are masked (a pixel only sees
-# the pixels before it), a softmax turns each row into weights, and the weights average the values.
+# into `H` heads of size `D`. Then, for each head, the scaled dot-product attention of *Attention Is
+# All You Need* (Vaswani et al., 2017, Section 3.2.1):
+#
+# $$\operatorname{Attention}(Q, K, V) = \operatorname{softmax}\!\left(\frac{Q K^\top}{\sqrt{D}} + M\right) V$$
+#
+# where the mask $M$ is $-\infty$ above the diagonal (a pixel only sees the pixels before it), so each
+# row of weights sums to 1 over the past, and the weights average the values.
+#
+# **Why divide by $\sqrt{D}$?** If the entries of q and k are independent with mean 0 and variance 1,
+# their dot product is a sum of D such products: its variance is D. Without the scale, the scores of
+# a wide head are large, the softmax saturates onto one key, and its gradients vanish. Measured:
+
+# %%
+rng = np.random.default_rng(0)
+print(" D    std of q.k   std of q.k/sqrt(D)   mean largest softmax weight over 64 keys: raw | scaled")
+for D in [4, 64, 512]:
+    qd, kd = rng.normal(size=(2, 2000, 64, D))  # 2000 queries, each against 64 keys
+    dots = np.einsum("nd,nkd->nk", qd[:, 0], kd)  # [2000, 64]
+    top = [layers.softmax(d).max(-1).mean() for d in (dots, dots / np.sqrt(D))]
+    print(f"{D:4d}  {dots.std():10.2f}   {(dots / np.sqrt(D)).std():14.2f}   {top[0]:32.2f} | {top[1]:.2f}")
+
+# %% [markdown]
+# The raw scores' spread grows as sqrt(D) and the softmax turns nearly one-hot; scaled, the spread stays
+# near 1 at every width. Now the fixture's first layer:
 
 # %%
 qkv = layers.linear(h, p["transformer.h.0.attn.c_attn.weight"], p["transformer.h.0.attn.c_attn.bias"])  # [B, T, 3C]
@@ -87,14 +116,32 @@ scale = layers.attention_scale(cfg.head_dim)  # 1 / sqrt(D)
 out, weights = layers.attention(q, k, v, scale, causal=True)  # [B, H, T, D], [B, H, T, T]
 compare("attention weights, layer 0", weights, golden["attentions.0"])
 
-fig, axes = plt.subplots(1, cfg.n_head, figsize=(12, 3))
+fig, axes = plt.subplots(1, cfg.n_head, figsize=(12, 3.4), constrained_layout=True)
 for head, ax in enumerate(axes):
-    ax.imshow(weights[0, head], cmap="viridis"); ax.set_title(f"head {head}")
-    ax.set_xlabel("key")
-axes[0].set_ylabel("query")
-plt.suptitle("causal attention weights of a freshly initialised model: lower-triangular, nearly uniform")
-plt.tight_layout()
+    shown = ax.imshow(weights[0, head], cmap="viridis", vmin=0, vmax=1); ax.set_title(f"head {head}")
+    ax.set_xlabel("key position")
+axes[0].set_ylabel("query position")
+fig.colorbar(shown, ax=axes.tolist(), shrink=0.8, label="attention weight (one scale)")
+fig.suptitle("causal attention weights of the fixture (random weights): lower-triangular, nearly uniform")
 plt.show()
+
+# %% [markdown]
+# **The mask is the paper's factorisation.** Section 2.1 models the density of an image $x$ one
+# element at a time: "we can pick a permutation $\pi$ of the set [1, n] and model the density p(x)
+# auto-regressively", $p(x) = \prod_{i=1}^{n} p(x_{\pi_i} \mid x_{\pi_1}, \ldots, x_{\pi_{i-1}})$, and for
+# images "we pick the identity permutation $\pi_i = i$ for $1 \le i \le n$, also known as raster order":
+#
+# $$p(x) = \prod_{t=1}^{n} p(x_t \mid x_1, \ldots, x_{t-1})$$
+#
+# Each factor may depend only on the pixels before it, and the causal mask is what guarantees it. A
+# live check: change the last token of a sequence, and no earlier position's output moves.
+
+# %%
+changed = ids.copy()
+changed[:, -1] = (changed[:, -1] + 1) % (cfg.vocab_size - 1)  # a different colour at the last position
+before, after = model(ids).logits, model(changed).logits  # [B, T, V]
+print(f"positions 0..{T - 2}: max change {np.abs(after[:, :-1] - before[:, :-1]).max():.1e};  "
+      f"position {T - 1}: max change {np.abs(after[:, -1] - before[:, -1]).max():.2f}")
 
 # %% [markdown]
 # The heads are merged back to `[B, T, C]`, projected (`c_proj`), and **added** to the residual stream.
@@ -112,14 +159,18 @@ print("attention output", a.shape)
 
 # %%
 xs = np.linspace(-4, 4, 201, dtype=np.float32)
-fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3))
-for name in ["quick_gelu", "gelu", "relu"]:
-    left.plot(xs, layers.activation(xs, name), label=name)
-left.legend(); left.set_title("activations")
-right.plot(xs, layers.quick_gelu(xs) - layers.activation(xs, "gelu"))
-right.set_title("quick_gelu - exact GELU")
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
+for name, style in [("relu", ":"), ("gelu", "-"), ("quick_gelu", "--")]:  # dashed on top: GELU shows through
+    left.plot(xs, layers.activation(xs, name), style, lw=2, label=name)
+left.legend(); left.set_title("activations (quick_gelu dashed over GELU)")
+left.set_xlabel("x"); left.set_ylabel("activation(x)")
+gap = layers.quick_gelu(xs) - layers.activation(xs, "gelu")
+right.plot(xs, gap)
+right.set_title("quick_gelu - exact GELU: the curves above differ by this")
+right.set_xlabel("x"); right.set_ylabel("difference")
 plt.tight_layout()
 plt.show()
+print(f"largest |quick_gelu - GELU| on [-4, 4]: {np.abs(gap).max():.3f}, at x = {xs[np.argmax(np.abs(gap))]:.2f}")
 
 # %%
 m = layers.mlp(layers.layer_norm(x1, p["transformer.h.0.ln_2.weight"]),
@@ -153,7 +204,8 @@ compare(f"after ln_f = hidden_states[{cfg.n_layer}]", final, golden[f"hidden_sta
 # The loss shifts inside: the logits at position `t` predict the token at `t + 1`; label -100 is ignored.
 
 # %%
-logits = layers.lm_head(final, p["lm_head.weight"])  # [B, T, C] @ [C, V] -> [B, T, V]
+print("lm_head.weight", p["lm_head.weight"].shape, "= [V, C]: no row for SOS")
+logits = layers.lm_head(final, p["lm_head.weight"])  # [B, T, C] @ [V, C]^T -> [B, T, V]
 compare("logits", logits, golden["logits"])
 loss = layers.lm_loss(logits, golden["labels"])
 compare("loss (nats per token)", np.asarray(loss), golden["loss"])
@@ -247,13 +299,69 @@ for layer in range(L):
         row.append(f"h{head} {cells['trained']:>13s} [fresh {cells['fresh']}]")
     print(f"layer {layer}: " + "   ".join(row))
 
+# %%
+peaks = {name: [[np.nanmax(on_grid(a, layer, head)[0]) for head in range(H)] for layer in range(L)]
+         for name, a in maps.items()}
+first = int(np.argmax(peaks["trained"][0]))
+grid0, _ = on_grid(maps["trained"], 0, first)
+r0, c0 = np.unravel_index(np.nanargmax(grid0), grid0.shape)
+display(Markdown(
+    f"In the first layer, head {first} puts {peaks['trained'][0][first]:.2f} of its weight on one pixel, "
+    f"offset ({query // 8 - r0},{query % 8 - c0}) from the query; the trained heads' largest weights range from "
+    f"{np.min(peaks['trained']):.2f} to {np.max(peaks['trained']):.2f}, the fresh model's from "
+    f"{np.min(peaks['fresh']):.2f} to {np.max(peaks['fresh']):.2f}. Nobody told the model that the "
+    "sequence is an 8 x 8 grid: the pixel directly above is 8 positions back, and a head that looks there "
+    "learned it from the data."))
+
 # %% [markdown]
-# The first layer's heads are local: for this query, head 1 puts 0.88 of its weight on the pixel
-# directly above (offset (1,0)), head 3 0.66 on the one above and to the right, head 0 0.35 two pixels
-# to the left. The later layers spread their weight wider, over the strokes drawn so far. The fresh
-# model's largest weight is 0.03 everywhere. Nobody told the model that the sequence is an 8 x 8 grid:
-# it learned where "above" is, 8 positions back, from the data.
+# ## How big is the real thing?
 #
+# The paper trains four sizes (Section 3): "The largest model, iGPT-XL, contains L = 60 layers and uses
+# an embedding size of d = 3072 for a total of 6.8B parameters", iGPT-L has L = 48 and d = 1536 (1.4B),
+# "iGPT-M, a 455M parameter model with L = 36 and d = 1024" and "iGPT-S, a 76M parameter model with
+# L = 24 and d = 512". (The head counts, 8, 8 and 16 for S, M and L, are those of the released
+# checkpoints' configs; XL was never released.) Every block holds `12 d^2 + 11 d` parameters (`c_attn`
+# 3d^2 + 3d, its `c_proj` d^2 + d, the MLP 8d^2 + 5d, two layer-norm gains 2d); the embeddings, `ln_f`
+# and the LM head add `(vocab + positions + palette + 1) d`. The formula is exact on our two models, and
+# with 32 x 32 images (1024 positions, 512 colours + SOS) it lands on the paper's rounded sizes:
+
+# %%
+def n_params(L, d, vocab=513, positions=1024):
+    return L * (12 * d * d + 11 * d) + (vocab + positions + (vocab - 1) + 1) * d  # blocks; wte, wpe, lm_head, ln_f
+
+
+for m in (model, digits):  # the fixture and the default model
+    c = m.config
+    assert n_params(c.n_layer, c.n_embd, c.vocab_size, c.n_positions) == m.num_parameters, c
+print(f"{'':10s} {'layers':>6s} {'width':>6s} {'heads':>6s} {'formula':>10s}   the paper")
+for name, L_, d, heads, paper in [("iGPT-S", 24, 512, 8, "76M"), ("iGPT-M", 36, 1024, 8, "455M"),
+                                  ("iGPT-L", 48, 1536, 16, "1.4B"), ("iGPT-XL", 60, 3072, None, "6.8B")]:
+    print(f"{name:10s} {L_:6d} {d:6d} {heads or '?':>6} {n_params(L_, d) / 1e6:9.1f}M   {paper}")
+c = model.config
+print(f"{'fixture':10s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:6d} {model.num_parameters:12,d}")
+
+# %% [markdown]
 # **Summary.** Embedding -> `n_layer` x (layer norm, attention, residual; layer norm, quick_gelu MLP,
 # residual) -> `ln_f` -> a head. Every step above matched transformers to 1e-4. Next:
 # `03_sampling.ipynb`, or write these pieces yourself in `exercises/`.
+#
+# ## Questions and things to try
+#
+# 1. In the variance demo, what happens to the scaled softmax if the scale is `1 / D` instead of
+#    `1 / sqrt(D)`? Try it.
+# 2. Change `query` in the attention-on-the-grid cell to a pixel in the top row (say `query = 3`):
+#    where can the heads look, and what happens to the weight on SOS?
+# 3. The factorisation check changed the last token. Change token 5 instead: which positions'
+#    logits may move, and which must not?
+# 4. Why does `lm_head` have 16 outputs for a vocabulary of 17?
+# 5. Using `n_params`, how many parameters would iGPT-S have at 64 x 64 (4096 positions)? Which
+#    term grows?
+#
+# <details><summary>Answers (for the teacher)</summary>
+#
+# 1. Scores shrink towards 0 and the weights flatten towards uniform: the heads can no longer focus.
+# 2. Only SOS and pixels 0-2 exist before it; with little to attend to, heads park more weight on SOS.
+# 3. Positions 5 onwards (the ones that see token 5) may change; positions 0-4 must not.
+# 4. The model predicts palette colours only; SOS is never a target, so it gets no output row.
+# 5. `n_params(24, 512, positions=4096)`: only the position embeddings grow, by 3072 x 512 = 1.6M.
+# </details>

@@ -58,10 +58,15 @@ labels = data.labels
 # is only ever a target, so it is dropped). Every layer comes out of the same forward pass:
 
 # %%
+from threadpoolctl import threadpool_info
+
+THREADS = max([pool["num_threads"] for pool in threadpool_info()] or [1])
+TIMED_ON = f"timed on {THREADS} thread{'s' * (THREADS > 1)}"  # the notebook tests skip timing lines that say this
 layer_ids = list(range(cfg.n_layer + 1))
 start = time.perf_counter()
 features = extract_features(model, ids, layer_ids, add_sos=True)  # [n_layer + 1, 1797, n_embd]
-print(features.shape, f"in {time.perf_counter() - start:.1f} s")
+print(features.shape)
+print(f"in {time.perf_counter() - start:.1f} s ({TIMED_ON})")
 
 # %% [markdown]
 # ## One logistic regression per layer, three curves
@@ -81,8 +86,8 @@ trained, untrained, pixels = curves["trained"], curves["untrained"], curves["raw
 for k in layer_ids:
     print(f"layer {k} ({names[k]:>16s}): held-out accuracy {trained.mean[k]:.3f} ± {trained.std[k]:.3f}   "
           f"untrained {untrained.mean[k]:.3f} ± {untrained.std[k]:.3f}")
-print(f"raw pixels: {pixels.mean[0]:.3f} ± {pixels.std[0]:.3f}    ({time.perf_counter() - start:.0f} s for "
-      f"{2 * len(layer_ids) + 1} x 5 fits)")
+print(f"raw pixels: {pixels.mean[0]:.3f} ± {pixels.std[0]:.3f}")
+print(f"{time.perf_counter() - start:.0f} s for {2 * len(layer_ids) + 1} x 5 fits ({TIMED_ON})")
 
 best = trained.best_layer
 for k in layer_ids[1:-1]:
@@ -131,7 +136,8 @@ shifted_ids = deep_processor(list(images))["input_ids"]  # [1797, 100]
 start = time.perf_counter()
 deep_curves = compare_probes(deep, shifted_ids, shifted_labels, raw_pixels=images / 255.0, n_folds=5, seed=0)
 d_trained, d_untrained, d_pixels = deep_curves["trained"], deep_curves["untrained"], deep_curves["raw pixels"]
-print(f"{deep.config.n_layer} blocks, width {deep.config.n_embd}; probed in {time.perf_counter() - start:.0f} s")
+print(f"{deep.config.n_layer} blocks, width {deep.config.n_embd}")
+print(f"probed in {time.perf_counter() - start:.0f} s ({TIMED_ON})")
 print("layer  trained          untrained")
 for k in d_trained.layers:
     print(f"{k:5d}  {d_trained.mean[k]:.3f} ± {d_trained.std[k]:.3f}    {d_untrained.mean[k]:.3f} ± {d_untrained.std[k]:.3f}")

@@ -120,7 +120,7 @@ with train.set_threads(1):  # matrices this small run fastest on one BLAS thread
         lr = optim.lr_schedule(step, LR, STEPS, WARMUP)
         loss, norm = train.train_step(tiny, optimizer, x_train[batch], y_train[batch], lr, 1.0, None)
         losses.append(loss)
-print(f"{STEPS} steps in {time.perf_counter() - start:.1f} s")
+print(f"{STEPS} steps in {time.perf_counter() - start:.1f} s (timed on 1 thread: set_threads(1) above)")
 for step, nats in held_out_loss.items():
     print(f"step {step:4d}: held-out {nats:.3f} nats per token")
 
@@ -182,7 +182,7 @@ with train.set_threads(1):
         resumed_loss.append(loss)
         if (step + 1 - START) % 20 == 0:
             resumed_held_out[step + 1] = train.evaluate(resumed, inputs[held_out], targets[held_out])["nats"]
-print(f"{MORE} more steps in {time.perf_counter() - start:.1f} s")
+print(f"{MORE} more steps in {time.perf_counter() - start:.1f} s (timed on 1 thread)")
 for step, value in resumed_held_out.items():
     print(f"default model, step {step}: held-out {value:.3f} nats per token")
 

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
+from minigpt_pixels import layers
 from minigpt_pixels.exercises import check, describe
 
 
@@ -76,6 +77,61 @@ if layer_norm_result.passed:
 else:
     print("finish layer_norm above first")
 
+# %% [markdown]
+# ### Your layer norm in the real model
+#
+# The default model (a small iGPT trained on 8 x 8 digits) has a layer norm before each attention and
+# each MLP, and one at the end (`ln_f`). Below, all of them are swapped for yours
+# (`unittest.mock.patch` replaces the package's function while the `with` block runs). If yours is
+# right, the held-out loss is the package's to the printed digits, and the model still draws digits.
+
+# %%
+import contextlib
+from unittest import mock
+
+from minigpt_pixels import DEFAULT_MODEL
+from minigpt_pixels.generation import sample_images
+from minigpt_pixels.model import ImageGPTForCausalImageModeling
+from minigpt_pixels.probe import with_sos
+from minigpt_pixels.processor import ImageGPTImageProcessor
+from minigpt_pixels.sample import image_grid
+from minigpt_pixels.train import load_digits_data, split
+
+model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL).to("numpy")  # layers.py, line by line
+processor = ImageGPTImageProcessor.from_pretrained(DEFAULT_MODEL)
+held_out = split(1797, 0.1, seed=0)[1]  # the images the model never saw in training
+ids = processor(load_digits_data().images)["input_ids"][held_out]  # [180, 64]
+inputs = with_sos(ids, model.config)  # SOS + pixels[:-1]
+
+
+def yours_everywhere(patches):
+    """A `with` block in which each (object, name, your function) replaces the package's."""
+    stack = contextlib.ExitStack()
+    for owner, name, fn in patches:
+        stack.enter_context(mock.patch.object(owner, name, fn))
+    return stack
+
+
+def held_out_loss_and_samples(patches):
+    with yours_everywhere(patches):
+        loss = float(model(inputs, labels=inputs).loss)  # nats per token
+        samples = sample_images(model, processor, 8, seed=0)  # [8, 8, 8, 3]
+    return loss, samples
+
+
+ours, ours_samples = held_out_loss_and_samples([])  # the package's own functions
+if layer_norm_result.passed:
+    ln_patches = [(layers, "layer_norm_forward", lambda x, w, eps=1e-5: (layer_norm(x, w, eps), None)),  # the blocks
+                  (model.backend, "layer_norm", layer_norm)]  # ln_f
+    mine, my_samples = held_out_loss_and_samples(ln_patches)
+    print(f"held-out loss: the package's layer norm {ours:.5f} nats per token, yours {mine:.5f}")
+    print("the same 8 samples as the package's:", bool(np.array_equal(my_samples, ours_samples)))
+    plt.figure(figsize=(6, 1)); plt.imshow(image_grid([list(my_samples)])); plt.axis("off")
+    plt.title("8 samples from the default model, with your layer norm")
+else:
+    print("finish layer_norm above first")
+plt.show()
+
 
 # %% [markdown]
 # ## 2. quick_gelu
@@ -111,8 +167,6 @@ display(quick_gelu_result)
 # Once it passes, compare it with the exact GELU and ReLU:
 
 # %%
-from minigpt_pixels import layers
-
 if quick_gelu_result.passed:
     x = np.linspace(-4, 4, 201, dtype=np.float32)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
@@ -126,6 +180,22 @@ if quick_gelu_result.passed:
 else:
     print("finish quick_gelu above first")
 plt.show()
+
+# %% [markdown]
+# ### Your quick_gelu in the real model
+#
+# The same test: every MLP of the default model with your activation.
+
+# %%
+if quick_gelu_result.passed:
+    gelu_patches = [(layers, "quick_gelu_forward", lambda x: (quick_gelu(x), x))]
+    mine, my_samples = held_out_loss_and_samples(gelu_patches)
+    print(f"held-out loss: the package's quick_gelu {ours:.5f} nats per token, yours {mine:.5f}")
+    print("the same 8 samples as the package's:", bool(np.array_equal(my_samples, ours_samples)))
+    exact = [(layers, "quick_gelu_forward", lambda x: (layers.activation(x, "gelu"), x))]
+    print(f"and with the exact GELU instead (the classic mistake): {held_out_loss_and_samples(exact)[0]:.5f}")
+else:
+    print("finish quick_gelu above first")
 
 # %% [markdown]
 # ## Summary

@@ -42,8 +42,12 @@ from minigpt_pixels.exercises import check, describe
 #
 # <details><summary>Hint</summary>
 #
-# `np.tri(T, S, dtype=bool)` is True on and below the diagonal. `np.where(allowed, scores, -np.inf)`.
-# `np.swapaxes(k, -1, -2)` transposes the last two axes.
+# `np.tri(T, S, k=S - T, dtype=bool)` is True where key `j <= t + (S - T)`: on and below the diagonal
+# here, where `S == T` (so `k=0` works too, but only while `S == T`: the KV-cache step below has more
+# keys than queries). Then `np.where(allowed, scores, -np.inf)`, **before** the softmax (zeroing weights
+# after it leaves rows that no longer sum to 1). `np.triu` is the upper triangle, the future: the part
+# to hide, not to keep. `np.swapaxes(k, -1, -2)` transposes the last two axes; `k.T` on a 4-D array
+# would reverse all four.
 # </details>
 
 # %%
@@ -84,6 +88,56 @@ if causal_attention_result.passed:
     weights = weights[0] if isinstance(weights, tuple) else weights
     plt.imshow(weights[0, 0], cmap="viridis")
     plt.xlabel("key position"); plt.ylabel("query position"); plt.colorbar()
+else:
+    print("finish causal_attention above first")
+plt.show()
+
+
+# %% [markdown]
+# ### Your attention in the real model
+#
+# Every block of the default model (a small iGPT trained on 8 x 8 digits) with your attention in
+# place of the package's (`unittest.mock.patch` swaps the function while the `with` block runs). The
+# held-out loss runs each image in one pass (`S == T`); sampling uses the KV cache, where each new
+# pixel is one query against all the keys so far (`S > T`): if your mask only works for square score
+# matrices, the loss agrees and the samples do not.
+
+# %%
+from unittest import mock
+
+from minigpt_pixels import DEFAULT_MODEL, layers
+from minigpt_pixels.generation import sample_images
+from minigpt_pixels.model import ImageGPTForCausalImageModeling
+from minigpt_pixels.probe import with_sos
+from minigpt_pixels.processor import ImageGPTImageProcessor
+from minigpt_pixels.sample import image_grid
+from minigpt_pixels.train import load_digits_data, split
+
+model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL).to("numpy")  # layers.py, line by line
+processor = ImageGPTImageProcessor.from_pretrained(DEFAULT_MODEL)
+held_out = split(1797, 0.1, seed=0)[1]  # the images the model never saw in training
+inputs = with_sos(processor(load_digits_data().images)["input_ids"][held_out], model.config)  # [180, 64]
+
+
+def your_attention_forward(q, k, v, scale, causal=True, mask=None, dropout_p=0.0, rng=None):
+    """layers.attention_forward's signature around your function (no dropout, no padding mask here)."""
+    out = causal_attention(q, k, v, scale)
+    out = out[0] if isinstance(out, tuple) else out
+    return out, layers.AttentionCache(q, k, v, scale, None, None, None)
+
+
+def loss_and_samples():
+    return float(model(inputs, labels=inputs).loss), sample_images(model, processor, 8, seed=0)
+
+
+ours, ours_samples = loss_and_samples()  # the package's attention
+if causal_attention_result.passed:
+    with mock.patch.object(layers, "attention_forward", your_attention_forward):
+        mine, my_samples = loss_and_samples()
+    print(f"held-out loss: the package's attention {ours:.5f} nats per token, yours {mine:.5f}")
+    print("sampling with the KV cache gives the package's 8 samples:", bool(np.array_equal(my_samples, ours_samples)))
+    plt.figure(figsize=(6, 1)); plt.imshow(image_grid([list(my_samples)])); plt.axis("off")
+    plt.title("8 samples from the default model, with your attention")
 else:
     print("finish causal_attention above first")
 plt.show()
@@ -135,8 +189,6 @@ display(kv_cache_step_result)
 # The point of the cache: a prompt of 4 positions, then one position at a time, gives exactly what attention over all 6 positions at once gives:
 
 # %%
-from minigpt_pixels import layers
-
 if kv_cache_step_result.passed:
     rng = np.random.default_rng(1)
     q, k, v = rng.normal(size=(3, 1, 2, 6, 4)).astype(np.float32)  # 6 positions

@@ -122,6 +122,41 @@ else:
 plt.show()
 
 # %% [markdown]
+# ### Your sampler in the real model
+#
+# The default model (a small iGPT trained on 8 x 8 digits) draws 16 digits one pixel at a time with
+# your `top_k_sample` choosing every pixel (`unittest.mock.patch` swaps it in for the package's
+# sampler while the `with` block runs). The draws are random, so they will not be the package's
+# digits pixel for pixel; they should look like digits, and with `k = 1` (greedy) they are exact.
+
+# %%
+from unittest import mock
+
+from minigpt_pixels import DEFAULT_MODEL, generation
+from minigpt_pixels.model import ImageGPTForCausalImageModeling
+from minigpt_pixels.processor import ImageGPTImageProcessor
+from minigpt_pixels.sample import image_grid
+
+if top_k_sample_result.passed:
+    model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL)
+    processor = ImageGPTImageProcessor.from_pretrained(DEFAULT_MODEL)
+
+    def sample_with_yours(n, k):
+        """generate's sampling step is process_logits (temperature, top-k, top-p) then draw; yours does both."""
+        with mock.patch.object(generation, "process_logits", lambda logits, temperature=1.0, *_: logits / temperature), \
+                mock.patch.object(generation, "draw", lambda x, rng: top_k_sample(x, k, rng)):
+            return generation.sample_images(model, processor, n, seed=0)  # [n, 8, 8, 3]
+
+    mine, greedy = sample_with_yours(16, 4), sample_with_yours(4, 1)
+    print("greedy (k = 1) with your sampler = the package's:",
+          bool(np.array_equal(greedy, generation.sample_images(model, processor, 4, seed=0, top_k=1))))
+    plt.figure(figsize=(8, 1)); plt.imshow(image_grid([list(mine)])); plt.axis("off")
+    plt.title("16 digits drawn with your top_k_sample, k = 4")
+else:
+    print("finish top_k_sample above first")
+plt.show()
+
+# %% [markdown]
 # ## Summary
 #
 # Every exercise of this notebook, checked again:

@@ -98,6 +98,28 @@ else:
 plt.show()
 
 # %% [markdown]
+# ### Your step inside the package's k-means
+#
+# `palette.fit_palette` (how the package fits a palette, the model's vocabulary) seeds its centres
+# with k-means++ and then repeats one step until the centres stop moving. Below, your
+# `kmeans_step` is that step (`unittest.mock.patch` swaps it in while the `with` block runs): the
+# palette it fits should be the package's own.
+
+# %%
+from unittest import mock
+
+from minigpt_pixels import palette
+
+if kmeans_step_result.passed:
+    theirs = palette.fit_palette(pixels, 16, seed=0)  # [16, 3]
+    with mock.patch.object(palette, "lloyd_step", lambda p, c, exact=False: kmeans_step(p, c)):
+        yours = palette.fit_palette(pixels, 16, seed=0)
+    print(f"16-colour palette: max |yours - the package's| = {np.abs(yours - theirs).max():.1e}; mean squared "
+          f"error {inertia(pixels, yours) / len(pixels):.5f} vs {inertia(pixels, theirs) / len(pixels):.5f}")
+else:
+    print("finish kmeans_step above first")
+
+# %% [markdown]
 # ## Summary
 #
 # Every exercise of this notebook, checked again:

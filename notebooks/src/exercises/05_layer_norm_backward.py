@@ -91,6 +91,37 @@ else:
     print("finish layer_norm_backward above first")
 
 # %% [markdown]
+# ### Your backward in the real model
+#
+# Training the default model (a small iGPT on 8 x 8 digits) needs the gradient of its loss with
+# respect to every weight; the chain runs back through every layer norm (`ln_1`, `ln_2` in each block,
+# `ln_f` at the end). Below, your backward replaces the package's in all of them (`unittest.mock.patch`
+# swaps it in while the `with` block runs), for a batch of 16 digits: every gradient should be the
+# package's.
+
+# %%
+from unittest import mock
+
+from minigpt_pixels import DEFAULT_MODEL, backprop
+from minigpt_pixels.model import ImageGPTForCausalImageModeling
+from minigpt_pixels.probe import with_sos
+from minigpt_pixels.processor import ImageGPTImageProcessor
+from minigpt_pixels.train import load_digits_data
+
+if layer_norm_backward_result.passed:
+    model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL)
+    processor = ImageGPTImageProcessor.from_pretrained(DEFAULT_MODEL)
+    ids = processor(load_digits_data().images[:16])["input_ids"]  # [16, 64]
+    inputs = with_sos(ids, model.config)  # SOS + pixels[:-1]
+    loss, theirs = backprop.causal_lm_value_and_grad(model, inputs, ids, shift=False)
+    with mock.patch.object(layers, "layer_norm_backward", layer_norm_backward):
+        _, yours = backprop.causal_lm_value_and_grad(model, inputs, ids, shift=False)
+    worst = max(np.abs(yours[k] - theirs[k]).max() for k in theirs)
+    print(f"loss {float(loss):.4f}; {len(theirs)} gradient tensors, max |yours - the package's| = {worst:.1e}")
+else:
+    print("finish layer_norm_backward above first")
+
+# %% [markdown]
 # ## Summary
 #
 # Every exercise of this notebook, checked again:
