@@ -241,6 +241,33 @@ def test_sampling_must_draw_from_the_rng_it_is_given():
     assert result.status == "failed" and "same seed" in result.message
 
 
+def test_sampling_that_ignores_rng_or_draws_nothing_at_random_fails():
+    """The issue's cheats: a generator of its own with a fixed seed, and no random numbers at all (each
+    row's tokens laid out in exact proportion): both pass every statistical test, so rng is tested exactly."""
+    fixed = check("top_k_sample", lambda lg, k, rng: student_top_k_sample(lg, k, np.random.default_rng(0)))
+    assert fixed.status == "failed" and "do not come from the rng argument" in fixed.message
+
+    def quantiles(logits, k, rng):  # the i-th of n equal rows gets the token whose CDF band holds (i + 0.5) / n
+        rows, first = np.unique(logits, axis=0, return_inverse=True)
+        out = np.empty(len(logits), np.int64)
+        for r, row in enumerate(rows):
+            at = np.flatnonzero(first.ravel() == r)
+            p = np.where(row >= np.sort(row)[-k], np.exp(row - row.max()), 0)
+            cdf = np.cumsum(p / p.sum())
+            out[at] = np.minimum(np.searchsorted(cdf, (np.arange(len(at)) + 0.5) / len(at)), len(row) - 1)
+        return out
+    result = check("top_k_sample", quantiles)
+    assert result.status == "failed" and "rng argument" in result.message
+
+
+def test_sampling_at_temperature_1_1_fails_and_the_right_sampler_passes_on_any_seed():
+    hot = check("top_k_sample", lambda lg, k, rng: student_top_k_sample(lg / np.float32(1.1), k, rng))
+    assert hot.status == "failed" and "temperature 1" in hot.message, hot.message
+    for seed in (1, 2, 3):
+        result = check("top_k_sample", student_top_k_sample, seed=seed)
+        assert result.passed, result.message
+
+
 def test_sampling_bad_returns():
     assert "integers" in check("top_k_sample", lambda lg, k, rng: np.zeros(len(lg))).message
     assert "shape" in check("top_k_sample", lambda lg, k, rng: np.zeros((len(lg), 1), int)).message
@@ -297,7 +324,7 @@ def test_inputs_are_seeded_and_small():
             b = case.make(np.random.default_rng(exercises.SEED + i))
             arrays = [x for x in a if isinstance(x, np.ndarray)]
             assert all(np.array_equal(x, y) for x, y in zip(arrays, b))
-            assert sum(x.size for x in arrays) <= 100_000
+            assert sum(x.size for x in arrays) <= 150_000  # top_k_sample: 3 x 4000 rows of 10
 
 
 # ---- hints only for the mistake actually made ---------------------------------------------------
