@@ -32,6 +32,10 @@ MAX_TEXT = 1000  # characters of a message or type name that cross the wire
 MAX_LINE = 1 << 20  # bytes of one message's JSON line
 MAX_ARRAY_BYTES = 8 << 20  # bytes of one array (the exercises' outputs are kilobytes)
 MAX_DIMS = 8
+MAX_DEPTH = 3  # tuples in tuples: layer_norm_backward's cache argument is one
+BLOCKED = "minigpt_pixels"  # the package a student's answer must not use; the sandbox refuses to import it
+BLOCKED_MESSAGE = ("minigpt_pixels cannot be imported while grading: the exercises are written without the "
+                   "package's own functions")
 DTYPE_KINDS = "biufc"  # booleans and numbers; never objects, strings, records or void
 
 
@@ -199,7 +203,7 @@ def encode(value, arrays, key, depth=0):
                 "state": value.bit_generator.state}
     if isinstance(value, (tuple, list)):
         kind = "tuple" if isinstance(value, tuple) else "list"
-        if depth > 0 or len(value) > MAX_ITEMS:
+        if depth >= MAX_DEPTH or len(value) > MAX_ITEMS:
             return {"kind": kind, "len": len(value), "items": None}
         return {"kind": kind, "len": len(value),
                 "items": [encode(v, arrays, f"{key}_{i}", depth + 1) for i, v in enumerate(value)]}
@@ -223,7 +227,7 @@ def safe_encode(value, arrays, key):
 def decode(spec, arrays, depth=0):
     """The inverse of `encode`: arrays come out of `arrays`; a generator in its state; an object as an
     Opaque. Raises WireError for anything `encode` does not write."""
-    if not isinstance(spec, dict) or depth > 1:
+    if not isinstance(spec, dict) or depth > MAX_DEPTH:
         raise WireError("a value that is not a spec")
     kind = spec.get("kind")
     if kind == "array":
@@ -373,6 +377,6 @@ def _array_meta(meta, max_bytes):
     return meta["key"][:200], dtype, tuple(shape), nbytes
 
 
-__all__ = ["Returned", "Raised", "NotDone", "TimedOut", "Stopped", "Opaque", "Timeout", "WireError", "call",
+__all__ = ["BLOCKED", "BLOCKED_MESSAGE", "Returned", "Raised", "NotDone", "TimedOut", "Stopped", "Opaque", "Timeout", "WireError", "call",
            "copy_args", "same_args", "where", "time_limit", "encode", "safe_encode", "decode", "outcome_record",
            "read_outcome", "write_message", "read_messages"]
