@@ -328,33 +328,44 @@ def write_message(f, record, arrays):
 
 
 def read_messages(data, max_array_bytes=MAX_ARRAY_BYTES):
-    """[(record, {key: array})] from bytes written by `write_message`, in order. A message cut short (the
-    process died while writing) ends the list; anything malformed raises WireError."""
+    """([(record, {key: array})], problem) from bytes written by `write_message`, in order: the messages up
+    to the first that is malformed (problem: what is wrong with it) or cut short (the process died while
+    writing; problem None)."""
     messages, pos = [], 0
     while pos < len(data):
-        end = data.find(b"\n", pos, pos + MAX_LINE)
-        if end < 0:
-            if len(data) - pos >= MAX_LINE:
-                raise WireError("a message line longer than the limit")
-            break  # cut short
         try:
-            head = json.loads(data[pos:end].decode("utf-8"))
-        except (ValueError, RecursionError, MemoryError) as e:
-            raise WireError(f"a message that is not JSON ({type(e).__name__})") from None
-        if not isinstance(head, dict) or not isinstance(head.get("arrays"), list) or "record" not in head:
-            raise WireError("a message without a record and its arrays")
-        pos, arrays = end + 1, {}
-        for meta in head["arrays"]:
-            key, dtype, shape, nbytes = _array_meta(meta, max_array_bytes)
-            if key in arrays:
-                raise WireError(f"the array {key[:40]!r} sent twice")
-            if pos + nbytes > len(data):
-                return messages  # cut short
-            arrays[key] = np.frombuffer(data, dtype, count=nbytes // dtype.itemsize if nbytes else 0,
-                                        offset=pos).reshape(shape).copy()
-            pos += nbytes
-        messages.append((head["record"], arrays))
-    return messages
+            message, pos = _read_message(data, pos, max_array_bytes)
+        except WireError as e:
+            return messages, str(e)
+        if message is None:
+            break
+        messages.append(message)
+    return messages, None
+
+
+def _read_message(data, pos, max_array_bytes):
+    end = data.find(b"\n", pos, pos + MAX_LINE)
+    if end < 0:
+        if len(data) - pos >= MAX_LINE:
+            raise WireError("a message line longer than the limit")
+        return None, pos  # cut short
+    try:
+        head = json.loads(data[pos:end].decode("utf-8"))
+    except (ValueError, RecursionError, MemoryError) as e:
+        raise WireError(f"a message that is not JSON ({type(e).__name__})") from None
+    if not isinstance(head, dict) or not isinstance(head.get("arrays"), list) or "record" not in head:
+        raise WireError("a message without a record and its arrays")
+    pos, arrays = end + 1, {}
+    for meta in head["arrays"]:
+        key, dtype, shape, nbytes = _array_meta(meta, max_array_bytes)
+        if key in arrays:
+            raise WireError(f"the array {key[:40]!r} sent twice")
+        if pos + nbytes > len(data):
+            return None, pos  # cut short
+        arrays[key] = np.frombuffer(data, dtype, count=nbytes // dtype.itemsize, offset=pos).reshape(shape).copy() \
+            if nbytes else np.zeros(shape, dtype)
+        pos += nbytes
+    return (head["record"], arrays), pos
 
 
 def _array_meta(meta, max_bytes):

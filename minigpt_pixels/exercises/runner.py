@@ -37,9 +37,10 @@ SCRIPTS = ("sandbox.py", "calls.py")  # all the grader code the sandbox sees
 TIMEOUT_S = 10.0  # per call of the student's function, and for running the notebook's cells
 MEMORY_MB = 1024  # address space the student's process may add to what Python and NumPy already use
 TMPFS_MB = 32  # the student's whole disk: /tmp and the working directory together
-START_S = 20.0  # starting the sandbox, Python and NumPy on a busy machine
+START_S = 15.0  # starting the sandbox, Python and NumPy on a busy machine
 GRACE_S = 2.0  # after the last call's own alarm, before the grader kills the sandbox
 MAX_RESULT_BYTES = 32 << 20  # everything one notebook's process may send back
+MAX_EXTRA = 2  # extra calls of one case at most (engine.extra_calls)
 PREAMBLE = "import numpy as np\n"  # what the notebooks' read-only set-up cell gives the answers
 BWRAP_INSTALL = "apt-get install bubblewrap (or your distribution's bubblewrap package)"
 
@@ -155,7 +156,10 @@ def _run(job, limits, n_calls, bwrap):
     else:
         argv = [sys.executable, "-I", str(HERE / "sandbox.py"), str(job)]
         cwd = str(job.parent)
-    deadline = time.monotonic() + START_S + limits.timeout * (n_calls + 1) + GRACE_S  # fixed now, never extended
+    now = time.monotonic()
+    deadline = now + START_S + limits.timeout * (n_calls + 1) + GRACE_S  # fixed now: nothing extends it
+    stall_s = limits.timeout * (1 + MAX_EXTRA) + GRACE_S  # silence for longer than one case's calls: stuck
+    stall = now + START_S + limits.timeout  # the first message comes once the notebook's cells have run
     data, killed, too_much = bytearray(), False, False
     proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, start_new_session=True,
@@ -164,7 +168,7 @@ def _run(job, limits, n_calls, bwrap):
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
             while True:
-                left = deadline - time.monotonic()
+                left = min(deadline, stall) - time.monotonic()  # a stall only ever ends it sooner
                 if left <= 0:
                     killed = True
                     break
@@ -174,6 +178,7 @@ def _run(job, limits, n_calls, bwrap):
                 if not chunk:
                     break
                 data += chunk
+                stall = time.monotonic() + stall_s
                 if len(data) > MAX_RESULT_BYTES:
                     too_much = True
                     break
@@ -184,11 +189,7 @@ def _run(job, limits, n_calls, bwrap):
             pass
         rc = proc.wait()
         proc.stdout.close()
-    try:
-        messages = calls.read_messages(bytes(data))
-        broken = None
-    except calls.WireError as e:
-        messages, broken = [], str(e)
+    messages, broken = calls.read_messages(bytes(data))
     return {"rc": rc, "killed": killed, "too_much": too_much, "broken": broken}, messages
 
 

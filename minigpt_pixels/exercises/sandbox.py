@@ -96,7 +96,7 @@ def main(job_path):
     os.dup2(null, 1)
     os.dup2(null, 2)
     with open(job_path, "rb") as f:
-        [(job, arrays)] = calls.read_messages(f.read(), max_array_bytes=64 << 20)
+        [(job, arrays)], _ = calls.read_messages(f.read(), max_array_bytes=64 << 20)
     _limit(job)
     sys.meta_path.insert(0, _Blocker())
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
