@@ -15,7 +15,7 @@ import pytest
 
 from minigpt_pixels.exercises import grade
 
-from .grade_submissions import LN, NB1, NB3, QG, ROOT, add_cell, answered, need_bwrap, released, write
+from .grade_submissions import LN, NB1, NB3, QG, ROOT, answered, need_bwrap, released, write
 
 SEED = "987654321"  # the grader's secret: it must not be found from inside the sandbox
 GRADER_FILES = [ROOT / "minigpt_pixels" / p for p in ("exercises/sandbox.py", "exercises/grade.py", "grade.py",

@@ -304,7 +304,8 @@ def read_outcome(record, arrays):
         return Returned(decode(record.get("value"), arrays), record.get("mutated") is True,
                         [decode(s, arrays) for s in extra])
     if status == "raised":
-        return Raised(_text_field(record, "type", 60), _text_field(record, "message"), _text_field(record, "where", 500))
+        return Raised(_text_field(record, "type", 60), _text_field(record, "message"),
+                      _text_field(record, "where", 500))
     if status == "timeout":
         return TimedOut(0.0)  # the grader knows the limit it set; a number from the sandbox is not needed
     if status == "stopped":
@@ -388,6 +389,7 @@ def _array_meta(meta, max_bytes):
     return meta["key"][:200], dtype, tuple(shape), nbytes
 
 
-__all__ = ["BLOCKED", "BLOCKED_MESSAGE", "Returned", "Raised", "NotDone", "TimedOut", "Stopped", "Opaque", "Timeout", "WireError", "call",
+__all__ = ["BLOCKED", "BLOCKED_MESSAGE", "Returned", "Raised", "NotDone", "TimedOut", "Stopped", "Opaque", "Timeout",
+           "WireError", "call",
            "copy_args", "same_args", "where", "time_limit", "encode", "safe_encode", "decode", "outcome_record",
            "read_outcome", "write_message", "read_messages"]

@@ -388,5 +388,5 @@ def describe_in(EXERCISES: dict, name: str) -> str:
 
 
 __all__ = ["CheckResult", "Case", "Mistake", "Exercise", "Returned", "Raised", "NotDone", "TimedOut", "Stopped",
-           "Opaque", "make_cases", "extra_calls", "call", "check_in", "judge", "describe_in", "F32", "SEED", "TIMEOUT_S",
-           "USES_PACKAGE"]
+           "Opaque", "make_cases", "extra_calls", "call", "check_in", "judge", "describe_in", "F32", "SEED",
+           "TIMEOUT_S", "USES_PACKAGE"]

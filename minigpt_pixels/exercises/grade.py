@@ -260,7 +260,7 @@ def main(argv=None):
     if sys.platform == "win32":
         fail("grading needs Linux (the sandbox is bubblewrap, the limits are rlimits)")
     out = pathlib.Path(args.out)
-    totals_path = pathlib.Path(args.totals) if args.totals else out.with_name(f"{out.stem}_totals{out.suffix or '.csv'}")
+    totals_path = pathlib.Path(args.totals or out.with_name(f"{out.stem}_totals{out.suffix or '.csv'}"))
     try:
         if os.path.realpath(totals_path) == os.path.realpath(out):
             raise ValueError(f"--totals {totals_path} is the gradebook itself; give another file")
