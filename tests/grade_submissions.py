@@ -79,3 +79,53 @@ def write(path, nb):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(nb))
     return path
+
+
+def honest_class():
+    """30 students of notebook 01 as a class writes it: right answers in varied styles (loops, helpers,
+    constants and lambdas in cells of their own, docstrings that name the package), typical mistakes and
+    unfinished work. {student: notebook}."""
+    right_ln = [
+        LN,
+        "ms = np.mean(np.square(x), axis=-1, keepdims=True)\n    return x / np.sqrt(ms + eps) * weight",
+        "rms = np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + eps)\n    return weight * (x / rms)",
+        "return x * (1.0 / np.sqrt(np.einsum('...c,...c->...', x, x)[..., None] / x.shape[-1] + eps)) * weight",
+        "out = np.empty_like(x)\n    for idx in np.ndindex(x.shape[:-1]):\n"
+        "        out[idx] = x[idx] / np.sqrt(np.sum(x[idx] ** 2) / x.shape[-1] + eps) * weight\n    return out",
+        '"""Replaces minigpt_pixels.layers.layer_norm."""\n    return (x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps)'
+        " * weight).astype(np.float32)",
+    ]
+    right_qg = [
+        QG, "return x * (1 / (1 + np.exp(-1.702 * x)))", "return x * 0.5 * (1 + np.tanh(0.851 * x))",
+        "return x * sigmoid(GELU_K * x)", "return (x * np.reciprocal(1 + np.exp(-1.702 * x))).astype(x.dtype)",
+    ]
+    wrong_ln = [
+        "mu = x.mean(-1, keepdims=True)\n    return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + eps) * weight",
+        "return x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True)) * weight",
+        "return x / (np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True)) + eps) * weight",
+        "return x / np.sqrt(np.sum(x ** 2, axis=-1, keepdims=True) + eps) * weight",
+        "return x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + eps) + weight",
+        "return (x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + eps) * weight).astype(np.float64)",
+    ]
+    wrong_qg = [
+        "return np.maximum(x, 0)", "return 1 / (1 + np.exp(-1.702 * x))",
+        "return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))",
+        "return x / (1 + np.exp(-x))",
+    ]
+    helpers = "GELU_K = 1.702\nsigmoid = lambda z: 1 / (1 + np.exp(-z))\nprint(sigmoid(0.0))"
+    students = {}
+    for i in range(30):
+        kind = i % 5  # 0-2: right (varied), 3: a typical mistake, 4: unfinished or half done
+        bodies = {}
+        if kind <= 2:
+            bodies = {"layer_norm": right_ln[i % len(right_ln)], "quick_gelu": right_qg[(i + i // 5) % len(right_qg)]}
+        elif kind == 3:
+            bodies = {"layer_norm": wrong_ln[i % len(wrong_ln)] if i % 2 else right_ln[i % len(right_ln)],
+                      "quick_gelu": wrong_qg[i % len(wrong_qg)]}
+        elif i % 3:
+            bodies = {"layer_norm": right_ln[i % len(right_ln)]}
+        nb = answered(NB1, **bodies)
+        if "sigmoid(GELU_K" in bodies.get("quick_gelu", ""):
+            add_cell(nb, helpers, at=2)
+        students[f"student{i:02d}"] = nb
+    return students
