@@ -208,3 +208,14 @@ def test_the_command_and_the_module_are_the_same_grader():
     import minigpt_pixels.grade as shim
     assert shim.main is grade.main
     assert "--no-progress" in grade.parser().format_help() and "--no-sandbox" in grade.parser().format_help()
+
+
+def test_the_package_students_install_holds_no_solution():
+    """docs/teaching.md: a wheel of the repository carries minigpt_pixels/ only, and no module there holds a
+    solution (the teacher's sources with nbgrader's markers live in notebooks/src/exercises/)."""
+    import tomllib
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["packages"]["find"]["include"] == ["minigpt_pixels*"]
+    marker = "### BEGIN " + "SOLUTION"
+    assert not [p for p in (ROOT / "minigpt_pixels").rglob("*.py") if marker in p.read_text(encoding="utf-8")]
+    assert any(marker in p.read_text() for p in (ROOT / "notebooks" / "src" / "exercises").glob("*.py"))

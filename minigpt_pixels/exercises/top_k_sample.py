@@ -48,8 +48,9 @@ def _no_renormalise_choice(logits, k, rng):
 
 
 def _compare(ids, args):
-    """Every draw within the row's top k (ties with the k-th kept), and each token drawn about as often
-    as softmax over the kept logits says (within 5 standard deviations)."""
+    """Every draw within the row's top k (ties with the k-th kept), each token drawn about as often as
+    softmax over the kept logits says (within 5 standard deviations), and the drawn tokens' mean logit
+    within Z_MAX standard errors of its expectation (a temperature other than 1 moves it)."""
     logits, k, _ = args
     V = logits.shape[-1]
     rows = logits[::DRAWS_PER_ROW]  # [3, V]: the row kinds, as drawn for this case
@@ -65,39 +66,44 @@ def _compare(ids, args):
                         f"number above that end finds no token: clip the index to V - 1, or draw u * cdf[-1]",
                         remind=False)
         raise _Fail(message, "no_renormalise" if first == V else None)
-    n = DRAWS_PER_ROW
     shift, variance = 0.0, 0.0  # of the drawn tokens' mean logit, summed over the row kinds
     for r, row in enumerate(rows):
-        drawn = ids[r * n:(r + 1) * n]
-        counts = np.bincount(drawn, minlength=V)  # [V]
-        rank = np.argsort(np.argsort(-row, kind="stable"), kind="stable")  # 0 = the most likely
-        kept = row >= np.sort(row)[-k]
-        outside = np.flatnonzero((counts > 0) & ~kept)
-        if len(outside):
-            ranks = sorted({int(rank[t]) + 1 for t in outside})
-            mistake = "keeps_k_plus_1" if ranks == [k + 1] else "ignores_k"
-            raise _Fail(f"row kind {r}: drew token(s) {outside.tolist()}, the {_ordinals(ranks)} most likely, "
-                        f"with k = {k}: only the {k} most likely may be drawn", mistake)
-        if k > 1 and np.count_nonzero(counts) == 1:
-            raise _Fail(f"row kind {r}: only token {int(np.argmax(counts))} was drawn, {n} times out of {n}", "greedy")
-        expected = generation.softmax(generation.top_k_filter(row[None], k))[0]  # [V]
-        freq = counts / n
-        sigma = np.sqrt(expected * (1 - expected) / n)
-        off = np.abs(freq - expected) > 5 * sigma + 0.005
-        if off.any():
-            t = int(np.argmax(np.abs(freq - expected) - 5 * sigma))
-            table = ", ".join(f"{j}: {expected[j]:.3f} vs {freq[j]:.3f}" for j in np.argsort(-expected)[:k])
-            raise _Fail(f"row kind {r}: token {t} drawn with frequency {freq[t]:.3f}, expected {expected[t]:.3f} "
-                        f"(probability vs your frequency, most likely first: {table})", "wrong_frequencies")
-        mean = float(np.sum(expected * row, dtype=np.float64))
-        shift += float(np.sum(row[drawn], dtype=np.float64)) - n * mean
-        variance += n * float(np.sum(expected * (row - mean) ** 2, dtype=np.float64))
+        s, v = _check_row(r, row, ids[r * DRAWS_PER_ROW:(r + 1) * DRAWS_PER_ROW], k)
+        shift, variance = shift + s, variance + v
     z = shift / np.sqrt(variance) if variance > 0 else 0.0
     if abs(z) > Z_MAX:
-        raise _Fail(f"the drawn tokens' logits average {shift / (n * len(rows)):+.4f} away from what sampling at "
-                    f"temperature 1 gives, {abs(z):.1f} standard errors (at most {Z_MAX:g}): the draws are "
-                    f"{'flatter' if z < 0 else 'sharper'} than softmax over the kept logits", "wrong_frequencies")
+        raise _Fail(f"the drawn tokens' logits average {shift / (DRAWS_PER_ROW * len(rows)):+.4f} away from what "
+                    f"sampling at temperature 1 gives, {abs(z):.1f} standard errors (at most {Z_MAX:g}): the draws "
+                    f"are {'flatter' if z < 0 else 'sharper'} than softmax over the kept logits", "wrong_frequencies")
     return 0.0
+
+
+def _check_row(r, row, drawn, k):
+    """One row kind's draws: only kept tokens, not all one token, each token's frequency within 5 standard
+    deviations. -> (the drawn logits' sum minus its expectation, its variance): the temperature statistic."""
+    n, V = len(drawn), row.shape[-1]
+    counts = np.bincount(drawn, minlength=V)  # [V]
+    rank = np.argsort(np.argsort(-row, kind="stable"), kind="stable")  # 0 = the most likely
+    kept = row >= np.sort(row)[-k]
+    outside = np.flatnonzero((counts > 0) & ~kept)
+    if len(outside):
+        ranks = sorted({int(rank[t]) + 1 for t in outside})
+        mistake = "keeps_k_plus_1" if ranks == [k + 1] else "ignores_k"
+        raise _Fail(f"row kind {r}: drew token(s) {outside.tolist()}, the {_ordinals(ranks)} most likely, "
+                    f"with k = {k}: only the {k} most likely may be drawn", mistake)
+    if k > 1 and np.count_nonzero(counts) == 1:
+        raise _Fail(f"row kind {r}: only token {int(np.argmax(counts))} was drawn, {n} times out of {n}", "greedy")
+    expected = generation.softmax(generation.top_k_filter(row[None], k))[0]  # [V]
+    freq = counts / n
+    sigma = np.sqrt(expected * (1 - expected) / n)
+    if (np.abs(freq - expected) > 5 * sigma + 0.005).any():
+        t = int(np.argmax(np.abs(freq - expected) - 5 * sigma))
+        table = ", ".join(f"{j}: {expected[j]:.3f} vs {freq[j]:.3f}" for j in np.argsort(-expected)[:k])
+        raise _Fail(f"row kind {r}: token {t} drawn with frequency {freq[t]:.3f}, expected {expected[t]:.3f} "
+                    f"(probability vs your frequency, most likely first: {table})", "wrong_frequencies")
+    mean = float(np.sum(expected * row, dtype=np.float64))
+    return (float(np.sum(row[drawn], dtype=np.float64)) - n * mean,
+            n * float(np.sum(expected * (row - mean) ** 2, dtype=np.float64)))
 
 
 def _ordinals(ranks):
