@@ -428,3 +428,14 @@ def test_the_k_means_exercise_is_the_step_fit_palette_repeats():
     args = exercises.make_cases(EXERCISES["kmeans_step"])[1]  # the case with an empty cluster
     np.testing.assert_array_equal(EXERCISES["kmeans_step"].reference(*args), palette.lloyd_step(*args, exact=True))
     assert check("kmeans_step", lambda p, c: palette.lloyd_step(p, c)).passed
+
+
+def test_every_module_s_all_names_what_it_defines():
+    """`from minigpt_pixels.exercises.<module> import *` works for every module of the exercises and grader."""
+    import importlib
+    import pkgutil
+    for info in pkgutil.iter_modules(exercises.__path__):
+        module = importlib.import_module(f"minigpt_pixels.exercises.{info.name}")
+        missing = [n for n in getattr(module, "__all__", []) if not hasattr(module, n)]
+        assert not missing, (info.name, missing)
+    assert not [n for n in exercises.__all__ if not hasattr(exercises, n)]
