@@ -159,6 +159,15 @@ def the_class(root, out, feedback):
     c["hot_sampler"] = (NB3, answered(NB3, top_k_sample=hot))
     c["fixed_rng_sampler"] = (NB3, answered(NB3, top_k_sample=hot.replace("/ 1.1", "").replace(
         "rng.random", "np.random.default_rng(0).random")))
+    c["no_randomness_sampler"] = (NB3, answered(NB3, top_k_sample=body("""
+        rows, first = np.unique(logits, axis=0, return_inverse=True)
+        out = np.empty(len(logits), np.int64)
+        for r, row in enumerate(rows):
+            at = np.flatnonzero(first.ravel() == r)
+            p = np.where(row >= np.sort(row)[-k], np.exp(row - row.max()), 0)
+            cdf = np.cumsum(p / p.sum())
+            out[at] = np.minimum(np.searchsorted(cdf, (np.arange(len(at)) + 0.5) / len(at)), len(row) - 1)
+        return out""")))
     return c
 
 
@@ -261,7 +270,7 @@ def test_no_route_to_the_package_passes(attacked, student):
     assert rows_points(attacked["rows"], student, "layer_norm") == 0
 
 
-@pytest.mark.parametrize("student", ["hot_sampler", "fixed_rng_sampler"])
+@pytest.mark.parametrize("student", ["hot_sampler", "fixed_rng_sampler", "no_randomness_sampler"])
 def test_samplers_that_do_not_follow_rng_at_temperature_1_fail(attacked, student):
     assert status(attacked["rows"], student, "top_k_sample")[0] == "failed"
 

@@ -68,6 +68,8 @@ def collect(paths):
             for nb in sorted(p.glob("*.ipynb")):  # notebooks directly in the folder: the folder is the student
                 add(p.resolve().name, nb)
             for d in sorted(p.iterdir()):
+                if d.is_symlink() and d.is_dir():
+                    warnings.append(f"skipped {readable(str(d))}: a symbolic link to a folder is not followed")
                 if not d.is_dir() or d.is_symlink():
                     continue
                 if d.name.startswith("."):
