@@ -2,7 +2,7 @@
 notebooks/src/exercises/), `generate_assignment` releases exactly the student notebook we ship, and
 `autograde` scores a filled-in copy: the right answer gets the exercise's points, the wrong one none.
 Our grader, in its sandbox, gives every row the same points as nbgrader's autograde: on that copy, and on
-students of an honest class (two of its 30 here; all 30, timed with --jobs 1 and 2, with
+a student of an honest class (one of its 30 here; all 30, timed with --jobs 1 and 2, with
 MINIGPT_PIXELS_CLASS_OF_30=1)."""
 
 import csv
@@ -68,8 +68,8 @@ def test_nbgrader_releases_our_notebook_and_our_sandboxed_grader_gives_its_autog
     submitted.write_text(json.dumps(release))
 
     students = honest_class()
-    if os.environ.get("MINIGPT_PIXELS_CLASS_OF_30") != "1":  # a right answer with helper cells, a mistake
-        students = {s: students[s] for s in ("student07", "student08")}
+    if os.environ.get("MINIGPT_PIXELS_CLASS_OF_30") != "1":  # a right answer with helper cells (alice: a mistake)
+        students = {"student07": students["student07"]}
     students["alice"] = release
     for student, nb in students.items():
         path = tmp_path / "submitted" / student / NAME / f"{NAME}.ipynb"
