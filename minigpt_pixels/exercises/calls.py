@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+TIMEOUT_S = 10.0  # per call of a student's function; the inputs are tiny, so a correct one takes milliseconds
 MAX_ITEMS = 8  # a returned tuple or list longer than this is described, not sent
 MAX_TEXT = 1000  # characters of a message or type name that cross the wire
 MAX_LINE = 1 << 20  # bytes of one message's JSON line
@@ -389,7 +390,7 @@ def _array_meta(meta, max_bytes):
     return meta["key"][:200], dtype, tuple(shape), nbytes
 
 
-__all__ = ["BLOCKED", "BLOCKED_MESSAGE", "Returned", "Raised", "NotDone", "TimedOut", "Stopped", "Opaque", "Timeout",
-           "WireError", "call",
+__all__ = ["TIMEOUT_S", "BLOCKED", "BLOCKED_MESSAGE", "Returned", "Raised", "NotDone", "TimedOut", "Stopped",
+           "Opaque", "Timeout", "WireError", "call",
            "copy_args", "same_args", "where", "time_limit", "encode", "safe_encode", "decode", "outcome_record",
            "read_outcome", "write_message", "read_messages"]

@@ -21,11 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from .calls import NotDone, Opaque, Raised, Returned, Stopped, TimedOut, Timeout, call, copy_args
+from .calls import TIMEOUT_S, NotDone, Opaque, Raised, Returned, Stopped, TimedOut, Timeout, call, copy_args
 
 F32 = np.float32
 SEED = 1234  # case i draws its inputs from default_rng(SEED + i) unless a grader gives another seed
-TIMEOUT_S = 10.0  # per exercise; the inputs are tiny, so a correct function takes milliseconds
 MISTAKE_TOL = dict(rtol=1e-3, atol=1e-4)  # how close an output must be to a known mistake to name it
 SHOWN_DIFFS = 3  # differing values listed in a failure message
 USES_PACKAGE = "uses_package"  # the mistake name of an answer built on minigpt_pixels itself

@@ -29,12 +29,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from tqdm import tqdm
 
 from . import EXERCISES, NOTEBOOKS, judge, make_cases
-from .calls import BLOCKED_MESSAGE, Raised, Stopped
+from .calls import BLOCKED_MESSAGE, TIMEOUT_S, Raised, Stopped
 from .engine import USES_PACKAGE, CheckResult, extra_calls
 from .gradebook import (Output, Row, feedback_folder, gradebook_csv, is_gradebook_header, is_totals_header,
                         readable, summary_table, totals_csv, write_feedback)
 from .notebook import extract, notebook_exercises, notebook_name, read_notebook
-from .runner import MEMORY_MB, TIMEOUT_S, Limits, SandboxError, find_bwrap, job_specs, run_student
+from .runner import MEMORY_MB, Limits, SandboxError, find_bwrap, job_specs, run_student
 
 JOBS = max(1, min(4, (os.cpu_count() or 2) // 2))  # notebooks graded at once
 MAX_SEED = 2 ** 63 - 1000  # case i draws from default_rng(seed + i)

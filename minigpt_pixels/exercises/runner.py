@@ -31,10 +31,10 @@ import time
 import numpy as np
 
 from . import calls
+from .calls import TIMEOUT_S
 
 HERE = pathlib.Path(__file__).resolve().parent
 SCRIPTS = ("sandbox.py", "calls.py")  # all the grader code the sandbox sees
-TIMEOUT_S = 10.0  # per call of the student's function, and for running the notebook's cells
 MEMORY_MB = 1024  # address space the student's process may add to what Python and NumPy already use
 TMPFS_MB = 32  # the student's whole disk: /tmp and the working directory together
 START_S = 15.0  # starting the sandbox, Python and NumPy on a busy machine
@@ -272,5 +272,5 @@ def job_specs(exercises, cases, extra):
     return specs, arrays
 
 
-__all__ = ["Limits", "SandboxError", "find_bwrap", "bwrap_command", "run_student", "job_specs", "TIMEOUT_S",
-           "MEMORY_MB", "TMPFS_MB", "BWRAP_INSTALL"]
+__all__ = ["Limits", "SandboxError", "find_bwrap", "bwrap_command", "run_student", "job_specs", "MEMORY_MB",
+           "TMPFS_MB", "BWRAP_INSTALL"]
