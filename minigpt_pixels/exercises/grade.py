@@ -278,6 +278,9 @@ def main(argv=None):
     seed = secrets.randbelow(1 << 32) if args.seed is None else args.seed
     print(f"seed {seed}" + (" (a fresh one: grade again with --seed %d to reproduce)" % seed
                             if args.seed is None else ""), flush=True)
+    if bwrap and os.geteuid() == 0:
+        warnings.append("grading as root: the kernel exempts root from the sandbox's process limit (a fork bomb "
+                        "runs until the deadline); grade as an ordinary user")
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     start = time.perf_counter()
