@@ -96,6 +96,12 @@ def the_class(root, out, feedback):
                                                         != resource.RLIM_INFINITY for k in kinds)))""")))
     c["forges_huge_array"] = (NB1, answered(NB1, layer_norm=to_every_fd(FORGE_HUGE), quick_gelu=QG))
     c["forges_deep_record"] = (NB1, answered(NB1, layer_norm=to_every_fd("[" * 100_000 + "\n"), quick_gelu=QG))
+    nb = answered(NB1, layer_norm=LN, quick_gelu=QG)
+    cell = next(c for c in nb["cells"] if "def layer_norm" in "".join(c["source"]))
+    cell["source"] = ("import os\nfor fd in range(3, 64):\n    try:\n"
+                      "        os.write(fd, b'{\"record\": 5, \"arrays\": []}\\n')\n    except OSError:\n"
+                      "        pass\n" + "".join(cell["source"]))
+    c["forges_before_loading"] = (NB1, nb)
     c["stubborn_progress"] = (NB1, answered(NB1, layer_norm=body("""
         i = 0
         while True:
@@ -251,6 +257,9 @@ def test_forged_results_are_refused_and_the_next_exercise_is_still_graded(attack
         assert rows[(student, "layer_norm")]["max_points"] == "2"
         assert status(rows, student, "quick_gelu")[0] == "passed"
     assert "over the limit" in status(rows, "forges_huge_array", "layer_norm")[1]
+    for exercise, top in [("layer_norm", "2"), ("quick_gelu", "1")]:  # a forged record before any result
+        row = rows[("forges_before_loading", exercise)]
+        assert row["status"] == "failed" and row["max_points"] == top and "grader itself" not in row["message"]
     assert attacked["grown_mb"] < 300  # nothing of the forged 8 TiB array was allocated
 
 

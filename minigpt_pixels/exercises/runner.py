@@ -135,7 +135,8 @@ def run_student(program, specs, arrays, limits, bwrap=None):
                 calls.write_message(f, job, arrays)
             how, messages = _run(path, limits, _calls(specs[start:]), bwrap)
             stopped_at = _collect(messages, how, specs, start, outcomes, limits.timeout)
-            if not notes and messages and isinstance(messages[0][0].get("loaded"), list):
+            if not notes and messages and isinstance(messages[0][0], dict) and \
+                    isinstance(messages[0][0].get("loaded"), list):
                 notes = [str(x)[:500] for x in messages[0][0]["loaded"][:20]]
             if stopped_at is None:
                 break
@@ -196,16 +197,18 @@ def _run(job, limits, n_calls, bwrap):
 def _collect(messages, how, specs, start, outcomes, timeout):
     """Put each case's outcome where it belongs; -> the index of the exercise the process stopped on (it
     died, hung or sent nonsense there), or None when it finished."""
-    if not messages or "loaded" not in messages[0][0]:
+    if not messages or not isinstance(messages[0][0], dict) or "loaded" not in messages[0][0]:
         reason = _death(how, timeout, "while your notebook's code was being run, before any function could be "
                                       "called")
         for s in specs[start:]:
             outcomes[s["name"]].append(calls.Stopped(reason))
         return None
-    done = any(m[0].get("done") is True for m in messages)
+    done = any(isinstance(m[0], dict) and m[0].get("done") is True for m in messages)
     expected = [(e, c) for e in range(start, len(specs)) for c in range(len(specs[e]["cases"]))]
     position = 0
     for record, arrays in messages[1:]:
+        if not isinstance(record, dict):
+            return _stop(expected, position, outcomes, specs, "sent back a result that is not a record")
         if record.get("done") is True:
             break
         if position >= len(expected) or (record.get("exercise"), record.get("case")) != expected[position]:
