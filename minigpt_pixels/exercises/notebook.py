@@ -24,7 +24,7 @@ import stat
 
 from .calls import BLOCKED
 
-MAX_NOTEBOOK_BYTES = 32 << 20  # outputs (plots) included; the JSON is parsed in the grader's own process
+MAX_NOTEBOOK_BYTES = 8 << 20  # outputs (plots) included; parsed here, in the grader: at worst ~20 bytes per byte
 MAX_CODE_CHARS = 1 << 20  # all code cells together: ast.parse takes tens of bytes of memory per character
 SKIPPED_IMPORTS = ("matplotlib", "IPython", "sklearn", "ipywidgets")  # outside answer cells: slow and not needed
 SIMPLE_MODULES = ("np", "numpy", "math")  # a helper constant may call these: GELU_K = np.float32(1.702)
