@@ -249,6 +249,38 @@ def test_sampling_must_draw_from_the_rng_it_is_given():
     assert result.status == "failed" and "same seed" in result.message
 
 
+def test_sampling_that_ignores_rng_or_draws_nothing_at_random_fails():
+    """The issue's cheats: a generator of its own with a fixed seed, and no random numbers at all (each
+    row's tokens laid out in exact proportion): both pass every statistical test, so rng is tested exactly."""
+    fixed = check("top_k_sample", lambda lg, k, rng: student_top_k_sample(lg, k, np.random.default_rng(0)))
+    assert fixed.status == "failed" and "do not come from the rng argument" in fixed.message
+
+    def quantiles(logits, k, rng):  # the i-th of n equal rows gets the token whose CDF band holds (i + 0.5) / n
+        rows, first = np.unique(logits, axis=0, return_inverse=True)
+        out = np.empty(len(logits), np.int64)
+        for r, row in enumerate(rows):
+            at = np.flatnonzero(first.ravel() == r)
+            p = np.where(row >= np.sort(row)[-k], np.exp(row - row.max()), 0)
+            cdf = np.cumsum(p / p.sum())
+            out[at] = np.minimum(np.searchsorted(cdf, (np.arange(len(at)) + 0.5) / len(at)), len(row) - 1)
+        return out
+    result = check("top_k_sample", quantiles)
+    assert result.status == "failed" and "rng argument" in result.message
+
+
+def test_sampling_at_temperature_1_1_fails_and_the_right_sampler_passes_on_any_seed():
+    def inverse_cdf(logits, k, rng, temperature=1.0):  # vectorised: the seeds below run quickly
+        p = np.exp((logits - logits.max(-1, keepdims=True)) / temperature)
+        p = np.where(logits >= np.sort(logits, -1)[:, -k][:, None], p, 0)
+        cdf = np.cumsum(p / p.sum(-1, keepdims=True), -1)
+        return np.minimum((cdf < rng.random((len(p), 1))).sum(-1), logits.shape[-1] - 1)
+    hot = check("top_k_sample", lambda lg, k, rng: inverse_cdf(lg, k, rng, 1.1))
+    assert hot.status == "failed" and "temperature 1" in hot.message, hot.message
+    for seed in (1, 2, 3, 4):
+        result = check("top_k_sample", inverse_cdf, seed=seed)
+        assert result.passed, result.message
+
+
 def test_sampling_bad_returns():
     assert "integers" in check("top_k_sample", lambda lg, k, rng: np.zeros(len(lg))).message
     assert "shape" in check("top_k_sample", lambda lg, k, rng: np.zeros((len(lg), 1), int)).message
@@ -305,7 +337,7 @@ def test_inputs_are_seeded_and_small():
             b = case.make(np.random.default_rng(exercises.SEED + i))
             arrays = [x for x in a if isinstance(x, np.ndarray)]
             assert all(np.array_equal(x, y) for x, y in zip(arrays, b))
-            assert sum(x.size for x in arrays) <= 100_000
+            assert sum(x.size for x in arrays) <= 150_000  # top_k_sample: 3 x 4000 rows of 10
 
 
 # ---- hints only for the mistake actually made ---------------------------------------------------
@@ -409,3 +441,23 @@ def test_the_k_means_exercise_is_the_step_fit_palette_repeats():
     args = exercises.make_cases(EXERCISES["kmeans_step"])[1]  # the case with an empty cluster
     np.testing.assert_array_equal(EXERCISES["kmeans_step"].reference(*args), palette.lloyd_step(*args, exact=True))
     assert check("kmeans_step", lambda p, c: palette.lloyd_step(p, c)).passed
+
+
+def test_every_module_s_all_names_what_it_defines():
+    """`from minigpt_pixels.exercises.<module> import *` works for every module of the exercises and grader."""
+    import importlib
+    import pkgutil
+    for info in pkgutil.iter_modules(exercises.__path__):
+        module = importlib.import_module(f"minigpt_pixels.exercises.{info.name}")
+        missing = [n for n in getattr(module, "__all__", []) if not hasattr(module, n)]
+        assert not missing, (info.name, missing)
+    assert not [n for n in exercises.__all__ if not hasattr(exercises, n)]
+
+
+def test_every_case_is_drawn_from_the_seed():
+    """Issue 22: a memorised output passes no case once the grader draws another seed."""
+    def arrays(x):
+        return [a for v in x for a in (arrays(v) if isinstance(v, tuple) else [v]) if isinstance(a, np.ndarray)]
+    for name, ex in EXERCISES.items():
+        for i, (a, b) in enumerate(zip(exercises.make_cases(ex, 1), exercises.make_cases(ex, 2))):
+            assert not all(np.array_equal(x, y) for x, y in zip(arrays(a), arrays(b))), (name, ex.cases[i].about)

@@ -1,48 +1,23 @@
 """`python -m minigpt_pixels.grade`: a class of submissions written the way students write them (right,
 wrong, lazy, cheating, hanging, crashing) grades in one command to the right verdicts, and no
-submission can fool it."""
+submission can fool it. Graded in the sandbox where bwrap runs, else with --no-sandbox."""
 
 import csv
-import json
 import pathlib
 
 import numpy as np
 import pytest
 
-from minigpt_pixels import grade
-from minigpt_pixels.exercises import EXERCISES, make_cases
+from minigpt_pixels.exercises import EXERCISES, calls, gradebook, make_cases
+from minigpt_pixels.exercises import grade
+from minigpt_pixels.exercises.notebook import extract
+from minigpt_pixels.exercises.runner import Limits
+
+from .grade_submissions import (LN, NB1, NB3, NB5, QG, TIMEOUT, add_cell, answered, bwrap_or_none, cell_of, released,
+                                sandbox_flags)
+from .grade_submissions import write as _write
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-STUB = "# YOUR CODE HERE\n    raise NotImplementedError()"
-NB1, NB3, NB5 = "01_layer_norm_and_quick_gelu", "03_top_k_sampling", "05_layer_norm_backward"
-TIMEOUT = "2"  # seconds per exercise in these tests; a correct answer takes milliseconds
-
-LN = "return x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + eps) * weight"
-QG = "return x / (1 + np.exp(-1.702 * x))"
-
-
-def released(stem):
-    return json.loads((ROOT / "notebooks" / "exercises" / f"{stem}.ipynb").read_text())
-
-
-def cell_of(nb, grade_id):
-    return next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == grade_id)
-
-
-def answered(stem, **bodies):
-    """The released notebook with each named exercise's stub replaced by a body (indented 4)."""
-    nb = released(stem)
-    for name, body in bodies.items():
-        c = cell_of(nb, name)
-        c["source"] = "".join(c["source"]).replace(STUB, body)
-    return nb
-
-
-def add_cell(nb, source, at=None):
-    cell = {"cell_type": "code", "execution_count": None, "id": f"student-{len(nb['cells'])}", "metadata": {},
-            "outputs": [], "source": source}
-    nb["cells"].insert(len(nb["cells"]) if at is None else at, cell)
-    return nb
 
 
 def memorised_quick_gelu():
@@ -128,12 +103,11 @@ def graded(tmp_path_factory):
     expected = {}
     for student, (stem, nb, verdicts) in the_class().items():
         path = submitted / student / stem / f"{stem}.ipynb"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(nb))
+        _write(path, nb)
         expected.update({(student, name): v for name, v in verdicts.items()})
     out, feedback = root / "grades.csv", root / "feedback"
     code = grade.main([str(submitted), "--out", str(out), "--feedback", str(feedback), "--seed", "99",
-                       "--timeout", TIMEOUT])
+                       "--timeout", TIMEOUT, "--no-progress"] + sandbox_flags())
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return code, rows, expected, feedback
@@ -152,7 +126,8 @@ def test_one_command_grades_the_class_to_the_right_verdicts(graded):
 
 def test_the_gradebook_has_the_columns_and_points(graded):
     _, rows, _, _ = graded
-    assert list(rows[0]) == list(grade.COLUMNS)
+    assert list(rows[0]) == list(gradebook.COLUMNS)
+    assert {r["seed"] for r in rows} == {"99"}
     for r in rows:
         assert float(r["max_points"]) == EXERCISES[r["exercise"]].points
         assert float(r["points"]) == (float(r["max_points"]) if r["status"] == "passed" else 0)
@@ -173,11 +148,9 @@ def test_feedback_files_hold_the_full_messages(graded):
 
 
 def test_a_notebook_given_directly_is_named_by_its_folder(tmp_path, capsys):
-    path = tmp_path / "zoe" / f"{NB1}.ipynb"
-    path.parent.mkdir()
-    path.write_text(json.dumps(answered(NB1, layer_norm=LN)))
+    path = _write(tmp_path / "zoe" / f"{NB1}.ipynb", answered(NB1, layer_norm=LN))
     out = tmp_path / "grades.csv"
-    assert grade.main([str(path), "--out", str(out), "--timeout", TIMEOUT]) == 0
+    assert grade.main([str(path), "--out", str(out), "--timeout", TIMEOUT, "--no-progress"] + sandbox_flags()) == 0
     rows = list(csv.DictReader(open(out, newline="", encoding="utf-8")))
     assert [(r["student"], r["exercise"], r["status"]) for r in rows] == [
         ("zoe", "layer_norm", "passed"), ("zoe", "quick_gelu", "not done")]
@@ -185,17 +158,20 @@ def test_a_notebook_given_directly_is_named_by_its_folder(tmp_path, capsys):
     assert "layer_norm" in printed and "zoe" in printed and "1 of 3" not in printed and "2 of 3" in printed
 
 
-def test_the_default_seed_is_the_notebooks_and_memorising_it_passes_only_there(tmp_path):
-    """The same memorised answer passes with the notebook's own inputs: --seed is what stops it."""
+def test_memorising_passes_only_with_the_notebooks_seed_which_is_never_the_default(tmp_path, capsys):
+    """The memorised answer passes with the notebook's own inputs (seed 1234); the command's default is a
+    fresh seed, printed and written into the gradebook, so it fails there."""
     nb = answered(NB1, layer_norm=LN, quick_gelu=memorised_quick_gelu())
-    rows = grade.grade_notebook("pia", _write(tmp_path / "pia" / f"{NB1}.ipynb", nb), timeout=float(TIMEOUT))
-    assert [r.status for r in rows] == ["passed", "passed"]
-
-
-def _write(path, nb):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(nb))
-    return path
+    path = _write(tmp_path / "pia" / f"{NB1}.ipynb", nb)
+    limits = Limits(float(TIMEOUT), sandbox=bwrap_or_none() is not None)
+    sandbox_flags()
+    assert [r.status for r in grade.grade_notebook("pia", path, 1234, limits)] == ["passed", "passed"]
+    out = tmp_path / "grades.csv"
+    assert grade.main([str(path), "--out", str(out), "--timeout", TIMEOUT, "--no-progress"] + sandbox_flags()) == 0
+    rows = list(csv.DictReader(open(out, newline="", encoding="utf-8")))
+    seed = capsys.readouterr().out.split("seed ", 1)[1].split()[0]
+    assert {r["seed"] for r in rows} == {seed} and seed != "1234"
+    assert [r["status"] for r in rows] == ["passed", "failed"]
 
 
 def test_it_never_overwrites_a_file_it_did_not_write(tmp_path):
@@ -203,7 +179,7 @@ def test_it_never_overwrites_a_file_it_did_not_write(tmp_path):
     precious.write_text("name,mark\nada,20\n")
     nb = _write(tmp_path / "ada" / f"{NB1}.ipynb", released(NB1))
     with pytest.raises(SystemExit) as e:
-        grade.main([str(nb), "--out", str(precious)])
+        grade.main([str(nb), "--out", str(precious), "--no-sandbox"])
     assert e.value.code == 2 and precious.read_text() == "name,mark\nada,20\n"
 
 
@@ -215,19 +191,19 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 
 def test_the_static_check_names_the_import_and_ignores_docstrings():
     nb = answered(NB1, layer_norm=LN, quick_gelu=QG)
-    program = grade.extract(nb, ["layer_norm", "quick_gelu"])
+    program = extract(nb, ["layer_norm", "quick_gelu"])
     assert program.uses_package == {}  # the docstrings say "replaces minigpt_pixels.layers...": not a use
     add_cell(nb, "import importlib\ndef helper(x):\n    return importlib.import_module('minigpt_pixels.layers').quick_gelu(x)")
     nb["cells"][-1]["source"] += "\n"
     cell_of(nb, "quick_gelu")["source"] = "def quick_gelu(x):\n    return helper(x)"
-    program = grade.extract(nb, ["layer_norm", "quick_gelu"])
+    program = extract(nb, ["layer_norm", "quick_gelu"])
     assert list(program.uses_package) == ["quick_gelu"]
     assert "'minigpt_pixels.layers'" in program.uses_package["quick_gelu"]
 
 
 def test_only_the_answers_and_helper_definitions_run():
     nb = add_cell(answered(NB1, layer_norm=LN), "import matplotlib.pyplot as plt\nplt.plot([1, 2])\ndef f():\n    return 1")
-    code = "\n".join(c["source"] for c in grade.extract(nb, ["layer_norm", "quick_gelu"]).cells)
+    code = "\n".join(c["source"] for c in extract(nb, ["layer_norm", "quick_gelu"]).cells)
     assert "def layer_norm" in code and "def f()" in code
     assert "plt" not in code and "check(" not in code and "minigpt_pixels.exercises" not in code
 
@@ -236,14 +212,14 @@ def test_what_the_student_process_returns_is_data_not_objects():
     """Results come back as arrays and JSON; an object returned stands for itself by its type name."""
     spec = {"kind": "tuple", "len": 2, "items": [{"kind": "array", "key": "a", "generic": False},
                                                  {"kind": "object", "type": "Tensor", "has_numpy": True}]}
-    value = grade._decode(spec, {"a": np.zeros(3, np.float32)})
+    value = calls.decode(spec, {"a": np.zeros(3, np.float32)})
     assert isinstance(value[0], np.ndarray) and value[1].type_name == "Tensor" and value[1].has_numpy
 
 
 def test_a_local_variable_named_like_a_package_import_is_not_a_use():
     nb = add_cell(answered(NB1, quick_gelu="layers = 1.702\n    return x / (1 + np.exp(-layers * x))"),
                   "from minigpt_pixels import layers\nprint(layers.quick_gelu)")
-    assert grade.extract(nb, ["layer_norm", "quick_gelu"]).uses_package == {}
+    assert extract(nb, ["layer_norm", "quick_gelu"]).uses_package == {}
 
 
 def test_a_broken_notebook_is_a_row_and_the_class_goes_on(tmp_path):
@@ -255,7 +231,9 @@ def test_a_broken_notebook_is_a_row_and_the_class_goes_on(tmp_path):
     weird["cells"][0]["metadata"] = ["not", "a", "dict"]
     weird["cells"][1]["source"] = ["import numpy as np\n", 3]
     _write(tmp_path / "class" / "cy" / f"{NB1}.ipynb", weird)
-    rows = grade.grade(grade.collect([tmp_path / "class"]), timeout=float(TIMEOUT), progress=False)
+    sandbox_flags()
+    limits = Limits(float(TIMEOUT), sandbox=bwrap_or_none() is not None)
+    rows, _ = grade.grade(grade.collect([tmp_path / "class"])[0], 5, limits, progress=False)
     got = {(r.student, r.exercise): (r.status, r.message) for r in rows}
     assert got[("ann", "layer_norm")][0] == got[("ann", "quick_gelu")][0] == "passed"
     assert got[("bob", "layer_norm")][0] == "failed" and "could not be read" in got[("bob", "layer_norm")][1]

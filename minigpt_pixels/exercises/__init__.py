@@ -19,10 +19,13 @@ Every exercise replaces one function of the package and takes the same arguments
     bits_per_token(logits, targets)                  train.evaluate's "bits", image by image
 
 Each exercise is one module here (its reference from the package, its cases, its classic mistakes
-with their hints); `engine` holds what they share: calling the student's function, and judging what
-it returned. `check` calls the function in the notebook's own process, for feedback while working;
-`python -m minigpt_pixels.grade` grades a class, calling each student's functions in a separate,
-limited process and judging the arrays it returns here (see that module).
+with their hints); `engine` holds what they share: drawing the cases and judging what the student's
+function returned; `calls` calls the student's function (the one place that does) and carries its
+outcomes between processes. `check` calls the function in the notebook's own process, for feedback
+while working; the class grader (`grade`, run as `minigpt-pixels-grade` or `python -m
+minigpt_pixels.grade`) runs each student's notebook in a bubblewrap sandbox of its own (`notebook`:
+what runs; `runner` and `sandbox`: the sandbox's two sides; `gradebook`: what it writes) and judges the
+arrays that come back here.
 
 The grader never raises to the student: a function that raises, returns None, a list, the wrong
 shape or dtype, NaN, changes its inputs in place, or runs past `timeout` seconds gives a failed result

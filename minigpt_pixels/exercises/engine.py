@@ -2,9 +2,10 @@
 
 Grading has two halves, kept apart so that the second never depends on the student's process:
 
-1. calling: `make_cases` draws each case's inputs; the student's function is called on them, here in
-   the notebook (`check`) or in a separate process (`minigpt_pixels.grade`), and each call gives an
-   outcome: `Returned` (the value, as plain arrays), `Raised`, `NotDone`, `TimedOut`, `Stopped`.
+1. calling: `make_cases` draws each case's inputs (and `extra_calls` the repeated calls of a sampler);
+   the student's function is called on them by `calls.call`, here in the notebook (`check`) or in the
+   grader's sandbox (`exercises.grade`), and each call gives an outcome: `Returned` (the value, as plain
+   arrays), `Raised`, `NotDone`, `TimedOut`, `Stopped`.
 2. judging: `judge` compares the outcomes with the reference it computes itself from the same
    inputs: the type, then the shape, the dtype, NaN/inf, then the values within a named tolerance
    (sampling by its statistics instead), and names a classic mistake only when the student's output
@@ -14,21 +15,16 @@ Grading has two halves, kept apart so that the second never depends on the stude
 from __future__ import annotations
 
 import html
-import inspect
-import os
-import signal
-import sysconfig
-import threading
-import traceback
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
+from .calls import TIMEOUT_S, NotDone, Opaque, Raised, Returned, Stopped, TimedOut, Timeout, call, copy_args
+
 F32 = np.float32
 SEED = 1234  # case i draws its inputs from default_rng(SEED + i) unless a grader gives another seed
-TIMEOUT_S = 10.0  # per exercise; the inputs are tiny, so a correct function takes milliseconds
 MISTAKE_TOL = dict(rtol=1e-3, atol=1e-4)  # how close an output must be to a known mistake to name it
 SHOWN_DIFFS = 3  # differing values listed in a failure message
 USES_PACKAGE = "uses_package"  # the mistake name of an answer built on minigpt_pixels itself
@@ -107,49 +103,8 @@ class Exercise:
     neg_inf_ok: bool = False  # -inf is a legitimate value in the output (filtered logits)
     compare: Callable | None = None  # a custom comparison (sampling), instead of element by element
     unpack: Callable | None = None  # adapts a return value to the outputs (e.g. attention's (out, weights))
-    calls_twice: bool = False  # case 1 is called twice with equal inputs: the results must be equal
-
-
-# ---- outcomes of calling the student's function on one case ----------------------------------------
-@dataclass
-class Returned:
-    value: Any  # arrays, tuples or lists of them, or an Opaque standing for anything else
-    mutated: bool = False  # the function changed its input arrays
-    again: Any = None  # the second call's value, for exercises with calls_twice (case 1 only)
-
-
-@dataclass
-class Raised:
-    type: str
-    message: str
-    where: str = ""  # "\n  raised at line N `code`", the student's innermost line
-
-
-@dataclass
-class NotDone:
-    pass
-
-
-@dataclass
-class TimedOut:
-    seconds: float
-
-
-@dataclass
-class Stopped:
-    """The call could not be judged: a signature that does not fit, a process that died, an answer
-    built on the package itself (mistake USES_PACKAGE), ..."""
-    message: str
-    mistake: str | None = None
-    any_case: bool = False  # true of the answer as a whole (a missing function), not of this case
-
-
-@dataclass(frozen=True)
-class Opaque:
-    """Stands for a returned object that is not an array, tuple or list (it stays in the student's process)."""
-    type_name: str
-    has_numpy: bool = False  # a tensor-like object with .numpy()
-    is_scalar: bool = False  # a Python number
+    calls_twice: bool = False  # case 1 is called again with the same rng state (the draws must be equal) and
+    # with another state (they must differ): `extra_calls`
 
 
 class _Fail(Exception):
@@ -164,56 +119,20 @@ class _NotDone(Exception):
     pass
 
 
-class _Timeout(BaseException):  # BaseException: a student's `except Exception` cannot swallow it
-    pass
-
-
 # ---- calling ---------------------------------------------------------------------------------------
 def make_cases(ex: Exercise, seed: int = SEED) -> list:
     """The positional arguments of each case: case i draws from default_rng(seed + i)."""
     return [case.make(np.random.default_rng(seed + i)) for i, case in enumerate(ex.cases)]
 
 
-def copy_args(x):
-    if isinstance(x, np.ndarray):
-        return x.copy()
-    if isinstance(x, tuple):
-        return tuple(copy_args(a) for a in x)
-    if isinstance(x, np.random.Generator):  # a fresh generator in the same state
-        g = np.random.Generator(type(x.bit_generator)())
-        g.bit_generator.state = x.bit_generator.state
-        return g
-    return x
-
-
-def same_args(a, b):
-    if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
-    if isinstance(a, tuple):
-        return all(same_args(x, y) for x, y in zip(a, b))
-    return True
-
-
-def call(fn, args, ex, timeout=TIMEOUT_S):
-    """fn(*args) in this process, with a time limit -> an outcome."""
-    try:
-        inspect.signature(fn).bind(*args)
-    except TypeError as e:
-        return Stopped(f"your function cannot be called as {ex.signature}: {e}", any_case=True)
-    except ValueError:  # some builtins have no signature: just call them
-        pass
-    given = copy_args(args)
-    try:
-        with _time_limit(timeout), np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value = fn(*given)
-    except NotImplementedError:
-        return NotDone()
-    except _Timeout:
-        return TimedOut(timeout)
-    except (Exception, SystemExit) as e:
-        return Raised(type(e).__name__, str(e), _where(e))
-    return Returned(value, mutated=not same_args(given, args))
+def extra_calls(ex: Exercise, i: int, args: tuple) -> list:
+    """The extra calls of case i: for a sampler (calls_twice), case 1 again with a generator in the same
+    state, then with one in another state drawn from it, so that following `rng` is tested exactly."""
+    if not (ex.calls_twice and i == 0):
+        return []
+    other = tuple(np.random.default_rng(int(copy_args(a).integers(2 ** 62))) if isinstance(a, np.random.Generator)
+                  else copy_args(a) for a in args)
+    return [copy_args(args), other]
 
 
 def check_in(EXERCISES: dict, name: str, fn: Callable, timeout: float = TIMEOUT_S, seed: int = SEED) -> CheckResult:
@@ -231,15 +150,16 @@ def check_in(EXERCISES: dict, name: str, fn: Callable, timeout: float = TIMEOUT_
 
         def outcomes():  # lazily: judging stops at the first failing case, and so do the calls
             for i, args in enumerate(cases):
-                outcome = call(fn, args, ex, timeout)
-                if ex.calls_twice and i == 0 and isinstance(outcome, Returned):
-                    again = call(fn, args, ex, timeout)
-                    outcome.again = again.value if isinstance(again, Returned) else None
+                outcome = call(fn, args, ex.signature, timeout)
+                if isinstance(outcome, Returned):
+                    for more in extra_calls(ex, i, args):
+                        again = call(fn, more, ex.signature, timeout)
+                        outcome.extra.append(again.value if isinstance(again, Returned) else None)
                 yield outcome
         return judge(ex, cases, outcomes())
     except KeyboardInterrupt:  # the student pressed stop: let it stop
         raise
-    except _Timeout:  # the alarm rang just after the function returned
+    except Timeout:  # the alarm rang just after the function returned
         return CheckResult(str(name), "failed", f"your function took longer than {timeout:g} s")
     except BaseException as e:  # a bug of ours must still not land on a student as a traceback
         return CheckResult(str(name), "failed", f"the grader itself failed ({type(e).__name__}: {e}); "
@@ -296,14 +216,24 @@ def _judge_case(ex, i, args, outcome):
     if ex.compare is not None:
         ids = _as_arrays(outcome.value, ex, integer=True)[0]
         worst = ex.compare(ids, args)
-        if ex.calls_twice and i == 0:  # the same seed must give the same draws: randomness only through rng
-            again = None if outcome.again is None else _as_arrays(outcome.again, ex, integer=True)[0]
-            if again is None or not np.array_equal(again, ids):
-                raise _Fail("two runs with generators of the same seed drew different tokens: take every "
-                            "random number from the rng argument (not np.random or random)", remind=False)
+        if ex.calls_twice and i == 0:
+            _follows_rng(ex, ids, outcome.extra)
         return worst
     expected = ex.reference(*copy_args(args))
     return _compare(outcome.value, expected, ex, args)
+
+
+def _follows_rng(ex, ids, extra):
+    """The same generator state must give the same draws, and another state other draws: every random
+    number comes from `rng` (not np.random, random, a generator of its own, or no randomness at all)."""
+    values = [None if v is None else _as_arrays(v, ex, integer=True)[0] for v in list(extra) + [None, None]][:2]
+    same, other = values
+    if same is None or not np.array_equal(same, ids):
+        raise _Fail("two runs with generators of the same seed drew different tokens: take every random number "
+                    "from the rng argument (not np.random or random)", remind=False)
+    if other is None or np.array_equal(other, ids):
+        raise _Fail("a generator in another state drew exactly the same tokens: your draws do not come from the "
+                    "rng argument (draw with rng.random or rng.choice)", remind=False)
 
 
 def _hint(ex, mistake_name):
@@ -447,48 +377,6 @@ def _mistake_distance(a, b):
     return float(d.max(initial=0.0))
 
 
-# ---- the in-process time limit and error location ----------------------------------------------------
-_LIBRARY_DIRS = tuple({os.path.dirname(os.path.dirname(os.path.abspath(__file__)))} |
-                      {os.path.abspath(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib", "platlib")})
-
-
-def _where(e):
-    """'raised at line N `code`' for the innermost frame of the student's own code (not NumPy's, not
-    the package's), if there is one."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if not os.path.abspath(f.filename).startswith(_LIBRARY_DIRS)
-              and not f.filename.endswith((".pyx", ".pxd")) and not f.filename.startswith("<frozen")]
-    if not frames:
-        return ""
-    f = frames[-1]
-    line = f" `{f.line.strip()}`" if f.line else ""
-    return f"\n  raised at line {f.lineno}{line}"
-
-
-class _time_limit:
-    """SIGALRM after `seconds`, when we are in the main thread of a POSIX process (a notebook kernel, a
-    script, pytest); elsewhere no limit (inputs are tiny, so only an endless loop runs long)."""
-
-    def __init__(self, seconds):
-        self.seconds = seconds
-        self.active = (seconds and hasattr(signal, "setitimer")
-                       and threading.current_thread() is threading.main_thread())
-
-    def __enter__(self):
-        if self.active:
-            def on_alarm(signum, frame):
-                raise _Timeout()
-            self.previous = signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
-        return self
-
-    def __exit__(self, *exc):
-        if self.active:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self.previous)
-        return False
-
-
 def describe_in(EXERCISES: dict, name: str) -> str:
     """The exercise's signature, what it returns, and the cases it is checked on."""
     if name not in EXERCISES:
@@ -499,4 +387,5 @@ def describe_in(EXERCISES: dict, name: str) -> str:
 
 
 __all__ = ["CheckResult", "Case", "Mistake", "Exercise", "Returned", "Raised", "NotDone", "TimedOut", "Stopped",
-           "Opaque", "make_cases", "call", "check", "judge", "describe", "F32", "SEED", "TIMEOUT_S"]
+           "Opaque", "make_cases", "extra_calls", "call", "check_in", "judge", "describe_in", "F32", "SEED",
+           "TIMEOUT_S", "USES_PACKAGE"]

@@ -11,7 +11,8 @@ EXERCISE = Exercise(
     returns="float32 array shaped like x",
     reference=layers.quick_gelu,
     points=1,
-    cases=(Case("values from -6 to 6", lambda rng: (np.linspace(-6, 6, 61, dtype=F32).reshape(1, 61),)),
+    cases=(Case("values from -6 to 6", lambda rng: (  # the ends and 0, then the seed's: no output to memorise
+        np.sort(np.concatenate([[-6.0, 0.0, 6.0], rng.uniform(-6, 6, 58)])).astype(F32).reshape(1, 61),)),
            Case("random values", lambda rng: ((rng.normal(size=(3, 4, 5)) * 3).astype(F32),))),
     mistakes=(
         Mistake("exact_gelu", lambda x: layers.activation(x, "gelu"),

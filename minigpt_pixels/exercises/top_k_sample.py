@@ -1,7 +1,10 @@
 """Exercise: top-k sampling, replacing `generation.sample_from_logits(logits, rng, top_k=k)`.
 
-Draws are random, so they are judged by their statistics over many rows of three kinds: which tokens
-are ever drawn, and how often each is drawn against the probability it should have.
+Draws are random, so they are judged by their statistics over many rows of three kinds, drawn from the
+case's seed: which tokens are ever drawn, how often each is drawn against the probability it should have,
+and the mean logit of the drawn tokens, the statistic a temperature moves (tight enough that sampling at
+temperature 1.1 fails). Following `rng` is tested exactly (engine.extra_calls): the same generator state
+must give the same draws, another state other draws.
 """
 
 import numpy as np
@@ -11,18 +14,20 @@ from .causal_attention import softmax
 from .engine import Case, Exercise, Mistake, _Fail
 from .top_k_filter import keep_top
 
-ROWS = np.array([  # logits of three kinds of rows; the draws are counted per kind
+ROWS = 1.5 * np.array([  # logits of three kinds of rows (before each case shuffles them); counted per kind
     [2.0, 1.7, 1.5, 1.4, 0.2, -0.5, 0.0, -1.0, 0.9, -2.0],  # the 4th most likely is close to the 3rd
     [0.1, -0.3, 0.5, 0.0, 0.4, -0.2, 0.3, 0.2, -0.1, 0.35],  # nearly flat
     [-1.0, 0.0, 3.0, -2.0, 1.0, 0.5, -0.5, 2.0, 1.5, -3.0],  # the most likely is not first
 ], np.float32)
-DRAWS_PER_ROW = 3000
+DRAWS_PER_ROW = 4000
+Z_MAX = 4.5  # standard errors the drawn tokens' mean logit may be off: an honest sampler fails 1 in 10^5 times
 RUN_OFF_ROUNDING = 0.01  # more draws past the last token than this share: not rounding (no renormalising gives > 30%)
 
 
 def _case(k):
-    def make(rng):
-        return np.repeat(ROWS, DRAWS_PER_ROW, axis=0), k, rng  # [3 * 3000, 10]
+    def make(rng):  # each row kind's tokens shuffled and nudged: the seed decides which token is likely
+        rows = np.stack([r[rng.permutation(r.size)] for r in ROWS]) + rng.normal(0, 0.05, ROWS.shape)
+        return np.repeat(rows.astype(np.float32), DRAWS_PER_ROW, axis=0), k, rng  # [3 * 4000, 10]
     return make
 
 
@@ -43,10 +48,12 @@ def _no_renormalise_choice(logits, k, rng):
 
 
 def _compare(ids, args):
-    """Every draw within the row's top k (ties with the k-th kept), and each token drawn about as often
-    as softmax over the kept logits says (within 5 standard deviations)."""
+    """Every draw within the row's top k (ties with the k-th kept), each token drawn about as often as
+    softmax over the kept logits says (within 5 standard deviations), and the drawn tokens' mean logit
+    within Z_MAX standard errors of its expectation (a temperature other than 1 moves it)."""
     logits, k, _ = args
     V = logits.shape[-1]
+    rows = logits[::DRAWS_PER_ROW]  # [3, V]: the row kinds, as drawn for this case
     if ids.shape != (logits.shape[0],):
         raise _Fail(f"expected one id per row, shape {(logits.shape[0],)}, got shape {ids.shape}")
     if ids.min() < 0 or ids.max() >= V:
@@ -59,30 +66,44 @@ def _compare(ids, args):
                         f"number above that end finds no token: clip the index to V - 1, or draw u * cdf[-1]",
                         remind=False)
         raise _Fail(message, "no_renormalise" if first == V else None)
-    n = DRAWS_PER_ROW
-    for r, row in enumerate(ROWS):
-        drawn = ids[r * n:(r + 1) * n]
-        counts = np.bincount(drawn, minlength=V)  # [V]
-        rank = np.argsort(np.argsort(-row, kind="stable"), kind="stable")  # 0 = the most likely
-        kept = row >= np.sort(row)[-k]
-        outside = np.flatnonzero((counts > 0) & ~kept)
-        if len(outside):
-            ranks = sorted({int(rank[t]) + 1 for t in outside})
-            mistake = "keeps_k_plus_1" if ranks == [k + 1] else "ignores_k"
-            raise _Fail(f"row kind {r}: drew token(s) {outside.tolist()}, the {_ordinals(ranks)} most likely, "
-                        f"with k = {k}: only the {k} most likely may be drawn", mistake)
-        if k > 1 and np.count_nonzero(counts) == 1:
-            raise _Fail(f"row kind {r}: only token {int(np.argmax(counts))} was drawn, {n} times out of {n}", "greedy")
-        expected = generation.softmax(generation.top_k_filter(row[None], k))[0]  # [V]
-        freq = counts / n
-        sigma = np.sqrt(expected * (1 - expected) / n)
-        off = np.abs(freq - expected) > 5 * sigma + 0.005
-        if off.any():
-            t = int(np.argmax(np.abs(freq - expected) - 5 * sigma))
-            table = ", ".join(f"{j}: {expected[j]:.3f} vs {freq[j]:.3f}" for j in np.argsort(-expected)[:k])
-            raise _Fail(f"row kind {r}: token {t} drawn with frequency {freq[t]:.3f}, expected {expected[t]:.3f} "
-                        f"(probability vs your frequency, most likely first: {table})", "wrong_frequencies")
+    shift, variance = 0.0, 0.0  # of the drawn tokens' mean logit, summed over the row kinds
+    for r, row in enumerate(rows):
+        s, v = _check_row(r, row, ids[r * DRAWS_PER_ROW:(r + 1) * DRAWS_PER_ROW], k)
+        shift, variance = shift + s, variance + v
+    z = shift / np.sqrt(variance) if variance > 0 else 0.0
+    if abs(z) > Z_MAX:
+        raise _Fail(f"the drawn tokens' logits average {shift / (DRAWS_PER_ROW * len(rows)):+.4f} away from what "
+                    f"sampling at temperature 1 gives, {abs(z):.1f} standard errors (at most {Z_MAX:g}): the draws "
+                    f"are {'flatter' if z < 0 else 'sharper'} than softmax over the kept logits", "wrong_frequencies")
     return 0.0
+
+
+def _check_row(r, row, drawn, k):
+    """One row kind's draws: only kept tokens, not all one token, each token's frequency within 5 standard
+    deviations. -> (the drawn logits' sum minus its expectation, its variance): the temperature statistic."""
+    n, V = len(drawn), row.shape[-1]
+    counts = np.bincount(drawn, minlength=V)  # [V]
+    rank = np.argsort(np.argsort(-row, kind="stable"), kind="stable")  # 0 = the most likely
+    kept = row >= np.sort(row)[-k]
+    outside = np.flatnonzero((counts > 0) & ~kept)
+    if len(outside):
+        ranks = sorted({int(rank[t]) + 1 for t in outside})
+        mistake = "keeps_k_plus_1" if ranks == [k + 1] else "ignores_k"
+        raise _Fail(f"row kind {r}: drew token(s) {outside.tolist()}, the {_ordinals(ranks)} most likely, "
+                    f"with k = {k}: only the {k} most likely may be drawn", mistake)
+    if k > 1 and np.count_nonzero(counts) == 1:
+        raise _Fail(f"row kind {r}: only token {int(np.argmax(counts))} was drawn, {n} times out of {n}", "greedy")
+    expected = generation.softmax(generation.top_k_filter(row[None], k))[0]  # [V]
+    freq = counts / n
+    sigma = np.sqrt(expected * (1 - expected) / n)
+    if (np.abs(freq - expected) > 5 * sigma + 0.005).any():
+        t = int(np.argmax(np.abs(freq - expected) - 5 * sigma))
+        table = ", ".join(f"{j}: {expected[j]:.3f} vs {freq[j]:.3f}" for j in np.argsort(-expected)[:k])
+        raise _Fail(f"row kind {r}: token {t} drawn with frequency {freq[t]:.3f}, expected {expected[t]:.3f} "
+                    f"(probability vs your frequency, most likely first: {table})", "wrong_frequencies")
+    mean = float(np.sum(expected * row, dtype=np.float64))
+    return (float(np.sum(row[drawn], dtype=np.float64)) - n * mean,
+            n * float(np.sum(expected * (row - mean) ** 2, dtype=np.float64)))
 
 
 def _ordinals(ranks):
