@@ -22,7 +22,8 @@ from minigpt_pixels.cache import KVCache
 from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.inputs import ModelInputError
 from minigpt_pixels.kernels import cpu
-from minigpt_pixels.model import (ForwardInputs, ImageGPTForCausalImageModeling, ImageGPTForImageClassification,
+from minigpt_pixels.inputs import ForwardInputs
+from minigpt_pixels.model import (ImageGPTForCausalImageModeling, ImageGPTForImageClassification,
                                   forward, init_weights, transformer_shapes)
 
 from .conftest import report
