@@ -71,9 +71,10 @@ def activation_forward(x, name):
 
 
 def activation_backward(dout, cache):
-    x, name = cache.saved, cache.name
+    name = cache.name
     if name == "quick_gelu":
-        return quick_gelu_backward(dout, x)
+        return quick_gelu_backward(dout, cache.saved)  # its own QuickGeluCache
+    x = cache.saved  # [...] the input
     if name == "relu":
         return dout * (x > 0)
     if name == "tanh":

@@ -187,3 +187,21 @@ def test_save_pretrained_into_a_file_is_refused_naming_it(tmp_path):
 def test_empty_and_ragged_inputs_name_the_argument(model, kwargs, message):
     with pytest.raises(ModelInputError, match=message):
         model(**kwargs)
+
+
+def test_check_prompt_is_the_rule_model_calls_use():
+    """inputs.check_prompt, the prompt check generate shares: the same refusals as model(...)."""
+    from minigpt_pixels.inputs import check_prompt
+
+    config = ImageGPTConfig(**CFG)
+    ids, mask = check_prompt(config, [[16, 3, 4]], [[0, 1, 1]])
+    assert ids.shape == (1, 3) and mask.tolist() == [[0, 1, 1]]
+    assert check_prompt(config, [[16]])[1] is None
+    for bad_ids, bad_mask, message in (([[16, 3], [16]], None, "input_ids is ragged"),
+                                       ([[16, 3]], [[2, 1]], "attention_mask must hold only 0"),
+                                       ([[16, 17]], None, "token id 17"),
+                                       ([[16, 3]], [[1, 1, 1]], r"attention_mask has shape \(1, 3\)")):
+        with pytest.raises(ModelInputError, match=message):
+            check_prompt(config, bad_ids, bad_mask)
+        with pytest.raises(ModelInputError, match=message):
+            ImageGPTForCausalImageModeling(config, seed=0)(bad_ids, attention_mask=bad_mask)
