@@ -161,11 +161,12 @@ def test_auto_names_resolve_to_this_package(classifier_dir):
 
 def test_to_takes_a_torch_device_and_names_the_choice():
     from minigpt_pixels import ImageGPTForCausalImageModeling
-    from minigpt_pixels.backends import auto_device
+    from minigpt_pixels.backends import auto_device, device_name
 
     model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL)
     assert model.to(torch.device("cpu")).device == auto_device(model.config)  # the processor: "auto"'s choice
     assert model.to("cpu").device == "cpu"  # the name "cpu" is still the Numba backend
+    assert device_name(torch.device("cuda")) == device_name(torch.device("cuda:0")) == "cuda"  # no GPU needed
 
     class Accelerator:  # anything with a .type, as transformers' code passes devices
         type = "tpu"
