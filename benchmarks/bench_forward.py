@@ -155,13 +155,13 @@ def run_decode(ours, theirs, batch, steps, repeats, seed):
     def ours_fn():
         cache = KVCache(cfg, batch, max_length=steps + 1)
         for t in range(steps + 1):
-            ours(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+            ours(ids[:, t:t + 1], cache=cache, use_cache=True)
 
     def theirs_fn():
         with torch.no_grad():
             cache = DynamicCache(config=theirs.config)
             for t in range(steps + 1):
-                theirs(t_ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+                theirs(t_ids[:, t:t + 1], cache=cache, use_cache=True)  # 5.24's name; past_key_values goes in 5.40
 
     ours_fn(), theirs_fn()  # warm-up
     ours_t, theirs_t = time_pair(ours_fn, theirs_fn, repeats)

@@ -23,6 +23,10 @@ _LAZY = {  # public name -> module; imported on first use so `import minigpt_pix
     "load_palette": "palette",
     "load_image": "processor",
     "ImageError": "processor",
+    "AutoConfig": "auto",  # transformers' Auto* names for a local directory, as the ImageGPT docs use them
+    "AutoImageProcessor": "auto",
+    "AutoModel": "auto",
+    "AutoModelForImageClassification": "auto",
 }
 
 __all__ = ["DEFAULT_MODEL", *_LAZY]

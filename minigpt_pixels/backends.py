@@ -99,9 +99,8 @@ class CpuBackend(NumpyBackend):
             return None
         x = self.embedding(inputs.input_ids, p[prefix + "wte.weight"], p[prefix + "wpe.weight"], inputs.position_ids,
                            inputs.token_type_ids, inputs.inputs_embeds)  # [B, 1, C]
-        scales = [layers.attention_scale(config.head_dim, config.scale_attn_weights, i,
-                                         config.scale_attn_by_inverse_layer_idx) for i in range(config.n_layer)]
         prefixes = [f"{prefix}h.{i}." for i in range(config.n_layer)]
+        scales = [layers.block_weights(p, h, config, i).scale for i, h in enumerate(prefixes)]
         x = _cpu_kernels().decode_layers(x, p, prefixes, range(config.n_layer), config, inputs.mask, inputs.cache,
                                          scales)  # [B, 1, C] or None
         return None if x is None else self.layer_norm(x, p[prefix + "ln_f.weight"], config.layer_norm_epsilon)
@@ -135,8 +134,24 @@ class CudaBackend(CpuBackend):
         return self.runner.lm_logits(h)
 
 
+def device_name(device) -> str:
+    """A device name: a string as it is; a torch.device, or anything with a `.type`, by its type, as
+    transformers' code means it: "cuda" is "cuda", and "cpu" (the processor, not our Numba backend) is
+    DEFAULT_DEVICE, whose choice `model.device` then names."""
+    if isinstance(device, str):
+        return device
+    kind = getattr(device, "type", None)
+    if kind == "cuda":
+        return "cuda"
+    if kind == "cpu":
+        return DEFAULT_DEVICE
+    raise ValueError(f"unknown device {device!r}: use 'auto' (the default), 'numpy', 'cpu', 'cuda', or a "
+                     f"torch.device of type 'cpu' or 'cuda'")
+
+
 def backend(device, params, config, prefix):
-    """The backend object for a device name (see the module docstring)."""
+    """The backend object for a device name or a torch.device (see the module docstring and device_name)."""
+    device = device_name(device)
     if device == "auto":
         device = auto_device(config)
     if device == "numpy":

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import limits
-from .config import ImageGPTConfig
-from .inputs import ModelInputError, check_cache_room
+from .errors import ModelInputError
 
 
 class KVCache:
@@ -19,14 +18,14 @@ class KVCache:
     so appending writes in place and never reallocates: what generate makes. With grow=True (the cache
     a forward makes when use_cache is on) the buffers hold what has been computed and grow, doubling,
     as decoding appends, up to max_length. The batch size may wait for the first forward that uses the
-    cache (`KVCache(config)`, as transformers' DynamicCache(config=...)). Cross-attention keys and values
-    are computed once per layer and kept here too.
+    cache (`KVCache(config)`, as transformers' DynamicCache(config=...)). Cross-attention's keys and values
+    are not kept: they are recomputed from encoder_hidden_states on every call.
 
     Public attributes: `keys[layer]` and `values[layer]` are the whole C-contiguous buffers (the
     decode kernels in kernels/ read them directly), `lengths[layer]` how many positions are filled.
     """
 
-    def __init__(self, config: ImageGPTConfig, batch_size: int | None = None, max_length: int | None = None,
+    def __init__(self, config, batch_size: int | None = None, max_length: int | None = None,
                  grow: bool = False):
         self.max_length = int(max_length or config.n_positions)  # the most positions it may ever hold
         if not 0 < self.max_length <= config.n_positions:
@@ -35,7 +34,6 @@ class KVCache:
         self.n_head, self.head_dim, self.grow = config.n_head, config.head_dim, grow
         self.batch_size = batch_size
         self.lengths = [0] * config.n_layer
-        self.cross = [None] * config.n_layer  # per layer: (k, v) of the encoder states
         self.keys = [None] * config.n_layer  # allocated with the batch size (see reserve)
         self.values = [None] * config.n_layer
         if batch_size is not None:
@@ -113,8 +111,13 @@ class KVCache:
         """Keep only the sequences in `index`, in that order (e.g. to drop finished rows from a batch)."""
         self.keys = [None if k is None else k[index] for k in self.keys]
         self.values = [None if v is None else v[index] for v in self.values]
-        self.cross = [None if c is None else (c[0][index], c[1][index]) for c in self.cross]
         self.batch_size = len(np.arange(self.batch_size)[index])
+
+
+def check_cache_room(start, T, max_length):
+    """T new positions after `start` cached ones must fit a KV cache of max_length."""
+    if start + T > max_length:
+        raise ModelInputError(f"KV cache is full: {start} cached + {T} new positions > max_length {max_length}")
 
 
 def check_cache(config, cache, B):

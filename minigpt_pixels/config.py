@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import limits
+from .inputs import is_int, is_number
 from .weights import atomic_write_bytes
 
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "relu", "tanh")  # the ones layers.activation knows
@@ -94,10 +95,14 @@ class ImageGPTConfig:
                             ConfigError)  # before anything is sized by these fields, label names included
         self._labels(num_labels)
         self.validate()
+        if self.problem_type == "single_label_classification" and self.num_labels == 1:
+            # transformers refuses this pair when a config is made, though a model takes it when the fields
+            # are set afterwards (its test_problem_types does so): refused here, and only here, likewise
+            raise ConfigError('config: problem_type="single_label_classification" needs num_labels > 1 '
+                              '(use problem_type="regression" for one output)')
 
     def _labels(self, num_labels):
-        if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer))
-                                       or num_labels <= 0):
+        if num_labels is not None and not (is_int(num_labels) and num_labels > 0):
             raise ConfigError(f"config: num_labels must be a positive integer, got {num_labels!r}")
         id2label, label2id = _as_dict("id2label", self.id2label), _as_dict("label2id", self.label2id)
         try:
@@ -170,13 +175,12 @@ class ImageGPTConfig:
         model calls it again, since fields may be set afterwards)."""
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            if not (is_int(value) and value > 0):
                 raise ConfigError(f"config: {name} must be a positive integer, got {value!r}")
             object.__setattr__(self, name, int(value))
         if self.vocab_size < 2:
             raise ConfigError(f"config: vocab_size must be at least 2 (colours + SOS), got {self.vocab_size}")
-        if self.n_inner is not None and (isinstance(self.n_inner, bool) or not isinstance(self.n_inner, int)
-                                         or self.n_inner <= 0):
+        if self.n_inner is not None and not (is_int(self.n_inner) and self.n_inner > 0):
             raise ConfigError(f"config: n_inner must be a positive integer or null, got {self.n_inner!r}")
         if self.n_embd % self.n_head:
             raise ConfigError(
@@ -184,13 +188,13 @@ class ImageGPTConfig:
         if self.activation_function not in ACTIVATIONS:
             raise ConfigError(
                 f"config: unknown activation_function {self.activation_function!r}; known: {', '.join(ACTIVATIONS)}")
-        if not (_is_number(self.layer_norm_epsilon) and self.layer_norm_epsilon > 0):
+        if not (is_number(self.layer_norm_epsilon) and self.layer_norm_epsilon > 0):
             raise ConfigError(f"config: layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
-        if not (_is_number(self.initializer_range) and self.initializer_range >= 0):
+        if not (is_number(self.initializer_range) and self.initializer_range >= 0):
             raise ConfigError(f"config: initializer_range must be a number >= 0, got {self.initializer_range!r}")
         for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
             p = getattr(self, name)
-            if not (_is_number(p) and 0 <= p < 1):
+            if not (is_number(p) and 0 <= p < 1):
                 raise ConfigError(f"config: {name} must be in [0, 1), got {p!r}")
         for f in dataclasses.fields(self):
             if f.type == "bool":
@@ -201,15 +205,12 @@ class ImageGPTConfig:
         if self.problem_type not in PROBLEM_TYPES:
             raise ConfigError(f"config: unknown problem_type {self.problem_type!r}; known: "
                               f"{', '.join(map(str, PROBLEM_TYPES[1:]))}")
-        if self.problem_type == "single_label_classification" and self.num_labels == 1:
-            raise ConfigError('config: problem_type="single_label_classification" needs num_labels > 1 '
-                              '(use problem_type="regression" for one output)')
         if self.architectures is not None and not (isinstance(self.architectures, list)
                                                    and all(isinstance(a, str) for a in self.architectures)):
             raise ConfigError(f"config: architectures must be a list of class names, got {self.architectures!r}")
         for name in ("pad_token_id", "bos_token_id"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            if value is not None and not is_int(value):
                 raise ConfigError(f"config: {name} must be an integer or null, got {value!r}")
 
     # ---- presets from the paper's size table (not the SegFormer table pasted in newer docs) -----
@@ -273,8 +274,12 @@ class ImageGPTConfig:
                 d = json.load(f)
         except FileNotFoundError:
             raise ConfigNotFoundError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path} is a directory, not a config file") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config: {e}") from None
+        except RecursionError:  # json recurses once per level: a file nested 100 000 deep is no config
+            raise ConfigError(f"{path}: cannot read config: JSON nested too deeply") from None
         return cls.from_dict(d, source=path)
 
     @classmethod
@@ -285,7 +290,10 @@ class ImageGPTConfig:
         refuse_hub_arguments("ImageGPTConfig.from_pretrained", kwargs)
         path = os.fspath(pretrained_model_name_or_path)
         path = os.path.join(path, subfolder) if subfolder else path
-        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
+        named = os.path.basename(os.path.normpath(path)) == CONFIG_NAME  # the file itself, or a folder misnamed so
+        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) and not named else path
+        if os.path.isdir(file):
+            raise ConfigError(f"{file} is a directory, not a config file")
         if not os.path.isfile(file):
             raise ConfigNotFoundError(f"{file}: no such file (a local model directory with {CONFIG_NAME} is needed; "
                                       f"nothing is downloaded)")
@@ -326,10 +334,6 @@ def _as_dict(name, value):
     if not isinstance(value, dict):
         raise ConfigError(f"config: {name} must be a JSON object (a dict), got {type(value).__name__}")
     return value
-
-
-def _is_number(x):
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and np.isfinite(x)
 
 
 def _json_default(x):

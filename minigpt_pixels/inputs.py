@@ -1,17 +1,23 @@
-"""The checks on what a caller hands the model, in one place: model.py, backprop.py and generation.py
-call these, so one bad input gets one message whichever door it came in by.
+"""What a caller hands the model, checked and resolved in one place: model.py, backprop.py and
+generation.py call these, so one bad input gets one message whichever door it came in by.
 
 Each check returns the value as the model uses it (an integer or float32 array) or raises
 ModelInputError with a one-line message naming the argument, its shape or the offending value.
-The KV cache's own check (it must be a KVCache of the right batch and depth) sits beside the class,
-in cache.py, which imports this module.
+`options` and `check_inputs` turn a forward call's arguments into ForwardInputs, what model.forward
+reads; `check_prompt` is the one check of a prompt (ids and mask) that `model()` and `generate` share.
+The KV cache's own check (a KVCache of the right batch and depth) sits beside the class, in cache.py.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import numpy as np
 
 from . import layers
+from .cache import KVCache, check_cache, check_cache_room  # noqa: F401 (check_cache_room: kernels/ import it here)
+from .errors import ModelInputError
 
 
 def is_number(x):
@@ -25,12 +31,16 @@ def is_int(x):
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
-class ModelInputError(ValueError):
-    """An input (ids, mask, cache, embeddings, labels) the model cannot take; the message names it."""
+def _as_array(name, x):
+    """np.asarray, with a ragged nested list named as such instead of NumPy's inhomogeneous-shape error."""
+    try:
+        return np.asarray(x)
+    except ValueError as e:
+        raise ModelInputError(f"{name} is ragged: every row must have the same length ({e})") from None
 
 
 def _as_int_array(name, x):
-    arr = np.asarray(x)
+    arr = _as_array(name, x)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         raise ModelInputError(f"{name} must be an integer array, got dtype {arr.dtype}")
     return arr
@@ -42,6 +52,9 @@ def check_input_ids(config, input_ids, inputs_embeds):
         raise ModelInputError("pass exactly one of input_ids and inputs_embeds")
     if input_ids is None:
         emb = check_floats("inputs_embeds", inputs_embeds, (None, None, config.n_embd))
+        if emb.shape[0] == 0 or emb.shape[1] == 0:
+            raise ModelInputError(f"inputs_embeds is empty (shape {emb.shape}): it needs at least one sequence of "
+                                  f"one position")
         if emb.shape[1] > config.n_positions:
             raise ModelInputError(f"inputs_embeds has {emb.shape[1]} positions, more than n_positions "
                                   f"{config.n_positions}")
@@ -76,7 +89,7 @@ def check_ids(name, ids, upper, shape):
 
 def check_floats(name, x, shape):
     """A float array of `shape` (None: any length on that axis), as float32."""
-    arr = np.asarray(x)
+    arr = _as_array(name, x)
     if not np.issubdtype(arr.dtype, np.floating):
         raise ModelInputError(f"{name} must be a float array, got dtype {arr.dtype}")
     if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
@@ -86,11 +99,22 @@ def check_floats(name, x, shape):
 
 
 def check_mask(name, mask, shape):
-    """A 0/1 keep-mask (attention_mask, encoder_attention_mask) of exactly `shape`."""
-    arr = np.asarray(mask)
+    """A 0/1 keep-mask (attention_mask, encoder_attention_mask) of exactly `shape`, holding only 0 and 1."""
+    arr = _as_array(name, mask)
     if tuple(arr.shape) != tuple(shape):
         raise ModelInputError(f"{name} has shape {arr.shape}, expected {tuple(shape)} (batch, past + new positions)")
+    if arr.dtype.kind not in "biuf" or not ((arr == 0) | (arr == 1)).all():
+        raise ModelInputError(f"{name} must hold only 0 (padding) and 1 (a token)")
     return arr
+
+
+def check_prompt(config, input_ids, attention_mask=None, past=0):
+    """The one check of a prompt, shared by model() and generate: input_ids [B, T] (integers in
+    [0, vocab_size), T <= n_positions) and its 0/1 attention_mask [B, past + T] (past: positions already
+    in a KV cache). -> (ids, mask or None)."""
+    B, T = check_input_ids(config, input_ids, None)
+    mask = None if attention_mask is None else check_mask("attention_mask", attention_mask, (B, past + T))
+    return np.asarray(input_ids), mask
 
 
 def check_positions(config, past, T):
@@ -98,12 +122,6 @@ def check_positions(config, past, T):
     if past + T > config.n_positions:
         raise ModelInputError(f"sequence length {past + T} (cached {past} + new {T}) exceeds n_positions "
                               f"{config.n_positions}")
-
-
-def check_cache_room(start, T, max_length):
-    """T new positions after `start` cached ones must fit a KV cache of max_length."""
-    if start + T > max_length:
-        raise ModelInputError(f"KV cache is full: {start} cached + {T} new positions > max_length {max_length}")
 
 
 def check_encoder_states(config, encoder_hidden_states, B):
@@ -158,3 +176,89 @@ def check_forward_kwargs(where, kwargs):
     if kwargs:
         name = next(iter(kwargs))
         raise ModelInputError(f"{where}: {name} is not supported (transformers has it; this package does not)")
+
+
+# ---- one forward call's inputs, resolved ----------------------------------------------------------
+class Options(NamedTuple):
+    """A forward's switches, each left None by the caller filled in from the config (transformers' rule)."""
+    cache: KVCache | None
+    use_cache: bool
+    output_attentions: bool
+    output_hidden_states: bool
+    return_dict: bool
+
+
+def options(config, where, cache, kwargs, use_cache, output_attentions, output_hidden_states, return_dict):
+    """transformers' defaults for a forward: each option left None follows the config; the cache may come as
+    cache= or, the older name, past_key_values= (kept in kwargs). Anything else in kwargs is refused by name."""
+    if "past_key_values" in kwargs:
+        if cache is not None:
+            raise ModelInputError("pass cache or past_key_values, not both (the same thing: 5.24's name and "
+                                  "the older one)")
+        cache = kwargs.pop("past_key_values")
+    check_forward_kwargs(where, kwargs)
+    pick = (lambda value, default: default if value is None else value)
+    return Options(cache, pick(use_cache, config.use_cache), pick(output_attentions, config.output_attentions),
+                   pick(output_hidden_states, config.output_hidden_states), pick(return_dict, config.return_dict))
+
+
+@dataclass
+class ForwardInputs:
+    """One call's inputs, checked (check_inputs): ids [B, T] or embeddings [B, T, C], positions [B or 1, T],
+    the additive masks layers.additive_mask makes, the KV cache."""
+    input_ids: np.ndarray | None
+    inputs_embeds: np.ndarray | None
+    position_ids: np.ndarray
+    token_type_ids: np.ndarray | None = None
+    attention_mask: np.ndarray | None = None  # the caller's 0/1 mask [B, P + T]; `mask` is what attention adds
+    mask: np.ndarray | None = None  # [B, 1, 1, P + T]
+    cache: KVCache | None = None
+    encoder_hidden_states: np.ndarray | None = None  # [B, S, C]
+    encoder_mask: np.ndarray | None = None  # [B, 1, 1, S]
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+
+    @property
+    def rows(self):
+        """B * T: the positions this call runs through every weight."""
+        B, T = (self.input_ids if self.input_ids is not None else self.inputs_embeds).shape[:2]
+        return B * T
+
+    @property
+    def plain(self):
+        """Ids, positions and a KV cache alone: what a whole-forward fusion (the GPU's) takes."""
+        return (self.input_ids is not None and self.attention_mask is None and self.token_type_ids is None
+                and self.encoder_hidden_states is None and not self.output_attentions
+                and not self.output_hidden_states)
+
+
+def check_inputs(config, *, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, cache=None, use_cache=False, output_attentions=False, output_hidden_states=False,
+                 encoder_hidden_states=None, encoder_attention_mask=None):
+    """The arguments of a forward call, checked, as ForwardInputs. With use_cache and no cache, a new
+    KVCache holding just this call's positions."""
+    B, T = check_input_ids(config, input_ids, inputs_embeds)
+    cache = KVCache(config, B, grow=True) if cache is None and use_cache else cache
+    past = 0 if cache is None else check_cache(config, cache, B).get_seq_length()
+    check_positions(config, past, T)
+    if position_ids is None:
+        position_ids = np.arange(past, past + T)[None, :]  # [1, T]: the positions after the cached ones
+    else:
+        position_ids = check_ids("position_ids", position_ids, config.n_positions, (B, T))
+    inputs = ForwardInputs(
+        None if input_ids is None else np.asarray(input_ids),
+        None if inputs_embeds is None else check_floats("inputs_embeds", inputs_embeds, (B, T, config.n_embd)),
+        position_ids, cache=cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+    if token_type_ids is not None:
+        inputs.token_type_ids = check_ids("token_type_ids", token_type_ids, config.vocab_size, (B, T))
+    if attention_mask is not None:
+        inputs.attention_mask = check_mask("attention_mask", attention_mask, (B, past + T))
+        inputs.mask = layers.additive_mask(inputs.attention_mask)  # [B, 1, 1, P + T]
+    if encoder_hidden_states is not None:
+        enc = inputs.encoder_hidden_states = check_encoder_states(config, encoder_hidden_states, B)
+        if encoder_attention_mask is not None:
+            inputs.encoder_mask = layers.additive_mask(check_mask(
+                "encoder_attention_mask", encoder_attention_mask, enc.shape[:2]))  # [B, 1, 1, S]
+    if cache is not None:
+        cache.reserve(past + T)  # room for this call's keys and values before any block writes them
+    return inputs

@@ -24,6 +24,8 @@ import warnings
 
 import numpy as np
 
+from .inputs import is_int
+
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
@@ -186,10 +188,6 @@ def _parse_json(raw: bytes, path: str, what: str):
         raise SafetensorsError(f"{path}: {what} is not valid JSON: {e}") from None
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _read_header(f, path: str) -> tuple[dict, dict, int]:
     """Parse and check the header of the open file `f`: (tensor entries, metadata, data start)."""
     file_size = os.fstat(f.fileno()).st_size
@@ -239,9 +237,9 @@ def _check_entry(name: str, entry, data_size: int, path: str) -> dict:
     code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not (isinstance(code, str) and code in _STORED):
         raise SafetensorsError(f"{where}: unsupported dtype {code!r:.50} (supported: {', '.join(_STORED)})")
-    if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_is_int(d) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(is_int(d) and d >= 0 for d in shape)):
         raise SafetensorsError(f"{where}: shape {shape!r:.200} is not a list of at most {MAX_DIMS} non-negative ints")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)
             and 0 <= offsets[0] <= offsets[1] <= data_size):
         raise SafetensorsError(
             f"{where}: data_offsets {offsets!r:.200} are not [begin, end] "
@@ -449,7 +447,7 @@ def _load_sharded(directory: str, non_finite=None) -> dict[str, np.ndarray]:
 
 def _parse_size(size) -> int:
     """Bytes from an int or a string like "2GB" (10**9) or "2GiB" (2**30); units are case-insensitive."""
-    if _is_int(size):
+    if is_int(size):
         value = size
     else:
         match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", size) if isinstance(size, str) else None

@@ -22,7 +22,8 @@ from minigpt_pixels.cache import KVCache
 from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.inputs import ModelInputError
 from minigpt_pixels.kernels import cpu
-from minigpt_pixels.model import (ForwardInputs, ImageGPTForCausalImageModeling, ImageGPTForImageClassification,
+from minigpt_pixels.inputs import ForwardInputs
+from minigpt_pixels.model import (ImageGPTForCausalImageModeling, ImageGPTForImageClassification,
                                   forward, init_weights, transformer_shapes)
 
 from .conftest import report
@@ -327,3 +328,46 @@ def test_no_import_circle():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+# ---- the rooms: short modules and functions, named caches, valid __all__ ------------------------------
+CORE_MODULES = ("model", "inputs", "loading", "layers", "activations", "losses", "config", "weights", "cache",
+                "backends", "auto", "errors", "outputs")
+
+
+def test_core_modules_and_functions_are_short():
+    for name in CORE_MODULES:
+        source = (PACKAGE / f"{name}.py").read_text()
+        assert source.count("\n") <= 600, f"{name}.py has {source.count(chr(10))} lines, more than 600"
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 50, f"{name}.{node.name} has {length} lines, more than 50"
+            if isinstance(node, ast.ClassDef) and node.name == "ImageGPTPreTrainedModel":
+                assert node.end_lineno - node.lineno + 1 < 120, "ImageGPTPreTrainedModel is 120 lines or more"
+
+
+def test_every_forward_cache_is_a_named_tuple():
+    """Each `f_forward` returns (out, an XCache(...) NamedTuple), so its backward reads fields by name;
+    dropout_forward's mask is one array, not a tuple."""
+    import typing
+
+    from minigpt_pixels import activations, losses
+    for module in (layers, activations, losses):
+        tree = ast.parse(inspect.getsource(module))
+        for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.endswith("_forward")):
+            if fn.name == "dropout_forward":
+                continue
+            last = [n for n in ast.walk(fn) if isinstance(n, ast.Return)][-1].value
+            assert isinstance(last, ast.Tuple) and isinstance(last.elts[1], ast.Call), fn.name
+            cls = getattr(module, last.elts[1].func.id)
+            assert issubclass(cls, tuple) and hasattr(cls, "_fields") and typing.NamedTuple in cls.__orig_bases__, \
+                f"{fn.name} returns a {cls.__name__}, not a NamedTuple"
+
+
+def test_every_all_names_what_its_module_has():
+    import importlib
+    for path in PACKAGE.glob("*.py"):
+        module = importlib.import_module(f"minigpt_pixels.{path.stem}" if path.stem != "__init__" else "minigpt_pixels")
+        missing = [n for n in getattr(module, "__all__", ()) if not hasattr(module, n)]
+        assert not missing, f"{module.__name__}.__all__ names {missing}, which it does not have"

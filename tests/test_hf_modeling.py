@@ -288,10 +288,12 @@ def test_inputs_embeds_matches_input_ids():
 
 @pytest.mark.parametrize("problem_type, num_labels, dtype", [("multi_label_classification", 2, np.float32),
                                                              ("regression", 1, np.float32),
-                                                             ("single_label_classification", 2, np.int64)])
+                                                             ("single_label_classification", 2, np.int64),
+                                                             ("single_label_classification", 1, np.int64)])
 def test_problem_types(problem_type, num_labels, dtype):
     hf, model = models("ImageGPTForImageClassification")
-    config = ImageGPTConfig.from_dict(model.config.to_dict(), problem_type=problem_type, num_labels=num_labels)
+    config = ImageGPTConfig.from_dict(model.config.to_dict())
+    config.problem_type, config.num_labels = problem_type, num_labels  # set afterwards, as transformers' test does
     params = {**model.params, "score.weight": np.random.default_rng(3).normal(0, 0.3, (num_labels, 32))
               .astype(np.float32)}
     ours = ImageGPTForImageClassification(config, params=params)
@@ -321,13 +323,19 @@ def test_classification_labels_must_fit_the_problem_type(problem_type, num_label
         ImageGPTForImageClassification(config)(**prepare("ImageGPTModel"), labels=labels)
 
 
-def test_single_label_with_one_label_refused_like_transformers_config():
+def test_single_label_with_one_label_like_transformers():
+    """transformers refuses the pair when a config is made, and a model takes it when the fields are set
+    afterwards (a one-class cross-entropy, 0 for label 0): both as here."""
     with pytest.raises(ValueError, match="single_label_classification"):
         transformers.ImageGPTConfig(num_labels=1, problem_type="single_label_classification")
-    config = our_config()
-    config.problem_type, config.num_labels = "single_label_classification", 1  # set afterwards: the model checks
     with pytest.raises(ValueError, match="single_label_classification"):
-        ImageGPTForImageClassification(config)
+        our_config(num_labels=1, problem_type="single_label_classification")
+    config = our_config()
+    config.problem_type, config.num_labels = "single_label_classification", 1
+    out = ImageGPTForImageClassification(config, seed=0)(**prepare("ImageGPTModel"), labels=np.zeros(B, np.int64))
+    assert out.logits.shape == (B, 1) and out.loss == 0
+    with pytest.raises(ModelInputError, match=r"labels must be in \[0, num_labels=1\)"):
+        ImageGPTForImageClassification(config, seed=0)(**prepare("ImageGPTModel"), labels=np.ones(B, np.int64))
 
 
 def test_can_load_ignoring_mismatched_shapes(tmp_path):

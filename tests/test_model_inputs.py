@@ -124,3 +124,84 @@ def test_missing_directory():
 
 def test_weights_error_is_a_value_error():
     assert issubclass(WeightsError, ValueError) and issubclass(ModelInputError, ValueError)
+
+
+# ---- issue 23: careless calls and hostile files, each named -------------------------------------------
+def _saved(tmp_path, name="m"):
+    directory = tmp_path / name
+    ImageGPTForCausalImageModeling(ImageGPTConfig(**CFG), seed=0).save_pretrained(directory)
+    return directory
+
+
+def test_config_nested_too_deep_names_the_file(tmp_path):
+    directory = _saved(tmp_path)
+    (directory / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    for load in (ImageGPTConfig.from_pretrained, ImageGPTForCausalImageModeling.from_pretrained):
+        with pytest.raises(ValueError, match=r"config\.json: cannot read config: JSON nested too deeply"):
+            load(directory)
+
+
+def test_config_nested_too_deep_named_by_the_cli(tmp_path, capsys):
+    from minigpt_pixels import DEFAULT_MODEL, sample
+
+    directory = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, directory)
+    (directory / "config.json").write_text("{\"a\": " * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(["--model", str(directory), "--out", str(tmp_path / "out.png"), "--num-samples", "1"])
+    assert exit_info.value.code == 2
+    assert f"{directory / 'config.json'}: cannot read config: JSON nested too deeply" in capsys.readouterr().err
+
+
+def test_config_json_that_is_a_folder_is_named_once(tmp_path):
+    directory = _saved(tmp_path)
+    (directory / "config.json").unlink()
+    (directory / "config.json").mkdir()
+    for where in (directory, directory / "config.json"):
+        with pytest.raises(ValueError, match=r"m/config\.json is a directory, not a config file") as e:
+            ImageGPTForCausalImageModeling.from_pretrained(where)
+        assert "config.json/config.json" not in str(e.value)
+
+
+def test_from_pretrained_on_the_config_file_says_so(tmp_path):
+    directory = _saved(tmp_path)
+    with pytest.raises(ValueError, match=r"config\.json is a config file, not a model; pass the folder"):
+        ImageGPTForCausalImageModeling.from_pretrained(directory / "config.json")
+
+
+def test_save_pretrained_into_a_file_is_refused_naming_it(tmp_path):
+    target = tmp_path / "weights.bin"
+    target.write_bytes(b"mine")
+    with pytest.raises(ValueError, match=r"weights\.bin is a file, not a directory"):
+        ImageGPTForCausalImageModeling(ImageGPTConfig(**CFG), seed=0).save_pretrained(target)
+    assert target.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(inputs_embeds=np.zeros((2, 0, 32), np.float32)), r"inputs_embeds is empty \(shape \(2, 0, 32\)\)"),
+    (dict(inputs_embeds=np.zeros((0, 3, 32), np.float32)), r"inputs_embeds is empty"),
+    (dict(input_ids=[[1, 2, 3], [1, 2]]), r"input_ids is ragged: every row must have the same length"),
+    (dict(input_ids=[[1, 2], [3, 4]], attention_mask=[[1, 1], [1]]), r"attention_mask is ragged"),
+    (dict(input_ids=[[1, 2], [3, 4]], attention_mask=[[1, 2], [1, 1]]), r"attention_mask must hold only 0"),
+])
+def test_empty_and_ragged_inputs_name_the_argument(model, kwargs, message):
+    with pytest.raises(ModelInputError, match=message):
+        model(**kwargs)
+
+
+def test_check_prompt_is_the_rule_model_calls_use():
+    """inputs.check_prompt, the prompt check generate shares: the same refusals as model(...)."""
+    from minigpt_pixels.inputs import check_prompt
+
+    config = ImageGPTConfig(**CFG)
+    ids, mask = check_prompt(config, [[16, 3, 4]], [[0, 1, 1]])
+    assert ids.shape == (1, 3) and mask.tolist() == [[0, 1, 1]]
+    assert check_prompt(config, [[16]])[1] is None
+    for bad_ids, bad_mask, message in (([[16, 3], [16]], None, "input_ids is ragged"),
+                                       ([[16, 3]], [[2, 1]], "attention_mask must hold only 0"),
+                                       ([[16, 17]], None, "token id 17"),
+                                       ([[16, 3]], [[1, 1, 1]], r"attention_mask has shape \(1, 3\)")):
+        with pytest.raises(ModelInputError, match=message):
+            check_prompt(config, bad_ids, bad_mask)
+        with pytest.raises(ModelInputError, match=message):
+            ImageGPTForCausalImageModeling(config, seed=0)(bad_ids, attention_mask=bad_mask)
