@@ -17,6 +17,7 @@ _LAZY = {  # public name -> module; imported on first use so `import minigpt_pix
     "ImageGPTForCausalImageModeling": "model",
     "ImageGPTForImageClassification": "model",
     "ImageGPTImageProcessor": "processor",
+    "GenerationConfig": "generation",
     "fit_palette": "palette",
     "quantize": "palette",
     "dequantize": "palette",

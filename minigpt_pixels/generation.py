@@ -249,18 +249,14 @@ class GenerateOutput(OutputMapping):
 # ---- the prompt ----------------------------------------------------------------------------------
 def check_prompt(config, input_ids, attention_mask):
     """generate's prompt: input_ids [B, T] and its optional 0/1 attention_mask [B, T], checked by the model's
-    own rules (inputs.py). -> (ids, mask or None when it is all ones). The one call site of generate's
-    prompt check: inputs.py's shared prompt check, when it lands, replaces this body but for the last rule."""
+    own rule (inputs.check_prompt), plus generation's: no right padding. -> (ids, mask or None when it is all
+    ones)."""
     if input_ids is None:
         raise ModelInputError("generate() needs input_ids: ImageGPT's prompts start with the SOS token "
                               "(np.full((batch, 1), config.vocab_size - 1))")
-    B, T = inputs.check_input_ids(config, input_ids, None)
-    ids = np.asarray(input_ids)
-    if attention_mask is None:
+    ids, mask = inputs.check_prompt(config, input_ids, attention_mask)  # the rule model() applies too
+    if mask is None:
         return ids, None
-    mask = inputs.check_mask("attention_mask", attention_mask, (B, T))
-    if not np.isin(mask, (0, 1)).all():  # for the shared check: model() accepts any values today
-        raise ModelInputError("attention_mask must hold only 0 (padding) and 1 (a token)")
     if not mask[:, -1].all():  # generation's own rule: the next token follows each row's last one
         raise ModelInputError("attention_mask: a prompt padded on the right cannot be continued; pad on the left")
     return ids, None if mask.all() else mask.astype(np.int64)  # all ones: the same as no mask
