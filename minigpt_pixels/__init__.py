@@ -22,8 +22,8 @@ _LAZY = {  # public name -> module; imported on first use so `import minigpt_pix
     "quantize": "palette",
     "dequantize": "palette",
     "load_palette": "palette",
-    "load_image": "processor",
-    "ImageError": "processor",
+    "load_image": "images",
+    "ImageError": "images",
     "AutoConfig": "auto",  # transformers' Auto* names for a local directory, as the ImageGPT docs use them
     "AutoImageProcessor": "auto",
     "AutoModel": "auto",

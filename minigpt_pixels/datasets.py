@@ -23,7 +23,8 @@ import PIL.Image
 
 from . import limits
 from .palette import fit_palette
-from .processor import ImageError, ImageGPTImageProcessor, image_file_size, read_image_file
+from .images import ImageError, image_file_size, read_image_file
+from .processor import ImageGPTImageProcessor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DIGITS_SIZE, DIGITS_COUNT = (8, 8), 1797  # scikit-learn's digits

@@ -182,32 +182,43 @@ def fit_palette(pixels, n_colors, seed=None, max_iter=300, tol=1e-4, batch_size=
         centres = _kmeans_plus_plus(x, k, rng)  # the sample had too few distinct colours; seed from them all
     if len(centres) < k:
         raise ValueError(f"n_colors={k} is larger than the number of distinct pixels ({len(centres)})")
-
     if batch_size is None:
-        for _ in range(max_iter):
-            new = lloyd_step(x, centres)  # [K, D]
-            shift = float(np.sum((new - centres) ** 2))
-            centres = new
-            if shift <= shift_tol:
-                break
+        centres = _lloyd(x, centres, max_iter, shift_tol)
     else:
-        # Centres no pixel has reached yet stay where k-means++ put them, on a real pixel, so unlike
-        # Lloyd there is nothing to re-seed.
-        seen = np.zeros(k, np.float64)  # [K] pixels each centre has absorbed so far
-        for _ in range(max_iter):
-            batch = x[rng.integers(0, len(x), size=batch_size)]  # [B, D]
-            ids, _ = _nearest(batch, centres)  # [B]
-            counts, sums = _cluster_sums(batch, ids, k)  # [K], [K, D]
-            seen += counts
-            hit = counts > 0
-            new = centres.copy()
-            # running mean: c + (sum - n c) / seen, i.e. per-centre learning rate n / seen
-            new[hit] += (sums[hit] - counts[hit, None] * centres[hit]) / seen[hit, None]
-            shift = float(np.sum((new - centres) ** 2))
-            centres = new
-            if shift <= shift_tol:
-                break
+        centres = _mini_batch(x, centres, max_iter, shift_tol, batch_size, rng)
     return centres.astype(np.float32)
+
+
+def _lloyd(x, centres, max_iter, shift_tol):
+    """Lloyd iterations from `centres` [K, D] until the summed squared shift is at most shift_tol."""
+    for _ in range(max_iter):
+        new = lloyd_step(x, centres)  # [K, D]
+        shift = float(np.sum((new - centres) ** 2))
+        centres = new
+        if shift <= shift_tol:
+            break
+    return centres
+
+
+def _mini_batch(x, centres, max_iter, shift_tol, batch_size, rng):
+    """Mini-batch k-means (Sculley 2010) from `centres` [K, D]. Centres no pixel has reached yet stay where
+    k-means++ put them, on a real pixel, so unlike Lloyd there is nothing to re-seed."""
+    k = len(centres)
+    seen = np.zeros(k, np.float64)  # [K] pixels each centre has absorbed so far
+    for _ in range(max_iter):
+        batch = x[rng.integers(0, len(x), size=batch_size)]  # [B, D]
+        ids, _ = _nearest(batch, centres)  # [B]
+        counts, sums = _cluster_sums(batch, ids, k)  # [K], [K, D]
+        seen += counts
+        hit = counts > 0
+        new = centres.copy()
+        # running mean: c + (sum - n c) / seen, i.e. per-centre learning rate n / seen
+        new[hit] += (sums[hit] - counts[hit, None] * centres[hit]) / seen[hit, None]
+        shift = float(np.sum((new - centres) ** 2))
+        centres = new
+        if shift <= shift_tol:
+            break
+    return centres
 
 
 def check_clusters(clusters, n_channels=None):

@@ -27,7 +27,8 @@ from .config import ImageGPTConfig
 from .generation import (GenerationConfig, OptionError, as_generator, complete_images, image_shape, progress_bar,
                          sample_images)
 from .model import ImageGPTForCausalImageModeling
-from .processor import PREPROCESSOR_CONFIG_NAME, ImageGPTImageProcessor, check_image_file
+from .images import check_image_file
+from .processor import PREPROCESSOR_CONFIG_NAME, ImageGPTImageProcessor
 from .weights import NonFiniteWeightsWarning, atomic_open
 
 DEFAULT_OUT = "samples.png"

@@ -331,18 +331,20 @@ def test_no_import_circle():
 
 
 # ---- the rooms: short modules and functions, named caches, valid __all__ ------------------------------
-CORE_MODULES = ("model", "inputs", "loading", "layers", "activations", "losses", "config", "weights", "cache",
-                "backends", "auto", "errors", "outputs")
+# Issue 24's measure of a readable room: outside kernels/ (whose CUDA and SIMD factories are long by nature),
+# no module over 600 lines and no function over 50.
+OUTSIDE_KERNELS = sorted(p for p in PACKAGE.rglob("*.py") if "kernels" not in p.relative_to(PACKAGE).parts)
 
 
-def test_core_modules_and_functions_are_short():
-    for name in CORE_MODULES:
-        source = (PACKAGE / f"{name}.py").read_text()
-        assert source.count("\n") <= 600, f"{name}.py has {source.count(chr(10))} lines, more than 600"
+def test_modules_and_functions_outside_the_kernels_are_short():
+    assert len(OUTSIDE_KERNELS) > 30, OUTSIDE_KERNELS  # the package itself, not an empty glob
+    for path in OUTSIDE_KERNELS:
+        name, source = path.relative_to(PACKAGE), path.read_text()
+        assert source.count("\n") <= 600, f"{name} has {source.count(chr(10))} lines, more than 600"
         for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.FunctionDef):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
-                assert length <= 50, f"{name}.{node.name} has {length} lines, more than 50"
+                assert length <= 50, f"{name}: {node.name} has {length} lines, more than 50"
             if isinstance(node, ast.ClassDef) and node.name == "ImageGPTPreTrainedModel":
                 assert node.end_lineno - node.lineno + 1 < 120, "ImageGPTPreTrainedModel is 120 lines or more"
 
