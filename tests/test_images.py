@@ -23,14 +23,8 @@ import pytest
 
 from minigpt_pixels import datasets, limits
 from minigpt_pixels.palette import load_palette, palette_colors
-from minigpt_pixels.processor import (
-    EXACT_MAX_PIXELS,
-    ImageError,
-    ImageGPTImageProcessor,
-    check_image_file,
-    image_file_size,
-    read_image_file,
-)
+from minigpt_pixels.images import EXACT_MAX_PIXELS, ImageError, check_image_file, image_file_size, read_image_file
+from minigpt_pixels.processor import ImageGPTImageProcessor
 
 LIMIT = 1_200_000_000  # bytes of address space, as in test_limits.py: the CLIs need about 0.5 GB to start
 ORIENTATION = 0x0112  # the EXIF tag
