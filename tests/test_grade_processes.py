@@ -142,3 +142,23 @@ def test_as_root_without_a_pids_cgroup_the_grader_says_what_is_not_enforced(tmp_
     warned = [line for line in capsys.readouterr().err.splitlines() if "process limit" in line]
     assert code == 0 and len(warned) == 1, warned
     assert f"process limit ({runner.NPROC}" in warned[0] and "not enforced" in warned[0] and "root" in warned[0]
+
+
+def test_cgroups_left_by_a_grader_killed_outright_are_removed_and_no_others():
+    mine = need_cgroup()
+    try:
+        parent = os.path.dirname(mine)
+        dead = os.path.join(parent, f"{runner.CGROUP_PREFIX}{(1 << 22) + 1}-0badcafe")  # above any pid_max
+        other = os.path.join(parent, "minigpt-grade-notes")  # not a name the grader makes
+        os.mkdir(dead)
+        os.mkdir(other)
+        try:
+            assert runner.remove_left_cgroups(min_age_s=3600) == 0  # too young to be left
+            assert runner.remove_left_cgroups(min_age_s=0) == 1
+            assert not os.path.exists(dead) and os.path.exists(other) and os.path.exists(mine)  # mine: pid alive
+        finally:
+            for folder in (dead, other):
+                if os.path.exists(folder):
+                    os.rmdir(folder)
+    finally:
+        runner.remove_cgroup(mine)

@@ -203,7 +203,7 @@ def _start(argv, cgroup, **popen):
     if cgroup is None:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, **popen), False
     proc = subprocess.Popen(["/bin/sh", "-c", 'read -r go && exec "$@"', "sh"] + list(argv),
-                            stdin=subprocess.PIPE, **popen)
+                            stdin=subprocess.PIPE, bufsize=0, **popen)
     placed = False
     try:
         try:
@@ -213,8 +213,12 @@ def _start(argv, cgroup, **popen):
         except OSError:
             pass
         proc.stdin.write(b"go\n")
+    except BaseException:
+        proc.kill()  # the shell, before argv ran (or bwrap, whose sandbox dies with it)
+        proc.wait()
+        raise
     finally:
-        proc.stdin.close()  # without "go" the shell exits without starting argv
+        proc.stdin.close()  # unbuffered: nothing left to flush; without "go" the shell exits without argv
     return proc, placed
 
 
@@ -262,6 +266,28 @@ def _kill_members(folder):
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def remove_left_cgroups(min_age_s=60.0):
+    """Remove the cgroups that a grader killed outright (SIGKILL, so no `finally` ran) left behind: named for
+    a pid not running here, made over `min_age_s` ago, and empty (rmdir refuses any other). -> how many."""
+    removed = 0
+    for parent in _pids_parents():
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            found = re.fullmatch(re.escape(CGROUP_PREFIX) + r"(\d+)-[0-9a-f]+", name)
+            folder = os.path.join(parent, name)
+            try:
+                if found and not os.path.exists(f"/proc/{found.group(1)}") and \
+                        time.time() - os.stat(folder).st_ctime > min_age_s:
+                    os.rmdir(folder)
+                    removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def process_limit_holds():
@@ -447,4 +473,5 @@ def job_specs(exercises, cases, extra):
 
 
 __all__ = ["Limits", "SandboxError", "find_bwrap", "bwrap_command", "make_pids_cgroup", "remove_cgroup",
-           "process_limit_holds", "run_student", "job_specs", "MEMORY_MB", "TMPFS_MB", "NPROC", "BWRAP_INSTALL"]
+           "remove_left_cgroups", "process_limit_holds", "run_student", "job_specs", "MEMORY_MB", "TMPFS_MB", "NPROC",
+           "BWRAP_INSTALL"]
