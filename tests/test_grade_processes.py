@@ -162,3 +162,26 @@ def test_cgroups_left_by_a_grader_killed_outright_are_removed_and_no_others():
                     os.rmdir(folder)
     finally:
         runner.remove_cgroup(mine)
+
+
+def test_the_pids_cgroups_are_found_where_the_controller_is_handed_down(tmp_path):
+    """cgroup v2 (where the grader's cgroup hands pids down) before v1's pids hierarchy, each at this process's
+    own cgroup, mounted at a path with a space or as a container's part of the tree; nothing else."""
+    proc, v1, v2, bare = tmp_path / "proc", tmp_path / "v1 pids", tmp_path / "unified", tmp_path / "bare"
+    for folder in (proc, v1 / "job", v2 / "job", bare):
+        folder.mkdir(parents=True)
+    (proc / "cgroup").write_text("9:name=systemd:/\n8:pids:/docker/c1/job\n4:memory:/x\n0::/job\n")
+
+    def mounts(v2_root="/"):
+        esc = str(v1).replace(" ", "\\040")
+        return (f"30 25 0:26 /docker/c1 {esc} rw,nosuid - cgroup cgroup rw,pids\n"
+                f"31 25 0:27 / {tmp_path / 'cpu'} rw shared:9 - cgroup cgroup rw,cpu\n"
+                f"32 25 0:28 {v2_root} {v2} rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate\n"
+                f"33 25 0:29 / {bare} rw - tmpfs tmpfs rw\n")
+    (proc / "mountinfo").write_text(mounts())
+    assert runner._pids_parents(str(proc)) == [str(v1 / "job")]  # v2 does not hand pids down
+    (v2 / "job" / "cgroup.subtree_control").write_text("cpu pids\n")
+    assert runner._pids_parents(str(proc)) == [str(v2 / "job"), str(v1 / "job")]
+    (proc / "mountinfo").write_text(mounts(v2_root="/elsewhere"))  # the grader's cgroup is not under this mount
+    assert runner._pids_parents(str(proc)) == [str(v1 / "job")]
+    assert runner._pids_parents(str(tmp_path / "no_proc")) == []

@@ -130,12 +130,15 @@ def bwrap_command(bwrap, job, argv):
 
 
 # ---- the process limit when grading as root ---------------------------------------------------------
-def _pids_parents():
+def _pids_parents(proc="/proc/self"):
     """Folders in which a new cgroup gets a pids.max: this process's own cgroup in the cgroup v2 hierarchy
-    when it hands the pids controller down, and in cgroup v1's pids hierarchy; read from /proc."""
+    when it hands the pids controller down, and in cgroup v1's pids hierarchy; read from `proc`'s cgroup
+    and mountinfo files."""
     try:
-        own = [line.rstrip("\n").split(":", 2) for line in open("/proc/self/cgroup")]
-        mounts = [line.split() for line in open("/proc/self/mountinfo")]
+        with open(os.path.join(proc, "cgroup")) as f:
+            own = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
+        with open(os.path.join(proc, "mountinfo")) as f:
+            mounts = [line.split() for line in f]
     except OSError:
         return []
     v2 = next((path for _, names, path in own if names == ""), None)  # "0::/path"
