@@ -354,7 +354,7 @@ def _run(job, limits, n_calls, bwrap):
     stall_s = limits.timeout * (1 + MAX_EXTRA) + GRACE_S  # silence for longer than one case's calls: stuck
     stall = now + START_S + limits.timeout  # the first message comes once the notebook's cells have run
     data, killed, too_much = bytearray(), False, False
-    cgroup = make_pids_cgroup() if limits.sandbox else None  # as root: the process limit the rlimit is not
+    cgroup = make_pids_cgroup() if limits.sandbox else None  # as root, whom RLIMIT_NPROC spares: pids.max
     try:
         proc, _ = _start(argv, cgroup, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          start_new_session=True,
