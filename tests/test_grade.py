@@ -4,6 +4,7 @@ submission can fool it. Graded in the sandbox where bwrap runs, else with --no-s
 
 import csv
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ from .grade_submissions import (LN, NB1, NB3, NB5, QG, TIMEOUT, add_cell, answer
 from .grade_submissions import write as _write
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import build_notebooks  # noqa: E402
 
 
 def memorised_quick_gelu():
@@ -238,3 +242,17 @@ def test_a_broken_notebook_is_a_row_and_the_class_goes_on(tmp_path):
     assert got[("ann", "layer_norm")][0] == got[("ann", "quick_gelu")][0] == "passed"
     assert got[("bob", "layer_norm")][0] == "failed" and "could not be read" in got[("bob", "layer_norm")][1]
     assert got[("cy", "layer_norm")][0] == "passed" and got[("cy", "quick_gelu")][0] == "not done"
+
+
+def test_every_exercise_as_the_teacher_solved_it_gets_full_points(tmp_path):
+    """Each exercise notebook built with its solutions (bits_per_token's included) graded as one student's: the
+    cases, their arguments and the verdicts all cross the sandbox for every exercise, not only notebook 01's."""
+    for stem, nb in build_notebooks.teacher_notebooks().items():
+        _write(tmp_path / "sub" / "teacher" / f"{stem}.ipynb", nb)
+    code = grade.main([str(tmp_path / "sub"), "--out", str(tmp_path / "g.csv"), "--timeout", "5", "--seed", "11",
+                       "--no-progress"] + sandbox_flags())
+    with open(tmp_path / "g.csv", newline="", encoding="utf-8") as f:
+        rows = {r["exercise"]: r for r in csv.DictReader(f)}
+    assert code == 0 and sorted(rows) == sorted(EXERCISES)
+    for name, r in rows.items():
+        assert (r["status"], r["points"]) == ("passed", str(EXERCISES[name].points)), (name, r["message"])

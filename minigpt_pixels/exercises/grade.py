@@ -34,7 +34,8 @@ from .engine import USES_PACKAGE, CheckResult, extra_calls
 from .gradebook import (Output, Row, feedback_folder, gradebook_csv, is_gradebook_header, is_totals_header,
                         readable, summary_table, totals_csv, write_feedback)
 from .notebook import extract, notebook_exercises, notebook_name, read_notebook
-from .runner import MEMORY_MB, Limits, SandboxError, find_bwrap, job_specs, run_student
+from .runner import (MEMORY_MB, NPROC, Limits, SandboxError, find_bwrap, job_specs, process_limit_holds,
+                     remove_left_cgroups, run_student)
 
 JOBS = max(1, min(4, (os.cpu_count() or 2) // 2))  # notebooks graded at once
 MAX_SEED = 2 ** 63 - 1000  # case i draws from default_rng(seed + i)
@@ -278,9 +279,13 @@ def main(argv=None):
     seed = secrets.randbelow(1 << 32) if args.seed is None else args.seed
     print(f"seed {seed}" + (" (a fresh one: grade again with --seed %d to reproduce)" % seed
                             if args.seed is None else ""), flush=True)
-    if bwrap and os.geteuid() == 0:
-        warnings.append("grading as root: the kernel exempts root from the sandbox's process limit (a fork bomb "
-                        "runs until the deadline); grade as an ordinary user")
+    if bwrap:
+        remove_left_cgroups()  # by a grader killed outright
+    if bwrap and not process_limit_holds():
+        warnings.append(f"grading as root with no writable pids cgroup: the sandbox's process limit ({NPROC}, an "
+                        f"rlimit the kernel does not apply to root) is not enforced, so a fork bomb runs until its "
+                        f"deadline (the other limits hold); grade as an ordinary user, or as root where "
+                        f"/sys/fs/cgroup has a pids controller")
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     start = time.perf_counter()

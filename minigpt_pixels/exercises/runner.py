@@ -10,6 +10,11 @@ directory are one private tmpfs of TMPFS_MB; /proc shows only the sandbox's proc
 emptied; --die-with-parent and a new session. Inside, sandbox.py sets hard rlimits (memory, CPU, file
 size, processes, open files) before the student's code runs.
 
+The process limit is an rlimit counted per user, and the kernel exempts root from it (bwrap maps the
+sandbox's uid to the caller's). So a grader running as root puts each sandbox in a fresh cgroup of its own
+with pids.max = NPROC (`make_pids_cgroup`, where a pids controller is writable), joined before bwrap
+starts, and removes it, killing whatever is left in it, when the sandbox ends (`remove_cgroup`).
+
 The grader's side never waits on the student: the results come through a pipe read against a deadline
 fixed when the process starts (nothing the student writes extends it), capped at MAX_RESULT_BYTES; at
 the deadline or the cap the whole sandbox is killed (PID namespace: every process in it). `--no-sandbox`
@@ -17,8 +22,11 @@ runs the same script with the same rlimits as a plain `python -I` process: for t
 """
 
 import dataclasses
+import errno
 import os
 import pathlib
+import re
+import secrets
 import selectors
 import shutil
 import signal
@@ -41,6 +49,9 @@ START_S = 15.0  # starting the sandbox, Python and NumPy on a busy machine
 GRACE_S = 2.0  # after the last call's own alarm, before the grader kills the sandbox
 MAX_RESULT_BYTES = 32 << 20  # everything one notebook's process may send back
 MAX_EXTRA = 2  # extra calls of one case at most (engine.extra_calls)
+NPROC = 32  # processes and threads one sandbox may hold (bwrap's own 2 included): its rlimit and pids.max
+CGROUP_PREFIX = "minigpt-grade-"  # + the grader's pid + a random part: graders at once never share one
+REMOVE_S = 10.0  # killing what a sandbox left in its cgroup and removing the cgroup, at most
 PREAMBLE = "import numpy as np\n"  # what the notebooks' read-only set-up cell gives the answers
 BWRAP_INSTALL = "apt-get install bubblewrap (or your distribution's bubblewrap package)"
 
@@ -118,6 +129,186 @@ def bwrap_command(bwrap, job, argv):
     return cmd + list(argv)
 
 
+# ---- the process limit when grading as root ---------------------------------------------------------
+def _pids_parents(proc="/proc/self"):
+    """Folders in which a new cgroup gets a pids.max: this process's own cgroup in the cgroup v2 hierarchy
+    when it hands the pids controller down, and in cgroup v1's pids hierarchy; read from `proc`'s cgroup
+    and mountinfo files."""
+    try:
+        with open(os.path.join(proc, "cgroup")) as f:
+            own = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
+        with open(os.path.join(proc, "mountinfo")) as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return []
+    v2 = next((path for _, names, path in own if names == ""), None)  # "0::/path"
+    v1 = next((path for _, names, path in own if "pids" in names.split(",")), None)  # "8:pids:/path"
+    found = []
+    for fields in mounts:
+        if "-" not in fields[6:]:
+            continue
+        dash = fields.index("-", 6)
+        fstype, options = fields[dash + 1], fields[dash + 3].split(",") if len(fields) > dash + 3 else []
+        root, mountpoint = (_unescape(f) for f in fields[3:5])
+        own_path = v2 if fstype == "cgroup2" else v1 if fstype == "cgroup" and "pids" in options else None
+        if own_path is None or not (own_path + "/").startswith(root.rstrip("/") + "/"):
+            continue  # this hierarchy, or the part of it that holds this process, is not mounted here
+        folder = os.path.join(mountpoint, os.path.relpath(own_path, root))
+        if fstype == "cgroup2" and "pids" not in _read(os.path.join(folder, "cgroup.subtree_control")).split():
+            continue
+        found.append((fstype != "cgroup2", os.path.normpath(folder)))
+    return [folder for _, folder in sorted(set(found))]  # cgroup v2 first
+
+
+def _unescape(field):
+    """/proc/self/mountinfo writes a space, tab, newline or backslash in a path as \\ooo (octal)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def make_pids_cgroup(limit=NPROC):
+    """A fresh cgroup of its own with pids.max = `limit` -> its folder; None when the grader is not root (the
+    rlimit holds then) or no pids controller is writable here."""
+    if os.geteuid() != 0:
+        return None
+    for parent in _pids_parents():
+        for _ in range(3):  # a name taken (by chance) is drawn again
+            folder = os.path.join(parent, f"{CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                continue
+            except OSError:
+                break  # not writable: the next hierarchy
+            try:
+                with open(os.path.join(folder, "pids.max"), "w") as f:
+                    f.write(str(int(limit)))
+                return folder
+            except OSError:
+                os.rmdir(folder)
+                break
+    return None
+
+
+def _start(argv, cgroup, **popen):
+    """Popen `argv`, in `cgroup` when one is given -> (process, whether it is in the cgroup). The process
+    waits in /bin/sh until the grader has written its pid to the cgroup's cgroup.procs, then execs `argv`,
+    so everything it starts is counted; not a preexec_fn, which can deadlock beside the grader's threads.
+    Where the pid cannot be written the process runs without the cgroup (make_pids_cgroup's callers check
+    that it can, before grading: `process_limit_holds`)."""
+    if cgroup is None:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, **popen), False
+    proc = subprocess.Popen(["/bin/sh", "-c", 'read -r go && exec "$@"', "sh"] + list(argv),
+                            stdin=subprocess.PIPE, bufsize=0, **popen)
+    placed = False
+    try:
+        try:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(proc.pid))
+            placed = True
+        except OSError:
+            pass
+        proc.stdin.write(b"go\n")
+    except BaseException:
+        proc.kill()  # the shell, before argv ran (or bwrap, whose sandbox dies with it)
+        proc.wait()
+        raise
+    finally:
+        proc.stdin.close()  # unbuffered: nothing left to flush; without "go" the shell exits without argv
+    return proc, placed
+
+
+def remove_cgroup(folder, wait_s=REMOVE_S):
+    """Kill every process left in the cgroup (the end of the sandbox's PID namespace normally has) and remove
+    it, trying again while the last ones are reaped; SandboxError naming it if it outlives `wait_s`."""
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            os.rmdir(folder)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > end:
+                raise SandboxError(f"the sandbox's cgroup {folder} could not be removed ({e.strerror})") from None
+        _kill_members(folder)
+        time.sleep(0.01)
+
+
+def _kill_members(folder):
+    """SIGKILL each process in the cgroup: cgroup v2's cgroup.kill, else each pid through a pidfd, signalled
+    only while that pid is still listed (a pid that was reaped and reused is another process)."""
+    if os.path.exists(os.path.join(folder, "cgroup.kill")):
+        try:
+            with open(os.path.join(folder, "cgroup.kill"), "w") as f:
+                f.write("1")
+            return
+        except OSError:
+            pass
+    fds = {}
+    try:
+        for pid in map(int, _read(os.path.join(folder, "cgroup.procs")).split()):
+            try:
+                fds[pid] = os.pidfd_open(pid)
+            except OSError:
+                pass
+        members = set(map(int, _read(os.path.join(folder, "cgroup.procs")).split()))
+        for pid, fd in fds.items():
+            if pid in members:
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except OSError:
+                    pass
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def remove_left_cgroups(min_age_s=60.0):
+    """Remove the cgroups that a grader killed outright (SIGKILL, so no `finally` ran) left behind: named for
+    a pid not running here, made over `min_age_s` ago, and empty (rmdir refuses any other). -> how many."""
+    removed = 0
+    for parent in _pids_parents():
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            found = re.fullmatch(re.escape(CGROUP_PREFIX) + r"(\d+)-[0-9a-f]+", name)
+            folder = os.path.join(parent, name)
+            try:
+                if found and not os.path.exists(f"/proc/{found.group(1)}") and \
+                        time.time() - os.stat(folder).st_ctime > min_age_s:
+                    os.rmdir(folder)
+                    removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def process_limit_holds():
+    """Whether the sandbox's process limit is enforced here: not root (the rlimit), or a pids cgroup can be
+    made, joined (by /bin/true, started as a sandbox is) and removed."""
+    if os.geteuid() != 0:
+        return True
+    folder = make_pids_cgroup()
+    if folder is None:
+        return False
+    try:
+        proc, placed = _start(["/bin/true"], folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc.wait()
+    finally:
+        remove_cgroup(folder)
+    return placed
+
+
 # ---- one notebook -------------------------------------------------------------------------------------
 def run_student(program, specs, arrays, limits, bwrap=None):
     """Run `program` (notebook.Program) and call each exercise's function on its cases (`specs`, with their
@@ -129,6 +320,7 @@ def run_student(program, specs, arrays, limits, bwrap=None):
         while start < len(specs):
             job = {"cells": program.cells, "preamble": PREAMBLE, "exercises": specs, "start": start,
                    "timeout": limits.timeout, "memory_mb": limits.memory_mb, "sandboxed": limits.sandbox,
+                   "nproc": NPROC,
                    "cpu_s": limits.timeout * (_calls(specs[start:]) + 1) + START_S}
             path = pathlib.Path(tmp) / f"job{start}"
             with open(path, "wb") as f:
@@ -162,9 +354,15 @@ def _run(job, limits, n_calls, bwrap):
     stall_s = limits.timeout * (1 + MAX_EXTRA) + GRACE_S  # silence for longer than one case's calls: stuck
     stall = now + START_S + limits.timeout  # the first message comes once the notebook's cells have run
     data, killed, too_much = bytearray(), False, False
-    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": cwd, "OMP_NUM_THREADS": "1"})
+    cgroup = make_pids_cgroup() if limits.sandbox else None  # as root, whom RLIMIT_NPROC spares: pids.max
+    try:
+        proc, _ = _start(argv, cgroup, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         start_new_session=True,
+                         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": cwd, "OMP_NUM_THREADS": "1"})
+    except BaseException:
+        if cgroup is not None:
+            remove_cgroup(cgroup)
+        raise
     try:
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
@@ -190,6 +388,8 @@ def _run(job, limits, n_calls, bwrap):
             pass
         rc = proc.wait()
         proc.stdout.close()
+        if cgroup is not None:
+            remove_cgroup(cgroup)  # and any process still in it
     messages, broken = calls.read_messages(bytes(data))
     return {"rc": rc, "killed": killed, "too_much": too_much, "broken": broken}, messages
 
@@ -275,5 +475,6 @@ def job_specs(exercises, cases, extra):
     return specs, arrays
 
 
-__all__ = ["Limits", "SandboxError", "find_bwrap", "bwrap_command", "run_student", "job_specs", "MEMORY_MB",
-           "TMPFS_MB", "BWRAP_INSTALL"]
+__all__ = ["Limits", "SandboxError", "find_bwrap", "bwrap_command", "make_pids_cgroup", "remove_cgroup",
+           "remove_left_cgroups", "process_limit_holds", "run_student", "job_specs", "MEMORY_MB", "TMPFS_MB", "NPROC",
+           "BWRAP_INSTALL"]

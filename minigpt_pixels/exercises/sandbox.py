@@ -44,8 +44,8 @@ def _limit(job):
     hard(resource.RLIMIT_CPU, int(job["cpu_s"]) + 1)
     hard(resource.RLIMIT_NOFILE, 256)
     hard(resource.RLIMIT_AS, _address_space() + (int(job["memory_mb"]) << 20))
-    if job["sandboxed"]:  # counted per user: only inside the sandbox is this user the student's alone
-        hard(resource.RLIMIT_NPROC, 32)
+    if job["sandboxed"]:  # counted per user (root exempt: runner.py's cgroup): only in the sandbox is it the student's
+        hard(resource.RLIMIT_NPROC, int(job["nproc"]))
 
 
 def _address_space():
