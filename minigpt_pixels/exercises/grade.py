@@ -252,6 +252,18 @@ def parser():
     return ap
 
 
+def sandbox_warnings(bwrap):
+    """Cgroups left by a grader killed outright are removed; -> what the sandbox cannot enforce here."""
+    if not bwrap:
+        return []
+    remove_left_cgroups()
+    if process_limit_holds():
+        return []
+    return [f"grading as root with no writable pids cgroup: the sandbox's process limit ({NPROC}, an rlimit the "
+            f"kernel does not apply to root) is not enforced, so a fork bomb runs until its deadline (the other "
+            f"limits hold); grade as an ordinary user, or as root where /sys/fs/cgroup has a pids controller"]
+
+
 def main(argv=None):
     ap = parser()
     args = ap.parse_args(argv)
@@ -279,13 +291,7 @@ def main(argv=None):
     seed = secrets.randbelow(1 << 32) if args.seed is None else args.seed
     print(f"seed {seed}" + (" (a fresh one: grade again with --seed %d to reproduce)" % seed
                             if args.seed is None else ""), flush=True)
-    if bwrap:
-        remove_left_cgroups()  # by a grader killed outright
-    if bwrap and not process_limit_holds():
-        warnings.append(f"grading as root with no writable pids cgroup: the sandbox's process limit ({NPROC}, an "
-                        f"rlimit the kernel does not apply to root) is not enforced, so a fork bomb runs until its "
-                        f"deadline (the other limits hold); grade as an ordinary user, or as root where "
-                        f"/sys/fs/cgroup has a pids controller")
+    warnings += sandbox_warnings(bwrap)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     start = time.perf_counter()

@@ -351,9 +351,7 @@ def _run(job, limits, n_calls, bwrap):
         cwd = str(job.parent)
     now = time.monotonic()
     deadline = now + START_S + limits.timeout * (n_calls + 1) + GRACE_S  # fixed now: nothing extends it
-    stall_s = limits.timeout * (1 + MAX_EXTRA) + GRACE_S  # silence for longer than one case's calls: stuck
-    stall = now + START_S + limits.timeout  # the first message comes once the notebook's cells have run
-    data, killed, too_much = bytearray(), False, False
+    first = now + START_S + limits.timeout  # the first message comes once the notebook's cells have run
     cgroup = make_pids_cgroup() if limits.sandbox else None  # as root, whom RLIMIT_NPROC spares: pids.max
     try:
         proc, _ = _start(argv, cgroup, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -364,23 +362,7 @@ def _run(job, limits, n_calls, bwrap):
             remove_cgroup(cgroup)
         raise
     try:
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while True:
-                left = min(deadline, stall) - time.monotonic()  # a stall only ever ends it sooner
-                if left <= 0:
-                    killed = True
-                    break
-                if not sel.select(timeout=min(left, 1.0)):
-                    continue
-                chunk = os.read(proc.stdout.fileno(), 1 << 16)
-                if not chunk:
-                    break
-                data += chunk
-                stall = time.monotonic() + stall_s
-                if len(data) > MAX_RESULT_BYTES:
-                    too_much = True
-                    break
+        data, killed, too_much = _read_until(proc, deadline, first, limits.timeout * (1 + MAX_EXTRA) + GRACE_S)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # bwrap and, through its PID namespace, all it holds
@@ -392,6 +374,28 @@ def _run(job, limits, n_calls, bwrap):
             remove_cgroup(cgroup)  # and any process still in it
     messages, broken = calls.read_messages(bytes(data))
     return {"rc": rc, "killed": killed, "too_much": too_much, "broken": broken}, messages
+
+
+def _read_until(proc, deadline, stall, stall_s):
+    """The student's output until it ends, the fixed `deadline` passes, it is silent past `stall` (pushed
+    `stall_s` on by each message: a stall only ever ends it sooner) or it sends too much.
+    -> (data, killed, too_much)."""
+    data = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = min(deadline, stall) - time.monotonic()
+            if left <= 0:
+                return data, True, False
+            if not sel.select(timeout=min(left, 1.0)):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                return data, False, False
+            data += chunk
+            stall = time.monotonic() + stall_s
+            if len(data) > MAX_RESULT_BYTES:
+                return data, False, True
 
 
 def _collect(messages, how, specs, start, outcomes, timeout):

@@ -111,7 +111,7 @@ from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.probe import with_sos
 from minigpt_pixels.processor import ImageGPTImageProcessor
 from minigpt_pixels.sample import image_grid
-from minigpt_pixels.train import load_digits_data, split
+from minigpt_pixels.datasets import load_digits_data, split
 
 model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL).to("numpy")  # layers.py, line by line
 processor = ImageGPTImageProcessor.from_pretrained(DEFAULT_MODEL)

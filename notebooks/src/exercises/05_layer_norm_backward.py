@@ -106,7 +106,7 @@ from minigpt_pixels import DEFAULT_MODEL, backprop
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.probe import with_sos
 from minigpt_pixels.processor import ImageGPTImageProcessor
-from minigpt_pixels.train import load_digits_data
+from minigpt_pixels.datasets import load_digits_data
 
 if layer_norm_backward_result.passed:
     model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL)

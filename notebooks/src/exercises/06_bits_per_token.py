@@ -87,7 +87,8 @@ from minigpt_pixels import DEFAULT_MODEL
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.probe import with_sos
 from minigpt_pixels.processor import ImageGPTImageProcessor
-from minigpt_pixels.train import evaluate, load_digits_data, split
+from minigpt_pixels.datasets import load_digits_data, split
+from minigpt_pixels.train import evaluate
 
 if bits_per_token_result.passed:
     model = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL)
