@@ -136,13 +136,19 @@ class CudaBackend(CpuBackend):
 
 
 def backend(device, params, config, prefix):
-    """The backend object for a device name (see the module docstring)."""
+    """The backend object for a device name (see the module docstring); its `requested` is the name asked
+    for ("auto" included), which backprop.training_path reads to choose the training path."""
+    requested = device
     if device == "auto":
         device = auto_device(config)
     if device == "numpy":
-        return NumpyBackend()
-    if device == "cpu":
-        return CpuBackend()
-    if device == "cuda":
-        return CudaBackend(params, config, prefix)
-    raise ValueError(f"unknown device {device!r}: use 'auto' (the default), 'numpy' (pure reference), 'cpu' or 'cuda'")
+        chosen = NumpyBackend()
+    elif device == "cpu":
+        chosen = CpuBackend()
+    elif device == "cuda":
+        chosen = CudaBackend(params, config, prefix)
+    else:
+        raise ValueError(f"unknown device {device!r}: use 'auto' (the default), 'numpy' (pure reference), 'cpu' "
+                         f"or 'cuda'")
+    chosen.requested = requested
+    return chosen
