@@ -527,3 +527,19 @@ def cross_entropy_backward_kernel(logits, labels, lse, scale, out):
         out[i, y] -= F32(1.0)  # layers.cross_entropy_backward's order: softmax - onehot, then the scale
         for k in range(V):
             out[i, k] *= scale
+
+
+# ---- AdamW -----------------------------------------------------------------------------------------
+@njit(**JIT)
+def adamw_kernel(p, g, m, v, decay, b1, c1, b2, c2, step_size, root_c2, eps):
+    """optim.AdamW.step for one tensor in one pass, with its operations in its order (the same bits):
+    p *= decay (1 - lr wd, or 1); m = b1 m + c1 g; v = b2 v + c2 g^2 (c1 = 1 - b1, c2 = 1 - b2);
+    p -= step_size m / (sqrt(v) / root_c2 + eps). p, g, m, v: float32 of one size (flattened); the
+    scalars float32, rounded as optim.AdamW rounds them."""
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = m[i] * b1 + c1 * gi
+        vi = v[i] * b2 + c2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - step_size * mi / (np.sqrt(vi) / root_c2 + eps)
