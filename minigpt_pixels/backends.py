@@ -99,11 +99,9 @@ class CpuBackend(NumpyBackend):
             return None
         x = self.embedding(inputs.input_ids, p[prefix + "wte.weight"], p[prefix + "wpe.weight"], inputs.position_ids,
                            inputs.token_type_ids, inputs.inputs_embeds)  # [B, 1, C]
-        scales = [layers.attention_scale(config.head_dim, config.scale_attn_weights, i,
-                                         config.scale_attn_by_inverse_layer_idx) for i in range(config.n_layer)]
-        prefixes = [f"{prefix}h.{i}." for i in range(config.n_layer)]
-        x = _cpu_kernels().decode_layers(x, p, prefixes, range(config.n_layer), config, inputs.mask, inputs.cache,
-                                         scales)  # [B, 1, C] or None
+        blocks = [layers.block_weights(p, f"{prefix}h.{i}.", config, i) for i in range(config.n_layer)]
+        x = _cpu_kernels().decode_layers(x, blocks, range(config.n_layer), config, inputs.mask,
+                                         inputs.cache)  # [B, 1, C] or None
         return None if x is None else self.layer_norm(x, p[prefix + "ln_f.weight"], config.layer_norm_epsilon)
 
     def threads(self, rows):

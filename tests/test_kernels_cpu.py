@@ -311,7 +311,7 @@ def test_decode_block_declines_what_it_does_not_take(monkeypatch):
         cache = KVCache(cfg, B)
         cache.claim(0, 4)  # 4 positions already cached
         x = rng.normal(size=(B, T, cfg.n_embd)).astype(F32)
-        out = cpu.decode_layers(x, p, ["h.0."], [0], cfg, mask, cache, [0.25])
+        out = cpu.decode_layers(x, [layers.block_weights(p, "h.0.", cfg, 0)], [0], cfg, mask, cache)
         return out, cache.lengths[0]
 
     out, length = attempt()
@@ -341,7 +341,8 @@ def test_decode_layers_needs_layers_numba_types_alike(monkeypatch):
         cache = KVCache(cfg, 2)
         for i, n in enumerate(lengths):
             cache.claim(i, n)
-        out = cpu.decode_layers(x, params, ["h.0.", "h.1."], [0, 1], cfg, None, cache, [0.25, 0.5])
+        blocks = [layers.block_weights(params, f"h.{i}.", cfg, i) for i in (0, 1)]
+        out = cpu.decode_layers(x, blocks, [0, 1], cfg, None, cache)
         return out, cache.lengths[:2]
 
     out, lengths = attempt(p)
@@ -526,7 +527,8 @@ def test_compiled_kernels_do_no_float64_arithmetic(rng):
                                 F32(0.5), np.ones((2, 37), np.uint8), np.empty((2, 3, 1, 36), F32),
                                 np.empty((2, 1, 3, 3), F32), True)
     keys = np.zeros((2, 3, 8, 12), F32)
-    layer = (*(p["h.0." + name] for name in cpu.DECODE_BLOCK_WEIGHTS), keys, np.zeros_like(keys))
+    w = layers.block_weights(p, "h.0.", cfg, 0)
+    layer = (*(getattr(w, field) for field in cpu.DECODE_BLOCK_FIELDS), keys, np.zeros_like(keys))
     cpu.decode_layers_kernel(x[:, 0], *((a, a) for a in layer), 3, np.ones((2, 8), np.uint8), F32(1e-5),
                              np.ones(2, F32), 2)
     cpu.decode_block_kernel(x[:, 0], *layer, 3, np.ones((2, 8), np.uint8), F32(1e-5), F32(1), 2)  # itself too

@@ -15,6 +15,8 @@ from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.kernels import cpu_train
 from minigpt_pixels.model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
 
+from .compiled_code import FLOAT64_OP, assembly
+
 F32 = np.float32
 TOL = 1e-5  # ours vs layers.py in float32 (cpu._exp is 2e-7 relative; sums reassociated)
 
@@ -246,3 +248,25 @@ def test_fused_adamw_is_bitwise_the_numpy_update(rng):
 def test_adamw_fuses_by_size():
     assert not optim.AdamW({"w": np.zeros(10, F32)}).fused
     assert optim.AdamW({"w": np.zeros(optim.FUSED_MIN_PARAMS, F32)}).fused
+
+
+def test_training_kernels_do_no_float64_arithmetic(rng):
+    """Float32 discipline: the assembly of every training kernel holds no double-precision instruction.
+    (Runs the fast path first, so that each kernel has compiled for the types training gives it.)"""
+    cfg = config()
+    model = ImageGPTForCausalImageModeling(cfg, seed=0)
+    ids, labels = batch(rng, cfg)
+    backprop.causal_lm_value_and_grad(model, ids, labels, path="kernels", dropout_rng=np.random.default_rng(0))
+    _, cache = cpu_train.layer_norm_forward(rng.normal(size=(2, 24)).astype(F32), np.ones(24, F32))
+    cpu_train.layer_norm_backward(np.ones((2, 24), F32), cache)
+    optim.AdamW({"w": np.ones(3, F32)}, fused=True).step({"w": np.ones(3, F32)}, {"w": np.ones(3, F32)})
+    kernels = [k for k in vars(cpu_train).values() if hasattr(k, "inspect_asm") and k.__module__ == cpu_train.__name__]
+    assert len(kernels) >= 14
+    for kernel in kernels:
+        if kernel.__name__.startswith("_"):  # helpers: compiled into the kernels that call them
+            continue
+        assert kernel.signatures, f"{kernel.__name__} never ran"
+        for sig, asm in assembly(kernel).items():
+            found = FLOAT64_OP.findall(asm)
+            assert not found, f"{kernel.__name__}{sig}: float64 instructions {found[:5]}"
+            assert "float64" not in str(sig), f"{kernel.__name__}: float64 argument in {sig}"

@@ -583,7 +583,7 @@ def decode_block_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_f
 def decode_layers_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_fc, w_out, b_out, keys, values,
                          past, keep, eps, scales, parts):
     """decode_block_kernel through several layers in turn. Each argument from ln_1 to values is a tuple
-    with one entry per layer (in DECODE_BLOCK_WEIGHTS' order, then the KV cache buffers); scales[l] is
+    with one entry per layer (in DECODE_BLOCK_FIELDS' order, then the KV cache buffers); scales[l] is
     layer l's attention scale. One call for a whole step: each return to Python between layers cost
     about 70 us, mostly the interpreter refilling the caches the kernels had swept."""
     for l in range(len(scales)):
@@ -592,14 +592,13 @@ def decode_layers_kernel(x, ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_
     return x
 
 
-DECODE_BLOCK_WEIGHTS = ("ln_1.weight", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
-                        "attn.c_proj.bias", "ln_2.weight", "mlp.c_fc.weight", "mlp.c_fc.bias",
-                        "mlp.c_proj.weight", "mlp.c_proj.bias")
+DECODE_BLOCK_FIELDS = ("ln_1", "w_attn", "b_attn", "w_attn_proj", "b_attn_proj", "ln_2", "w_fc", "b_fc",
+                       "w_mlp_proj", "b_mlp_proj")  # layers.BlockWeights' fields, in decode_block_kernel's order
 
 
-def decode_layers(x, p, prefixes, layer_ids, config, mask, cache, scales):
-    """transformer_block through the layers `prefixes` (cache layers `layer_ids`, attention scales
-    `scales`) in turn, for a decode step, in one call of decode_layers_kernel; or None where that does not
+def decode_layers(x, blocks, layer_ids, config, mask, cache):
+    """transformer_block through `blocks` (layers.BlockWeights, each with its attention scale; cache layers
+    `layer_ids`) in turn, for a decode step, in one call of decode_layers_kernel; or None where that does not
     apply: it takes one new position per row (a single sequence too), a model big enough for threads
     (fused_step_threads), quick_gelu, a mask the fast path takes, C-contiguous float32 weights (what
     simd's vload reads; the model's always are) and layers cached to the same length.
@@ -607,7 +606,7 @@ def decode_layers(x, p, prefixes, layer_ids, config, mask, cache, scales):
 
     The step runs on one thread or on all of Numba's, as STEP_CLOCK finds faster; the bits are the same."""
     B, T, C = x.shape
-    per_name = [tuple(p[prefix + name] for prefix in prefixes) for name in DECODE_BLOCK_WEIGHTS]
+    per_name = [tuple(getattr(w, field) for w in blocks) for field in DECODE_BLOCK_FIELDS]
     most = fused_step_threads(B * C * max(3 * C, per_name[6][0].shape[1]))  # for the largest matmul
     if T != 1 or B > SMALL_ROWS or most == 1 or config.activation_function != "quick_gelu":
         return None
@@ -626,7 +625,8 @@ def decode_layers(x, p, prefixes, layer_ids, config, mask, cache, scales):
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         out = decode_layers_kernel(np.ascontiguousarray(x.reshape(B, C), dtype=F32), *per_name, keys, values, past,
-                                   keep, F32(config.layer_norm_epsilon), np.array(scales, F32), DECODE_PARTS)
+                                   keep, F32(config.layer_norm_epsilon), np.array([w.scale for w in blocks], F32),
+                                   DECODE_PARTS)
     finally:
         numba.set_num_threads(saved)
     STEP_CLOCK.record(key, threads, time.perf_counter() - start)
@@ -739,37 +739,32 @@ def transformer_block(x, p, prefix, config, layer_idx, mask=None, cache=None, en
     The block's wiring for this backend, written once: the fused residual + ln_2 kernel and the fused
     decode step below change how the sums are grouped into passes, not their order."""
     eps, H = F32(config.layer_norm_epsilon), config.n_head
-    scale = layers.attention_scale(config.head_dim, config.scale_attn_weights, layer_idx,
-                                   config.scale_attn_by_inverse_layer_idx)
+    w = layers.block_weights(p, prefix, config, layer_idx)
     x = np.ascontiguousarray(x, dtype=F32)
     B, T, C = x.shape
     N = B * T
     if cache is not None and encoder_hidden_states is None and not need_weights:
-        out = decode_layers(x, p, [prefix], [layer_idx], config, mask, cache, [scale])
+        out = decode_layers(x, [w], [layer_idx], config, mask, cache)
         if out is not None:
             return out, (None,)
 
     # x1 = x + attn(ln_1(x)); h = ln_2(x1), the bias, residual and norm in one kernel
-    a, w_self = self_attention_unbiased(layer_norm(x, p[prefix + "ln_1.weight"], eps),
-                                        p[prefix + "attn.c_attn.weight"], p[prefix + "attn.c_attn.bias"],
-                                        p[prefix + "attn.c_proj.weight"], H, scale, mask=mask, cache=cache,
-                                        layer_idx=layer_idx, need_weights=need_weights)  # [B*T, C], no bias yet
+    a, w_self = self_attention_unbiased(layer_norm(x, w.ln_1, eps), w.w_attn, w.b_attn, w.w_attn_proj, H, w.scale,
+                                        mask=mask, cache=cache, layer_idx=layer_idx,
+                                        need_weights=need_weights)  # [B*T, C], no bias yet
     weights = (w_self,)
     x1, h = np.empty((B, T, C), F32), np.empty((B, T, C), F32)
-    residual_layer_norm_kernel(x.reshape(N, C), a, p[prefix + "attn.c_proj.bias"], p[prefix + "ln_2.weight"],
-                               eps, x1.reshape(N, C), h.reshape(N, C))
+    residual_layer_norm_kernel(x.reshape(N, C), a, w.b_attn_proj, w.ln_2, eps, x1.reshape(N, C), h.reshape(N, C))
 
     # [x1 = x1 + cross(ln_cross_attn(x1))]: rare, so the reference functions
     if encoder_hidden_states is not None:
-        c, w_cross = layers.cross_attention(layer_norm(x1, p[prefix + "ln_cross_attn.weight"], eps),
-                                            encoder_hidden_states,
-                                            *layers.cross_attention_weights(p, prefix), H, scale, mask=encoder_mask)
+        c, w_cross = layers.cross_attention(layer_norm(x1, w.ln_cross, eps), encoder_hidden_states, *w.cross, H,
+                                            w.scale, mask=encoder_mask)
         x1 = (x1 + c).astype(F32, copy=False)  # [B, T, C]
-        h = layer_norm(x1, p[prefix + "ln_2.weight"], eps)
+        h = layer_norm(x1, w.ln_2, eps)
         weights += (w_cross if need_weights else None,)
 
     # x1 + mlp(h)
-    m = mlp(h, p[prefix + "mlp.c_fc.weight"], p[prefix + "mlp.c_fc.bias"], p[prefix + "mlp.c_proj.weight"],
-            p[prefix + "mlp.c_proj.bias"], config.activation_function)  # [B, T, C]
+    m = mlp(h, w.w_fc, w.b_fc, w.w_mlp_proj, w.b_mlp_proj, config.activation_function)  # [B, T, C]
     m += x1  # x1 + (m + b): the reference's order of additions
     return m, weights
