@@ -19,6 +19,8 @@ signatures), which "cpu" and, for a model big enough to repay Numba's start-up, 
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import layers
@@ -58,6 +60,14 @@ def training_ops(path):
         from .kernels import cpu_train
         return cpu_train
     raise ValueError(f"unknown training path {path!r}: use 'numpy' or 'kernels'")
+
+
+def step_threads(path, model, B, T):
+    """The thread policy around one step's forward and backward: the kernels' (cpu_train.step_threads,
+    timed per shape), or none for "numpy" (BLAS as the caller set it)."""
+    if path == "numpy":
+        return contextlib.nullcontext()
+    return training_ops(path).step_threads((type(model).__name__, B, T, model.config.n_embd, model.config.n_layer))
 
 
 # ---- the body ------------------------------------------------------------------------------------
@@ -119,13 +129,14 @@ def causal_lm_value_and_grad(model, input_ids, labels, attention_mask=None, *, s
     labels = check_lm_labels(labels, (B, T), model.config.vocab_size, shift=shift)
     path = training_path(model) if path is None else path
     ops = training_ops(path)
-    h, body = transformer_forward(model, input_ids, attention_mask, encoder_hidden_states, dropout_rng, path)
-    logits, head = ops.lm_head_forward(h, model.params["lm_head.weight"])  # [B, T, V]
-    loss, loss_cache = ops.lm_loss_forward(logits, labels, shift=shift)
+    with step_threads(path, model, B, T):
+        h, body = transformer_forward(model, input_ids, attention_mask, encoder_hidden_states, dropout_rng, path)
+        logits, head = ops.lm_head_forward(h, model.params["lm_head.weight"])  # [B, T, V]
+        loss, loss_cache = ops.lm_loss_forward(logits, labels, shift=shift)
 
-    dlogits = ops.lm_loss_backward(1.0, loss_cache)  # [B, T, V]
-    dh, dw_head = ops.lm_head_backward(dlogits, head)  # [B, T, C]
-    grads, _ = transformer_backward(model, dh, body)
+        dlogits = ops.lm_loss_backward(1.0, loss_cache)  # [B, T, V]
+        dh, dw_head = ops.lm_head_backward(dlogits, head)  # [B, T, C]
+        grads, _ = transformer_backward(model, dh, body)
     grads["lm_head.weight"] = dw_head
     return loss, grads
 
@@ -140,12 +151,13 @@ def classification_value_and_grad(model, input_ids, labels, attention_mask=None,
     labels, kind = check_classification_labels(model.config, labels, B)
     path = training_path(model) if path is None else path
     ops = training_ops(path)
-    h, body = transformer_forward(model, input_ids, attention_mask, None, dropout_rng, path)
-    logits, head = ops.classification_head_forward(h, model.params["score.weight"])  # [B, L]
-    loss, loss_cache = ops.classification_loss_forward(logits, labels, kind)
+    with step_threads(path, model, B, T):
+        h, body = transformer_forward(model, input_ids, attention_mask, None, dropout_rng, path)
+        logits, head = ops.classification_head_forward(h, model.params["score.weight"])  # [B, L]
+        loss, loss_cache = ops.classification_loss_forward(logits, labels, kind)
 
-    dlogits = ops.classification_loss_backward(1.0, loss_cache)  # [B, L]
-    dh, dw_score = ops.classification_head_backward(dlogits, head)  # [B, T, C]
-    grads, _ = transformer_backward(model, dh, body)
+        dlogits = ops.classification_loss_backward(1.0, loss_cache)  # [B, L]
+        dh, dw_score = ops.classification_head_backward(dlogits, head)  # [B, T, C]
+        grads, _ = transformer_backward(model, dh, body)
     grads["score.weight"] = dw_score
     return loss, grads

@@ -6,6 +6,8 @@ bit for bit. The whole model's gradients on this path against transformers are i
 (golden and live, parametrised over the path). Shapes stay small: the kernels compile once per process.
 """
 
+import contextlib
+
 import numba
 import numpy as np
 import pytest
@@ -192,11 +194,12 @@ def test_value_and_grad_kernels_match_numpy(rng, kind):
         check(k, kgrads[k], grads[k])
 
 
-def test_kernels_give_the_same_bits_on_1_and_2_threads(rng):
+def test_kernels_give_the_same_bits_on_1_and_2_threads(rng, monkeypatch):
     """Each (batch row, head) is one thread's whole and every sum has a fixed order: a resumed run is
     byte-identical whatever the thread count."""
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has one thread here")
+    monkeypatch.setattr(cpu_train, "step_threads", lambda key: contextlib.nullcontext())  # the count set below
     cfg = config(n_positions=20)
     model = ImageGPTForCausalImageModeling(cfg, seed=0)
     ids, labels = batch(rng, cfg, B=4)
@@ -213,6 +216,24 @@ def test_kernels_give_the_same_bits_on_1_and_2_threads(rng):
     assert l1 == l2
     for k in g1:
         np.testing.assert_array_equal(g1[k], g2[k], err_msg=k)
+
+
+def test_step_threads_applies_the_clocks_choice_and_restores(monkeypatch):
+    """The step runs on the thread count TRAIN_CLOCK chooses (1 here, as on a busy machine), the time is
+    recorded for that count, and Numba's own setting comes back after."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here")
+    seen, recorded = [], []
+    monkeypatch.setattr(cpu_train.TRAIN_CLOCK, "choose", lambda key, most: 1)
+    monkeypatch.setattr(cpu_train.TRAIN_CLOCK, "record", lambda key, threads, s: recorded.append((key, threads)))
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        with cpu_train.step_threads("k"):
+            seen.append(numba.get_num_threads())
+        assert seen == [1] and recorded == [("k", 1)] and numba.get_num_threads() == 2
+    finally:
+        numba.set_num_threads(saved)
 
 
 def test_training_path_follows_the_device():

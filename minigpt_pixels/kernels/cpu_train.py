@@ -33,8 +33,11 @@ cache it made, so every option gives the reference's gradients.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -211,6 +214,33 @@ def transformer_block_backward(dout, cache):
     dx, g["ln_1.weight"] = dx_1, np.empty(C, F32)  # x_1's gradient flows on through the skip
     layer_norm_backward_kernel(dh, c.x, c.rms_1, w.ln_1, dx, g["ln_1.weight"])
     return dx.reshape(B, T, C), {c.prefix + k: v for k, v in g.items()}, None
+
+
+# ---- threads ---------------------------------------------------------------------------------------
+# The only threads of this path are attention's (batch row, head) pairs under prange; BLAS keeps the
+# caller's setting. Whether a second thread pays depends on the machine's load, which nothing can read:
+# on a busy 2-core machine each of a step's 2 x n_layer parallel sections waits at its end for a thread
+# that is not running. So, as for decode steps, the steps themselves are timed (cpu.StepClock): 1 thread
+# or numba.get_num_threads(), whichever is faster for steps of this shape, tried again now and then.
+TRAIN_CLOCK = cpu.StepClock()  # one per process, apart from the decode steps' clock
+
+
+@contextlib.contextmanager
+def step_threads(key):
+    """Numba's thread count around one training step of shape `key`: TRAIN_CLOCK's choice between 1 and
+    numba.get_num_threads(), restored after; the step's time is recorded. The bits do not depend on it."""
+    most = numba.get_num_threads()
+    if most == 1:
+        yield
+        return
+    threads = TRAIN_CLOCK.choose(key, most)
+    numba.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        numba.set_num_threads(most)
+    TRAIN_CLOCK.record(key, threads, time.perf_counter() - start)
 
 
 # ---- the LM loss -----------------------------------------------------------------------------------
