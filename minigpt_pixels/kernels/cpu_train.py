@@ -6,10 +6,11 @@ backprop.training_path for which).
 
     layer_norm_forward / _backward    one kernel each; the forward keeps the rms of each row, the backward
                                       rebuilds x / rms from it and adds the residual's gradient in the pass
-    attention (in the block)          causal attention in one kernel per (batch row, head): q, k, v read from
-                                      the fused qkv rows, the weights kept [B, H, T, T] for the backward
-                                      (the lower triangle only: the upper one is never written or read);
-                                      the backward writes dq, dk, dv straight into the qkv gradient
+    attention (in the block)          causal attention in one kernel per (batch row, head), on simd.py's
+                                      8-lane vectors: q, k, v read from the fused qkv rows, only each row's
+                                      softmax max and sum kept (the backward computes the scores again
+                                      rather than keep [B, H, T, T] weights); the backward writes dq, dk, dv
+                                      straight into the qkv gradient
     mlp (in the block)                BLAS matmuls; the fc bias + quick_gelu in one kernel, and its backward
                                       with the fc bias gradient in one more
     transformer_block_forward / _backward   the block wired with them: bias + dropout + residual + ln_2 in one
@@ -42,7 +43,7 @@ import numpy as np
 from numba import prange
 
 from .. import layers
-from . import cpu
+from . import cpu, simd
 from .compile_cache import njit
 
 F32 = np.float32
@@ -108,8 +109,9 @@ class BlockCache(NamedTuple):
     x: np.ndarray  # [N, C] the block's input
     rms_1: np.ndarray  # [N]
     h_1: np.ndarray  # [N, C] ln_1(x): c_attn's input
-    qkv: np.ndarray  # [B, T, 3C] with the bias
-    weights: np.ndarray  # [B, H, T, T] attention weights before dropout (lower triangle)
+    qkv: np.ndarray  # [N, 3C] with the bias
+    keep: np.ndarray  # [B, T] 1 where a key is not padded
+    stats: np.ndarray  # [B, H, T, 2] each attention row's max scaled score and sum of exps
     attn_drop: np.ndarray  # [B, H, T, T] the weights' dropout mask, or [0, 0, 0, 0] without dropout
     merged: np.ndarray  # [N, C] attention output, heads merged: c_proj's input
     attn_resid_drop: np.ndarray  # [N, C] or [0, 0]
@@ -157,11 +159,9 @@ def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encode
     layer_norm_forward_kernel(x, w.ln_1, eps, h_1, rms_1)
     qkv = h_1 @ w.w_attn  # [N, C] @ [C, 3C] -> [N, 3C]
     qkv += w.b_attn
-    qkv = qkv.reshape(B, T, 3 * C)
     attn_drop = _drop_mask((B, H, T, T), pa, rng)  # drawn where attention_forward draws it
-    merged, weights = np.empty((B, T, C), F32), np.empty((B, H, T, T), F32)
-    causal_attention_kernel(qkv, H, w.scale, keep, attn_drop, merged, weights)
-    merged = merged.reshape(N, C)
+    merged, stats = np.empty((N, C), F32), np.empty((B, H, T, 2), F32)
+    causal_attention_kernel(qkv, T, H, w.scale, keep, attn_drop, merged, stats)
     a = merged @ w.w_attn_proj  # [N, C]
     attn_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
     x_1, h_2, rms_2 = np.empty_like(x), np.empty_like(x), np.empty(N, F32)
@@ -173,7 +173,7 @@ def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encode
     m = act @ w.w_mlp_proj  # [N, F] @ [F, C] -> [N, C]
     mlp_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
     bias_dropout_residual_kernel(m, w.b_mlp_proj, mlp_resid_drop, x_1)  # m = x_1 + dropout(m + b), in place
-    return m.reshape(B, T, C), BlockCache(prefix, w, x, rms_1, h_1, qkv, weights, attn_drop, merged,
+    return m.reshape(B, T, C), BlockCache(prefix, w, x, rms_1, h_1, qkv, keep, stats, attn_drop, merged,
                                           attn_resid_drop, x_1, rms_2, h_2, fc, act, mlp_resid_drop)
 
 
@@ -183,9 +183,8 @@ def transformer_block_backward(dout, cache):
     if isinstance(cache, layers.BlockCache):  # the forward took the reference's path
         return layers.transformer_block_backward(dout, cache)
     c, w = cache, cache.w
-    B, T, C3 = c.qkv.shape
+    B, H, T, _ = c.stats.shape
     N, C = c.x.shape
-    H = c.weights.shape[1]
     d = np.ascontiguousarray(dout, dtype=F32).reshape(N, C)
     g = {}
     # out = x_1 + dropout(act @ w_mlp_proj + b)
@@ -203,11 +202,10 @@ def transformer_block_backward(dout, cache):
     da, g["attn.c_proj.bias"] = np.empty_like(d), np.empty(C, F32)
     dropout_bias_backward_kernel(dx_1, c.attn_resid_drop, da, g["attn.c_proj.bias"])
     g["attn.c_proj.weight"] = c.merged.T @ da  # [C, N] @ [N, C] -> [C, C]
-    dmerged = (da @ w.w_attn_proj.T).reshape(B, T, C)  # [N, C]
-    dqkv = np.empty((B, T, C3), F32)
-    causal_attention_backward_kernel(dmerged, c.qkv, c.weights, c.attn_drop, w.scale, dqkv)
-    dqkv = dqkv.reshape(N, C3)
-    g["attn.c_attn.bias"] = np.empty(C3, F32)
+    dmerged = da @ w.w_attn_proj.T  # [N, C]
+    dqkv = np.empty((N, 3 * C), F32)
+    causal_attention_backward_kernel(dmerged, c.qkv, T, H, c.stats, c.keep, c.attn_drop, w.scale, dqkv)
+    g["attn.c_attn.bias"] = np.empty(3 * C, F32)
     column_sum_kernel(dqkv, g["attn.c_attn.bias"])
     g["attn.c_attn.weight"] = c.h_1.T @ dqkv  # [C, N] @ [N, 3C] -> [C, 3C]
     dh = dqkv @ w.w_attn.T  # [N, 3C] @ [3C, C] -> [N, C]
@@ -409,112 +407,177 @@ def column_sum_kernel(d, out):
 
 
 # ---- attention -------------------------------------------------------------------------------------
-@njit(**REDUCE)
-def _attend_head(qkv, b, h, H, scale, keep, drop, merged, weights):
-    """causal_attention_kernel's work for one (batch row b, head h). Every inner loop runs along the keys
-    (unit stride, vectorised): the head's keys and values are copied into [D, T] scratch first."""
-    T, C = qkv.shape[1], qkv.shape[2] // 3
-    D = C // H
-    q0, k0, v0 = h * D, C + h * D, 2 * C + h * D
-    kt, vt, pm = np.empty((D, T), F32), np.empty((D, T), F32), np.empty(T, F32)
+# One (batch row, head) at a time, on copies of its q, k and v rows in small scratch (L1-sized at T = 100),
+# padded to whole 8-lane vectors with zeros (so any head_dim works, and the zeros add nothing). Every
+# product is written with simd.py's <8 x float> operations: the scores of 8 keys at once (a vfma per
+# head dimension), and w v, dq, dk, dv as 8 head dimensions at once (a vfma per key). The weights are
+# never kept: the forward keeps each row's max and sum of exps (stats [B, H, T, 2]), and the backward
+# computes the scores again and rebuilds the same weights from them, bit for bit.
+@njit(**JIT)
+def _head_rows(src, b, T, col, rows):
+    """rows[j, :D] = src[b*T + j, col:col + D] for j < T (the rest of rows stays as it was: zero padding)."""
+    D = min(rows.shape[1], src.shape[1] - col)
     for j in range(T):
         for d in range(D):
-            kt[d, j] = qkv[b, j, k0 + d]
-            vt[d, j] = qkv[b, j, v0 + d]
+            rows[j, d] = src[b * T + j, col + d]
+
+
+@njit(**JIT)
+def _scores(qc, i, kt, n, D, s):
+    """s[0, :n] (and up to the next multiple of 8) = q_i . k_j, 8 keys per vector, the sum over d in order.
+    qc [Tp, Dp] q rows; kt [Dp, Tp] k as columns; s [1, Tp]."""
+    for jb in range(0, n, simd.LANES):
+        acc = simd.vzero()
+        for d in range(D):
+            acc = simd.vfma(simd.vsplat(qc[i, d]), simd.vload(kt, d, jb), acc)
+        simd.vstore(s, 0, jb, acc)
+
+
+@njit(**REDUCE)
+def _softmax_stats(s, n, scale, keep):
+    """In place on s[0, :n], the raw scores of a row: e_j = exp(s_j scale - m) for kept keys (0 for masked
+    ones), m the max of the kept scaled scores; returns (m, sum_j e_j). The weights are e_j / sum: left to
+    the caller, which divides once per output instead of once per key. Three passes (scale, max, exp and
+    sum), the exp and sum vectorised together (REDUCE)."""
+    row = s[0]
+    for j in range(n):
+        row[j] = row[j] * scale if keep[j] else F32(-np.inf)
+    m = cpu._max(row, n)
+    total = F32(0)
+    for j in range(n):
+        e = _exp(row[j] - m) if keep[j] else F32(0)
+        row[j] = e
+        total += e
+    return m, total
+
+
+@njit(**JIT)
+def _weighted_rows(s, n, rows, dd, out):
+    """out[0, dd:dd + 8] = sum_j s[0, j] rows[j, dd:dd + 8] over j < n, in four interleaved partial sums
+    (j mod 4) added at the end: a vfma waits on the one before it, and four chains keep the unit busy."""
+    a0, a1, a2, a3 = simd.vzero(), simd.vzero(), simd.vzero(), simd.vzero()
+    stop = n - n % 4
+    for j in range(0, stop, 4):
+        a0 = simd.vfma(simd.vsplat(s[0, j]), simd.vload(rows, j, dd), a0)
+        a1 = simd.vfma(simd.vsplat(s[0, j + 1]), simd.vload(rows, j + 1, dd), a1)
+        a2 = simd.vfma(simd.vsplat(s[0, j + 2]), simd.vload(rows, j + 2, dd), a2)
+        a3 = simd.vfma(simd.vsplat(s[0, j + 3]), simd.vload(rows, j + 3, dd), a3)
+    for j in range(stop, n):
+        a0 = simd.vfma(simd.vsplat(s[0, j]), simd.vload(rows, j, dd), a0)
+    simd.vstore(out, 0, dd, a0)
+    simd.vstore(out, 1, dd, a1)
+    simd.vstore(out, 2, dd, a2)
+    simd.vstore(out, 3, dd, a3)
+
+
+@njit(**JIT)
+def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, vc, s, o):
+    """causal_attention_kernel's work for one (batch row b, head h); qc, vc [Tp, Dp], kt [Dp, Tp], s [1, Tp],
+    o [4, Dp]: zeroed scratch."""
+    C = qkv.shape[1] // 3
+    Dp = qc.shape[1]
+    _head_rows(qkv, b, T, h * D, qc)
+    _head_rows(qkv, b, T, 2 * C + h * D, vc)
+    for j in range(T):
+        for d in range(D):
+            kt[d, j] = qkv[b * T + j, C + h * D + d]
     dropped = drop.shape[0] > 0
     for i in range(T):
         n = i + 1  # keys this row may see (causal)
-        s = weights[b, h, i]
-        for j in range(n):
-            s[j] = F32(0)
-        for d in range(D):  # s_j = q_i . k_j for j < n, the sum over d in order
-            qd = qkv[b, i, q0 + d]
-            for j in range(n):
-                s[j] += qd * kt[d, j]
-        cpu._softmax_row(s, n, scale, keep[b])  # in place: the weights of row i
-        p = s
+        _scores(qc, i, kt, n, D, s)
+        m, total = _softmax_stats(s, n, scale, keep[b])  # s[0, :n] = exp(scaled score - m)
+        stats[b, h, i, 0], stats[b, h, i, 1] = m, total
         if dropped:  # the weights after dropout
             for j in range(n):
-                pm[j] = s[j] * drop[b, h, i, j]
-            p = pm
-        for d in range(D):  # out_i = sum_j w_ij v_j
-            merged[b, i, q0 + d] = cpu._dot(p, vt[d], n)
+                s[0, j] *= drop[b, h, i, j]
+        for dd in range(0, Dp, simd.LANES):  # out_i = sum_j e_ij v_j / total, 8 head dimensions per vector
+            _weighted_rows(s, n, vc, dd, o)
+        for d in range(D):
+            merged[b * T + i, h * D + d] = ((o[0, d] + o[1, d]) + (o[2, d] + o[3, d])) / total
 
 
 @njit(parallel=True, **JIT)
-def causal_attention_kernel(qkv, H, scale, keep, drop, merged, weights):
+def causal_attention_kernel(qkv, T, H, scale, keep, drop, merged, stats):
     """Mirrors layers.attention_forward (causal, a padding mask, dropout on the weights) for every (batch
     row, head), reading q, k, v from the fused qkv rows.
 
-    qkv [B, T, 3C] (q, k, v side by side, D = C / H columns per head); keep [B, T] (1 = key not padded;
-    every row sees a kept key); drop [B, H, T, T] dropout mask or [0, 0, 0, 0]; merged [B, T, C] gets the
-    output with heads merged; weights [B, H, T, T] gets the softmax weights before dropout, lower triangle
-    only (j <= i). Per (b, h): T^2 D / 2 multiply-adds twice, the head's keys and values copied once into
-    L1-sized scratch. The B * H pairs are shared among Numba's threads, each pair one thread's whole, so
-    the result does not depend on the thread count (one compiled body for every count)."""
-    B = qkv.shape[0]
+    qkv [B*T, 3C] (q, k, v side by side, D = C / H columns per head); keep [B, T] (1 = key not padded;
+    every row sees a kept key); drop [B, H, T, T] dropout mask or [0, 0, 0, 0]; merged [B*T, C] gets the
+    output with heads merged; stats [B, H, T, 2] each row's max scaled score and sum of exps.
+    Per (b, h): T^2 D / 2 multiply-adds twice and T^2 / 2 exps; q, k, v read once into scratch. The
+    B * H pairs are shared among Numba's threads, each pair one thread's whole, so the result does not
+    depend on the thread count (one compiled body for every count)."""
+    B = keep.shape[0]
+    D = qkv.shape[1] // 3 // H
+    Tp, Dp = -(-T // 8) * 8, -(-D // 8) * 8
     for bh in prange(B * H):
-        _attend_head(qkv, bh // H, bh % H, H, scale, keep, drop, merged, weights)
+        _attend_head(qkv, bh // H, bh % H, H, T, scale, keep, drop, merged, stats, D, np.zeros((Tp, Dp), F32),
+                     np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32), np.zeros((1, Tp), F32),
+                     np.zeros((4, Dp), F32))
 
 
-@njit(**REDUCE)
-def _attend_head_backward(dmerged, qkv, weights, drop, scale, dqkv, b, h):
-    """causal_attention_backward_kernel's work for one (b, h); as in the forward, every inner loop runs
-    along the keys, on [D, T] copies of k and v and [D, T] accumulators of dk and dv."""
-    T, C = qkv.shape[1], qkv.shape[2] // 3
-    H = weights.shape[1]
-    D = C // H
-    q0, k0, v0 = h * D, C + h * D, 2 * C + h * D
-    kt, vt, dkt, dvt = np.empty((D, T), F32), np.empty((D, T), F32), np.zeros((D, T), F32), np.zeros((D, T), F32)
-    dp, pm = np.empty(T, F32), np.empty(T, F32)
+@njit(**JIT)
+def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H, T, D, qc, kc, kt, vt, doc, dk,
+                          dv, s, dp, o):
+    """causal_attention_backward_kernel's work for one (b, h); qc, kc, doc, dk, dv [Tp, Dp], kt, vt [Dp, Tp],
+    s, dp [1, Tp], o [4, Dp]: zeroed scratch."""
+    C = qkv.shape[1] // 3
+    Dp = qc.shape[1]
+    _head_rows(qkv, b, T, h * D, qc)
+    _head_rows(qkv, b, T, C + h * D, kc)
+    _head_rows(dmerged, b, T, h * D, doc)
     for j in range(T):
         for d in range(D):
-            kt[d, j] = qkv[b, j, k0 + d]
-            vt[d, j] = qkv[b, j, v0 + d]
+            kt[d, j] = kc[j, d]
+            vt[d, j] = qkv[b * T + j, 2 * C + h * D + d]
     dropped = drop.shape[0] > 0
+    kb = keep[b]
     for i in range(T):
         n = i + 1
-        w = weights[b, h, i]
-        for j in range(n):
-            dp[j] = F32(0)
-        for d in range(D):  # d(dropped weights)_ij = dout_i . v_j
-            g = dmerged[b, i, q0 + d]
+        _scores(qc, i, kt, n, D, s)  # the forward's scores, the same bits
+        m, total = stats[b, h, i, 0], stats[b, h, i, 1]
+        for j in range(n):  # ... and its weights, from the forward's exps (_softmax_stats)
+            s[0, j] = _exp(s[0, j] * scale - m) / total if kb[j] else F32(0)
+        _scores(doc, i, vt, n, D, dp)  # d(dropped weights)_ij = dout_i . v_j
+        if dropped:  # through the dropout: its factor on the gradient, and on the weights v saw (in o)
             for j in range(n):
-                dp[j] += g * vt[d, j]
-        p = w
-        if dropped:  # through the dropout: the mask's factor on the gradient and on the weights v saw
+                dp[0, j] *= drop[b, h, i, j]
+        for dd in range(0, Dp, simd.LANES):  # dv_j += (dropped w)_ij dout_i
+            g = simd.vload(doc, i, dd)
             for j in range(n):
-                dp[j] *= drop[b, h, i, j]
-                pm[j] = w[j] * drop[b, h, i, j]
-            p = pm
-        for d in range(D):  # dv_j += (dropped w)_ij dout_i
-            g = dmerged[b, i, q0 + d]
-            for j in range(n):
-                dvt[d, j] += p[j] * g
-        t = cpu._dot(dp, w, n)
+                w = s[0, j] * drop[b, h, i, j] if dropped else s[0, j]
+                simd.vstore(dv, j, dd, simd.vfma(simd.vsplat(w), g, simd.vload(dv, j, dd)))
+        t = cpu._dot(dp[0], s[0], n)
         for j in range(n):  # the softmax backward, in attention_backward's order: ((dw - t) w) scale
-            dp[j] = (dp[j] - t) * w[j] * scale
-        for d in range(D):
-            dqkv[b, i, q0 + d] = cpu._dot(dp, kt[d], n)  # dq_i = sum_j ds_ij k_j
-            qd = qkv[b, i, q0 + d]
+            dp[0, j] = (dp[0, j] - t) * s[0, j] * scale
+        for dd in range(0, Dp, simd.LANES):
+            qi = simd.vload(qc, i, dd)
             for j in range(n):  # dk_j += ds_ij q_i
-                dkt[d, j] += dp[j] * qd
+                simd.vstore(dk, j, dd, simd.vfma(simd.vsplat(dp[0, j]), qi, simd.vload(dk, j, dd)))
+            _weighted_rows(dp, n, kc, dd, o)  # dq_i = sum_j ds_ij k_j
+        for d in range(D):
+            dqkv[b * T + i, h * D + d] = (o[0, d] + o[1, d]) + (o[2, d] + o[3, d])
     for j in range(T):
         for d in range(D):
-            dqkv[b, j, k0 + d] = dkt[d, j]
-            dqkv[b, j, v0 + d] = dvt[d, j]
+            dqkv[b * T + j, C + h * D + d] = dk[j, d]
+            dqkv[b * T + j, 2 * C + h * D + d] = dv[j, d]
 
 
-@njit(parallel=True, **REDUCE)
-def causal_attention_backward_kernel(dmerged, qkv, weights, drop, scale, dqkv):
-    """Mirrors layers.attention_backward for causal_attention_kernel's forward: dmerged [B, T, C] (heads
-    merged) -> dqkv [B, T, 3C] (dq, dk, dv side by side, as the qkv rows). Per (b, h) one pass over the
-    rows; dk and dv accumulate in [T, D] scratch in row order. Masked keys have weight 0: no gradient.
-    The (b, h) pairs are shared among Numba's threads, one thread a pair, as in the forward."""
-    B = qkv.shape[0]
-    H = weights.shape[1]
+@njit(parallel=True, **JIT)
+def causal_attention_backward_kernel(dmerged, qkv, T, H, stats, keep, drop, scale, dqkv):
+    """Mirrors layers.attention_backward for causal_attention_kernel's forward: dmerged [B*T, C] (heads
+    merged) -> dqkv [B*T, 3C] (dq, dk, dv side by side, as the qkv rows). Per (b, h) one pass over the
+    rows, the weights rebuilt from stats; dk and dv accumulate in scratch in row order. Masked keys have
+    weight 0: no gradient. The (b, h) pairs are shared among Numba's threads, one thread a pair."""
+    B = keep.shape[0]
+    D = qkv.shape[1] // 3 // H
+    Tp, Dp = -(-T // 8) * 8, -(-D // 8) * 8
     for bh in prange(B * H):
-        _attend_head_backward(dmerged, qkv, weights, drop, scale, dqkv, bh // H, bh % H)
+        _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, bh // H, bh % H, H, T, D,
+                              np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32), np.zeros((Dp, Tp), F32),
+                              np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32),
+                              np.zeros((Tp, Dp), F32), np.zeros((1, Tp), F32), np.zeros((1, Tp), F32),
+                              np.zeros((4, Dp), F32))
 
 
 # ---- the loss --------------------------------------------------------------------------------------
