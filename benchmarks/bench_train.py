@@ -13,7 +13,9 @@ every side. "numpy" is backprop + optim on layers.py's pairs (device "numpy"), "
 kernels/cpu_train.py's (device "cpu"), torch transformers' ImageGPTForCausalImageModeling with
 loss.backward(), clip_grad_norm_ and torch.optim.AdamW. The three are timed interleaved (numpy, kernels,
 torch, numpy, ...) so a noisy neighbour slows all alike; each row is the median of --repeats steps, and
-the run is repeated --rounds times to show the spread. "floor" is the step's FLOPs (matmuls and full
+the run is repeated --rounds times to show the spread. Each step's CPU time (time.process_time, every
+thread) is reported beside the wall time: on a machine shared with other jobs the wall time mostly
+measures the scheduler, and for one thread the CPU time is the steadier comparison. "floor" is the step's FLOPs (matmuls and full
 T x T attention, forward and twice for the backward, as issue 26 counts them) at this machine's
 single-thread sgemm rate (a 1024^3 product, measured here), times the thread count: the fraction is
 floor / time. The load average is printed with each round: on a shared machine timings are noisy.
@@ -105,20 +107,23 @@ def run_config(n_layer, n_embd, side, args, threads):
         return loss.item()
 
     steps = {"numpy": ours("numpy"), "kernels": ours("kernels"), "torch": step_torch}
-    times = {k: [] for k in steps}
+    wall, cpu = {k: [] for k in steps}, {k: [] for k in steps}
     saved = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         with threadpool_limits(limits=threads):
             for i in range(args.repeats + 2):
                 for name, fn in steps.items():
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     fn()
                     if i >= 2:
-                        times[name].append(time.perf_counter() - t0)
+                        wall[name].append(time.perf_counter() - t0)
+                        cpu[name].append(time.process_time() - c0)
     finally:
         numba.set_num_threads(saved)
-    return {k: statistics.median(v) for k, v in times.items()}, step_flops(n_layer, n_embd, T, args.batch_size, V)
+    median = {k: statistics.median(v) for k, v in wall.items()}
+    median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    return median, median_cpu, step_flops(n_layer, n_embd, T, args.batch_size, V)
 
 
 def main(argv=None):
@@ -138,17 +143,20 @@ def main(argv=None):
     rate = sgemm_rate(1)
     print(f"torch {torch.__version__}; single-thread sgemm {rate / 1e9:.0f} GFLOP/s; batch {args.batch_size}, "
           f"n_head {args.n_head}, {args.n_colors} colours")
-    print(f"{'config':>10} {'thr':>3} {'load':>5} | {'numpy ms':>8} {'kernels ms':>10} {'torch ms':>8} | "
-          f"{'kern/torch':>10} {'numpy/torch':>11} | {'GFLOP':>6} {'floor/kern':>10}")
+    print("wall: median wall-clock ms per step; cpu: median CPU ms per step (all threads), which on a loaded "
+          "machine\nis the steadier measure of single-thread work; floor/kern: FLOP floor over kernels' wall time")
+    print(f"{'config':>10} {'thr':>3} {'load':>5} | {'numpy':>7} {'kernels':>7} {'torch':>7} wall | "
+          f"{'kern/torch':>10} {'numpy/torch':>11} wall | {'kern/torch':>10} cpu | {'GFLOP':>6} {'floor/kern':>10}")
     for rnd in range(args.rounds):
         for text in args.configs.split(","):
             for threads in thread_counts:
-                med, flops = run_config(*parse_config(text), args, threads)
+                med, cpu, flops = run_config(*parse_config(text), args, threads)
                 floor = flops / (rate * threads)
-                print(f"{text:>10} {threads:>3} {os.getloadavg()[0]:5.2f} | {med['numpy'] * 1e3:8.1f} "
-                      f"{med['kernels'] * 1e3:10.1f} {med['torch'] * 1e3:8.1f} | "
-                      f"{med['kernels'] / med['torch']:10.2f} {med['numpy'] / med['torch']:11.2f} | "
-                      f"{flops / 1e9:6.2f} {floor / med['kernels']:10.2f}", flush=True)
+                print(f"{text:>10} {threads:>3} {os.getloadavg()[0]:5.2f} | {med['numpy'] * 1e3:7.1f} "
+                      f"{med['kernels'] * 1e3:7.1f} {med['torch'] * 1e3:7.1f}      | "
+                      f"{med['kernels'] / med['torch']:10.2f} {med['numpy'] / med['torch']:11.2f}      | "
+                      f"{cpu['kernels'] / cpu['torch']:10.2f}     | {flops / 1e9:6.2f} {floor / med['kernels']:10.2f}",
+                      flush=True)
 
 
 if __name__ == "__main__":

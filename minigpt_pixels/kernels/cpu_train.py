@@ -408,11 +408,15 @@ def column_sum_kernel(d, out):
 
 # ---- attention -------------------------------------------------------------------------------------
 # One (batch row, head) at a time, on copies of its q, k and v rows in small scratch (L1-sized at T = 100),
-# padded to whole 8-lane vectors with zeros (so any head_dim works, and the zeros add nothing). Every
-# product is written with simd.py's <8 x float> operations: the scores of 8 keys at once (a vfma per
-# head dimension), and w v, dq, dk, dv as 8 head dimensions at once (a vfma per key). The weights are
+# padded to whole 8-lane vectors with zeros (so any head_dim works, and the zeros add nothing). Query rows
+# go in blocks of ROWS (4): each key's (or key block's) vector is loaded once for the 4 rows. Every
+# product uses simd.py's <8 x float> operations: the scores of 8 keys at once (a vfma per head dimension
+# and row), and w v, dq, dk, dv as 8 head dimensions at once (a vfma per key and row). The weights are
 # never kept: the forward keeps each row's max and sum of exps (stats [B, H, T, 2]), and the backward
 # computes the scores again and rebuilds the same weights from them, bit for bit.
+ROWS = 4  # query rows per block: 4 accumulators per product (a vfma's latency is 4 cycles)
+
+
 @njit(**JIT)
 def _head_rows(src, b, T, col, rows):
     """rows[j, :D] = src[b*T + j, col:col + D] for j < T (the rest of rows stays as it was: zero padding)."""
@@ -423,23 +427,63 @@ def _head_rows(src, b, T, col, rows):
 
 
 @njit(**JIT)
-def _scores(qc, i, kt, n, D, s):
-    """s[0, :n] (and up to the next multiple of 8) = q_i . k_j, 8 keys per vector, the sum over d in order.
-    qc [Tp, Dp] q rows; kt [Dp, Tp] k as columns; s [1, Tp]."""
+def _scores4(qc, i0, kt, n, D, s):
+    """s[r, :n] (and up to the next multiple of 8) = q_{i0+r} . k_j for the block's 4 rows, 8 keys per
+    vector, the sum over d in order. qc [Tp, Dp] rows; kt [Dp, Tp] columns; s [4, Tp]."""
     for jb in range(0, n, simd.LANES):
-        acc = simd.vzero()
+        a0, a1, a2, a3 = simd.vzero(), simd.vzero(), simd.vzero(), simd.vzero()
         for d in range(D):
-            acc = simd.vfma(simd.vsplat(qc[i, d]), simd.vload(kt, d, jb), acc)
-        simd.vstore(s, 0, jb, acc)
+            k = simd.vload(kt, d, jb)
+            a0 = simd.vfma(simd.vsplat(qc[i0, d]), k, a0)
+            a1 = simd.vfma(simd.vsplat(qc[i0 + 1, d]), k, a1)
+            a2 = simd.vfma(simd.vsplat(qc[i0 + 2, d]), k, a2)
+            a3 = simd.vfma(simd.vsplat(qc[i0 + 3, d]), k, a3)
+        simd.vstore(s, 0, jb, a0)
+        simd.vstore(s, 1, jb, a1)
+        simd.vstore(s, 2, jb, a2)
+        simd.vstore(s, 3, jb, a3)
+
+
+@njit(**JIT)
+def _weighted4(s, n, rows, Dp, out):
+    """out[r, :Dp] = sum_{j < n} s[r, j] rows[j, :Dp] for the block's 4 rows, j in order; s [4, Tp],
+    rows [Tp, Dp], out [4, Dp]."""
+    for dd in range(0, Dp, simd.LANES):
+        a0, a1, a2, a3 = simd.vzero(), simd.vzero(), simd.vzero(), simd.vzero()
+        for j in range(n):
+            v = simd.vload(rows, j, dd)
+            a0 = simd.vfma(simd.vsplat(s[0, j]), v, a0)
+            a1 = simd.vfma(simd.vsplat(s[1, j]), v, a1)
+            a2 = simd.vfma(simd.vsplat(s[2, j]), v, a2)
+            a3 = simd.vfma(simd.vsplat(s[3, j]), v, a3)
+        simd.vstore(out, 0, dd, a0)
+        simd.vstore(out, 1, dd, a1)
+        simd.vstore(out, 2, dd, a2)
+        simd.vstore(out, 3, dd, a3)
+
+
+@njit(**JIT)
+def _accumulate4(s, n, vecs, i0, Dp, acc):
+    """acc[j, :Dp] += sum_r s[r, j] vecs[i0 + r, :Dp] for j < n, the rows r = 0..3 in order (dk and dv:
+    each key gathers from the block's 4 rows); vecs [Tp, Dp], acc [Tp, Dp]."""
+    for dd in range(0, Dp, simd.LANES):
+        v0, v1 = simd.vload(vecs, i0, dd), simd.vload(vecs, i0 + 1, dd)
+        v2, v3 = simd.vload(vecs, i0 + 2, dd), simd.vload(vecs, i0 + 3, dd)
+        for j in range(n):
+            a = simd.vload(acc, j, dd)
+            a = simd.vfma(simd.vsplat(s[0, j]), v0, a)
+            a = simd.vfma(simd.vsplat(s[1, j]), v1, a)
+            a = simd.vfma(simd.vsplat(s[2, j]), v2, a)
+            a = simd.vfma(simd.vsplat(s[3, j]), v3, a)
+            simd.vstore(acc, j, dd, a)
 
 
 @njit(**REDUCE)
-def _softmax_stats(s, n, scale, keep):
-    """In place on s[0, :n], the raw scores of a row: e_j = exp(s_j scale - m) for kept keys (0 for masked
-    ones), m the max of the kept scaled scores; returns (m, sum_j e_j). The weights are e_j / sum: left to
-    the caller, which divides once per output instead of once per key. Three passes (scale, max, exp and
-    sum), the exp and sum vectorised together (REDUCE)."""
-    row = s[0]
+def _softmax_stats(row, n, scale, keep):
+    """In place on row[:n], the raw scores of a query row: e_j = exp(s_j scale - m) for kept keys (0 for
+    masked ones), m the max of the kept scaled scores; returns (m, sum_j e_j). The weights are e_j / sum:
+    left to the caller, which divides once per output instead of once per key. Three passes (scale, max,
+    exp and sum), the exp and sum vectorised together (REDUCE)."""
     for j in range(n):
         row[j] = row[j] * scale if keep[j] else F32(-np.inf)
     m = cpu._max(row, n)
@@ -452,28 +496,9 @@ def _softmax_stats(s, n, scale, keep):
 
 
 @njit(**JIT)
-def _weighted_rows(s, n, rows, dd, out):
-    """out[0, dd:dd + 8] = sum_j s[0, j] rows[j, dd:dd + 8] over j < n, in four interleaved partial sums
-    (j mod 4) added at the end: a vfma waits on the one before it, and four chains keep the unit busy."""
-    a0, a1, a2, a3 = simd.vzero(), simd.vzero(), simd.vzero(), simd.vzero()
-    stop = n - n % 4
-    for j in range(0, stop, 4):
-        a0 = simd.vfma(simd.vsplat(s[0, j]), simd.vload(rows, j, dd), a0)
-        a1 = simd.vfma(simd.vsplat(s[0, j + 1]), simd.vload(rows, j + 1, dd), a1)
-        a2 = simd.vfma(simd.vsplat(s[0, j + 2]), simd.vload(rows, j + 2, dd), a2)
-        a3 = simd.vfma(simd.vsplat(s[0, j + 3]), simd.vload(rows, j + 3, dd), a3)
-    for j in range(stop, n):
-        a0 = simd.vfma(simd.vsplat(s[0, j]), simd.vload(rows, j, dd), a0)
-    simd.vstore(out, 0, dd, a0)
-    simd.vstore(out, 1, dd, a1)
-    simd.vstore(out, 2, dd, a2)
-    simd.vstore(out, 3, dd, a3)
-
-
-@njit(**JIT)
 def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, vc, s, o):
-    """causal_attention_kernel's work for one (batch row b, head h); qc, vc [Tp, Dp], kt [Dp, Tp], s [1, Tp],
-    o [4, Dp]: zeroed scratch."""
+    """causal_attention_kernel's work for one (batch row b, head h); qc, vc [Tp, Dp], kt [Dp, Tp], s [4, Tp],
+    o [4, Dp]: zeroed scratch (Tp, Dp: T and D rounded up to multiples of 8)."""
     C = qkv.shape[1] // 3
     Dp = qc.shape[1]
     _head_rows(qkv, b, T, h * D, qc)
@@ -482,18 +507,26 @@ def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, v
         for d in range(D):
             kt[d, j] = qkv[b * T + j, C + h * D + d]
     dropped = drop.shape[0] > 0
-    for i in range(T):
-        n = i + 1  # keys this row may see (causal)
-        _scores(qc, i, kt, n, D, s)
-        m, total = _softmax_stats(s, n, scale, keep[b])  # s[0, :n] = exp(scaled score - m)
-        stats[b, h, i, 0], stats[b, h, i, 1] = m, total
-        if dropped:  # the weights after dropout
-            for j in range(n):
-                s[0, j] *= drop[b, h, i, j]
-        for dd in range(0, Dp, simd.LANES):  # out_i = sum_j e_ij v_j / total, 8 head dimensions per vector
-            _weighted_rows(s, n, vc, dd, o)
-        for d in range(D):
-            merged[b * T + i, h * D + d] = ((o[0, d] + o[1, d]) + (o[2, d] + o[3, d])) / total
+    kb = keep[b]
+    for i0 in range(0, T, ROWS):
+        n_max = min(i0 + ROWS, T)  # keys the block's last row may see (causal)
+        _scores4(qc, i0, kt, n_max, D, s)
+        for r in range(min(ROWS, T - i0)):
+            i, row = i0 + r, s[r]
+            n = i + 1
+            m, total = _softmax_stats(row, n, scale, kb)  # row[:n] = exp(scaled score - m)
+            stats[b, h, i, 0], stats[b, h, i, 1] = m, total
+            for j in range(n, n_max):  # keys this row may not see: weight 0
+                row[j] = F32(0)
+            if dropped:  # the weights after dropout
+                for j in range(n):
+                    row[j] *= drop[b, h, i, j]
+        _weighted4(s, n_max, vc, Dp, o)  # sum_j e_ij v_j
+        for r in range(min(ROWS, T - i0)):
+            i = i0 + r
+            total = stats[b, h, i, 1]
+            for d in range(D):
+                merged[b * T + i, h * D + d] = o[r, d] / total
 
 
 @njit(parallel=True, **JIT)
@@ -512,15 +545,15 @@ def causal_attention_kernel(qkv, T, H, scale, keep, drop, merged, stats):
     Tp, Dp = -(-T // 8) * 8, -(-D // 8) * 8
     for bh in prange(B * H):
         _attend_head(qkv, bh // H, bh % H, H, T, scale, keep, drop, merged, stats, D, np.zeros((Tp, Dp), F32),
-                     np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32), np.zeros((1, Tp), F32),
-                     np.zeros((4, Dp), F32))
+                     np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32), np.zeros((ROWS, Tp), F32),
+                     np.zeros((ROWS, Dp), F32))
 
 
-@njit(**JIT)
+@njit(**REDUCE)
 def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H, T, D, qc, kc, kt, vt, doc, dk,
-                          dv, s, dp, o):
+                          dv, s, dp, pm, o):
     """causal_attention_backward_kernel's work for one (b, h); qc, kc, doc, dk, dv [Tp, Dp], kt, vt [Dp, Tp],
-    s, dp [1, Tp], o [4, Dp]: zeroed scratch."""
+    s, dp, pm [4, Tp], o [4, Dp]: zeroed scratch."""
     C = qkv.shape[1] // 3
     Dp = qc.shape[1]
     _head_rows(qkv, b, T, h * D, qc)
@@ -532,31 +565,40 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
             vt[d, j] = qkv[b * T + j, 2 * C + h * D + d]
     dropped = drop.shape[0] > 0
     kb = keep[b]
-    for i in range(T):
-        n = i + 1
-        _scores(qc, i, kt, n, D, s)  # the forward's scores, the same bits
-        m, total = stats[b, h, i, 0], stats[b, h, i, 1]
-        for j in range(n):  # ... and its weights, from the forward's exps (_softmax_stats)
-            s[0, j] = _exp(s[0, j] * scale - m) / total if kb[j] else F32(0)
-        _scores(doc, i, vt, n, D, dp)  # d(dropped weights)_ij = dout_i . v_j
-        if dropped:  # through the dropout: its factor on the gradient, and on the weights v saw (in o)
-            for j in range(n):
-                dp[0, j] *= drop[b, h, i, j]
-        for dd in range(0, Dp, simd.LANES):  # dv_j += (dropped w)_ij dout_i
-            g = simd.vload(doc, i, dd)
-            for j in range(n):
-                w = s[0, j] * drop[b, h, i, j] if dropped else s[0, j]
-                simd.vstore(dv, j, dd, simd.vfma(simd.vsplat(w), g, simd.vload(dv, j, dd)))
-        t = cpu._dot(dp[0], s[0], n)
-        for j in range(n):  # the softmax backward, in attention_backward's order: ((dw - t) w) scale
-            dp[0, j] = (dp[0, j] - t) * s[0, j] * scale
-        for dd in range(0, Dp, simd.LANES):
-            qi = simd.vload(qc, i, dd)
-            for j in range(n):  # dk_j += ds_ij q_i
-                simd.vstore(dk, j, dd, simd.vfma(simd.vsplat(dp[0, j]), qi, simd.vload(dk, j, dd)))
-            _weighted_rows(dp, n, kc, dd, o)  # dq_i = sum_j ds_ij k_j
-        for d in range(D):
-            dqkv[b * T + i, h * D + d] = (o[0, d] + o[1, d]) + (o[2, d] + o[3, d])
+    for i0 in range(0, T, ROWS):
+        n_max = min(i0 + ROWS, T)
+        rows = min(ROWS, T - i0)
+        _scores4(qc, i0, kt, n_max, D, s)  # the forward's scores, the same bits
+        _scores4(doc, i0, vt, n_max, D, dp)  # d(dropped weights)_ij = dout_i . v_j
+        for r in range(ROWS):
+            i, w, g = i0 + r, s[r], dp[r]
+            n = i + 1 if r < rows else 0  # rows past T (padding) take no part
+            m, total = (stats[b, h, i, 0], stats[b, h, i, 1]) if r < rows else (F32(0), F32(1))
+            for j in range(n):  # the weights, from the forward's exps (_softmax_stats)
+                w[j] = _exp(w[j] * scale - m) / total if kb[j] else F32(0)
+            for j in range(n, n_max):
+                w[j] = F32(0)
+                g[j] = F32(0)
+            if dropped:  # through the dropout: its factor on the gradient (the dropped weights come below)
+                for j in range(n):
+                    g[j] *= drop[b, h, i, j]
+        if dropped:  # dv_j += (dropped w)_ij dout_i
+            for r in range(ROWS):
+                for j in range(n_max):
+                    pm[r, j] = s[r, j] * drop[b, h, i0 + r, j] if r < rows else F32(0)
+            _accumulate4(pm, n_max, doc, i0, Dp, dv)
+        else:
+            _accumulate4(s, n_max, doc, i0, Dp, dv)
+        for r in range(rows):
+            n, w, g = i0 + r + 1, s[r], dp[r]
+            t = cpu._dot(g, w, n)
+            for j in range(n):  # the softmax backward, in attention_backward's order: ((dw - t) w) scale
+                g[j] = (g[j] - t) * w[j] * scale
+        _accumulate4(dp, n_max, qc, i0, Dp, dk)  # dk_j += ds_ij q_i
+        _weighted4(dp, n_max, kc, Dp, o)  # dq_i = sum_j ds_ij k_j
+        for r in range(rows):
+            for d in range(D):
+                dqkv[b * T + i0 + r, h * D + d] = o[r, d]
     for j in range(T):
         for d in range(D):
             dqkv[b * T + j, C + h * D + d] = dk[j, d]
@@ -576,8 +618,8 @@ def causal_attention_backward_kernel(dmerged, qkv, T, H, stats, keep, drop, scal
         _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, bh // H, bh % H, H, T, D,
                               np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32), np.zeros((Dp, Tp), F32),
                               np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32),
-                              np.zeros((Tp, Dp), F32), np.zeros((1, Tp), F32), np.zeros((1, Tp), F32),
-                              np.zeros((4, Dp), F32))
+                              np.zeros((Tp, Dp), F32), np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Tp), F32),
+                              np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Dp), F32))
 
 
 # ---- the loss --------------------------------------------------------------------------------------
