@@ -15,10 +15,11 @@ loss.backward(), clip_grad_norm_ and torch.optim.AdamW. The three are timed inte
 torch, numpy, ...) so a noisy neighbour slows all alike; each row is the median of --repeats steps, and
 the run is repeated --rounds times to show the spread. Each step's CPU time (time.process_time, every
 thread) is reported beside the wall time: on a machine shared with other jobs the wall time mostly
-measures the scheduler, and for one thread the CPU time is the steadier comparison. "floor" is the step's FLOPs (matmuls and full
-T x T attention, forward and twice for the backward, as issue 26 counts them) at this machine's
-single-thread sgemm rate (a 1024^3 product, measured here), times the thread count: the fraction is
-floor / time. The load average is printed with each round: on a shared machine timings are noisy.
+measures the scheduler, and for one thread the CPU time is the steadier comparison. "floor" is the
+step's FLOPs (matmuls and full T x T attention, forward and twice for the backward, as issue 26 counts
+them) at this machine's single-thread sgemm rate (a 1024^3 product, measured here), times the thread
+count: the fraction is floor / time. The load average is printed with each row: on a shared machine
+timings are noisy.
 """
 
 from __future__ import annotations

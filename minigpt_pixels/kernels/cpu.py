@@ -364,7 +364,7 @@ def self_attention_unbiased(x, w_attn, b_attn, w_proj, n_head, scale, mask=None,
     """
     B, T, C = x.shape
     H, D = n_head, C // n_head
-    qkv = linear(x.reshape(B * T, C), w_attn)  # [B*T, C] -> [B*T, 3C]
+    qkv = matmul(x.reshape(B * T, C), w_attn)  # [B*T, C] -> [B*T, 3C]
     qkv += b_attn
     qkv = qkv.reshape(B, T, 3, H, D)
     q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # 3 x [B, H, T, D] views, no copies
@@ -390,7 +390,7 @@ def self_attention_unbiased(x, w_attn, b_attn, w_proj, n_head, scale, mask=None,
         parallel = decode_threads(B * T, B * H * T * S * D) > 1 and B * T <= SMALL_ROWS  # see blas_threads_for
         kernel = attention_rows_parallel if parallel else attention_rows_kernel
         kernel(q, k, v, S, scale, keep, out, w, need_weights)
-    return linear(out.reshape(B * T, C), w_proj), weights  # [B*T, C] @ [C, C] -> [B*T, C]
+    return matmul(out.reshape(B * T, C), w_proj), weights  # [B*T, C] @ [C, C] -> [B*T, C]
 
 
 # ---- threads -----------------------------------------------------------------------------------------
@@ -467,7 +467,7 @@ def blas_controller():
 # 28/33/47 ms at cache lengths 64/512/1000 (2 cores).
 DECODE_ROWS = 1  # at most this many rows: everything on one thread (a single sequence; see blas_threads_for)
 SMALL_ROWS = 16  # at most this many rows: a decode step (BLAS on one thread; Numba's threads when worth it)
-ROW_SPLIT_MIN = 256  # at least this many rows: a matmul's rows shared among in_parallel's threads (linear)
+ROW_SPLIT_MIN = 256  # at least this many rows: a matmul's rows shared among in_parallel's threads (matmul)
 DECODE_PARALLEL_MIN_WORK = 1 << 20  # multiply-adds below which a decode section stays on one thread
 DECODE_PARTS = 4  # blocks of K rows every decode-step matmul on Numba's kernels is split into, whatever the
 # thread count (simd.matmul_parallel): so a step gives the same bits on 1 thread as on 2 or 16, and
@@ -477,7 +477,7 @@ DECODE_PARTS = 4  # blocks of K rows every decode-step matmul on Numba's kernels
 def blas_threads_for(rows):
     """Single-threaded BLAS around a pass of the "cpu" device over `rows` positions where the device shares
     the matmuls out on its own threads: decode steps (at most SMALL_ROWS rows: Numba's) and passes of at
-    least ROW_SPLIT_MIN rows (in_parallel's, see linear). Between the two, BLAS keeps its own threads: for
+    least ROW_SPLIT_MIN rows (in_parallel's, see matmul). Between the two, BLAS keeps its own threads: for
     17 to 255 rows its two threads beat any split of ours (a batch-17 matmul: 0.54 ms against 0.86 ms
     splitting the columns, 0.94 ms the rows). A context manager.
 
@@ -500,11 +500,12 @@ def decode_threads(rows, work):
     return numba.get_num_threads()
 
 
-def linear(a, w):
-    """a @ w for a [N, K] and w [K, Out] float32. In a decode step worth threads, simd.small_matmul shares
-    the rows of w out among Numba's threads (see simd.py for why not BLAS); in a bigger pass, the rows of
-    a (at least ROW_SPLIT_MIN) are shared among in_parallel's threads, each calling BLAS on one thread
-    (see blas_threads_for); in between, BLAS alone."""
+def matmul(a, w):
+    """a @ w for a [N, K] and w [K, Out] float32: no bias, so not layers.linear's contract (hence another
+    name). In a decode step worth threads, simd.small_matmul shares the rows of w out among Numba's
+    threads (see simd.py for why not BLAS); in a bigger pass, the rows of a (at least ROW_SPLIT_MIN) are
+    shared among in_parallel's threads, each calling BLAS on one thread (see blas_threads_for); in between,
+    BLAS alone."""
     (N, K), Out = a.shape, w.shape[1]
     if N <= SMALL_ROWS:
         if w.flags.c_contiguous and w.dtype == F32 and decode_threads(N, N * K * Out) > 1:
@@ -711,12 +712,12 @@ def layer_norm(x, weight, eps=1e-5):
 def mlp(x, w_fc, b_fc, w_proj, b_proj, act="quick_gelu"):
     """Mirrors layers.mlp: x [..., C] -> [..., C], with the fc bias and quick_gelu in one kernel, in place."""
     C = x.shape[-1]
-    f = linear(x.reshape(-1, C), w_fc)  # [N, C] -> [N, F]
+    f = matmul(x.reshape(-1, C), w_fc)  # [N, C] -> [N, F]
     if act == "quick_gelu":
         bias_quick_gelu(f, b_fc)
     else:
         f = layers.activation(f + b_fc, act)
-    m = linear(f, w_proj)  # [N, F] -> [N, C]
+    m = matmul(f, w_proj)  # [N, F] -> [N, C]
     m += b_proj
     return m.reshape(*x.shape[:-1], w_proj.shape[1])
 
