@@ -24,7 +24,7 @@ import contextlib
 import numpy as np
 
 from . import layers
-from .backends import auto_device, image_work
+from .backends import image_work
 from .inputs import check_classification_labels, check_encoder_states, check_input_ids, check_lm_labels, check_mask
 
 
@@ -46,7 +46,7 @@ def training_path(model):
     requested = getattr(model.backend, "requested", model.device)
     if requested == "auto":
         cfg = model.config
-        big_enough = image_work(cfg) >= TRAIN_KERNELS_MIN_WORK or auto_device(cfg) == "cpu"
+        big_enough = image_work(cfg) >= TRAIN_KERNELS_MIN_WORK
         return "kernels" if big_enough and cfg.n_embd <= TRAIN_KERNELS_MAX_EMBD else "numpy"
     return "numpy" if requested == "numpy" else "kernels"
 
