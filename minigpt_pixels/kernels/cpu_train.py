@@ -45,6 +45,7 @@ from numba import prange
 from .. import layers
 from . import cpu, simd
 from .compile_cache import njit
+from .threads import StepClock
 
 F32 = np.float32
 JIT, REDUCE = cpu.JIT, cpu.REDUCE
@@ -218,9 +219,9 @@ def transformer_block_backward(dout, cache):
 # The only threads of this path are attention's (batch row, head) pairs under prange; BLAS keeps the
 # caller's setting. Whether a second thread pays depends on the machine's load, which nothing can read:
 # on a busy 2-core machine each of a step's 2 x n_layer parallel sections waits at its end for a thread
-# that is not running. So, as for decode steps, the steps themselves are timed (cpu.StepClock): 1 thread
+# that is not running. So, as for decode steps, the steps themselves are timed (threads.StepClock): 1 thread
 # or numba.get_num_threads(), whichever is faster for steps of this shape, tried again now and then.
-TRAIN_CLOCK = cpu.StepClock()  # one per process, apart from the decode steps' clock
+TRAIN_CLOCK = StepClock()  # one per process, apart from the decode steps' clock
 
 
 @contextlib.contextmanager
