@@ -215,33 +215,6 @@ def transformer_block_backward(dout, cache):
     return dx.reshape(B, T, C), {c.prefix + k: v for k, v in g.items()}, None
 
 
-# ---- threads ---------------------------------------------------------------------------------------
-# The only threads of this path are attention's (batch row, head) pairs under prange; BLAS keeps the
-# caller's setting. Whether a second thread pays depends on the machine's load, which nothing can read:
-# on a busy 2-core machine each of a step's 2 x n_layer parallel sections waits at its end for a thread
-# that is not running. So, as for decode steps, the steps themselves are timed (threads.StepClock): 1 thread
-# or numba.get_num_threads(), whichever is faster for steps of this shape, tried again now and then.
-TRAIN_CLOCK = StepClock()  # one per process, apart from the decode steps' clock
-
-
-@contextlib.contextmanager
-def step_threads(key):
-    """Numba's thread count around one training step of shape `key`: TRAIN_CLOCK's choice between 1 and
-    numba.get_num_threads(), restored after; the step's time is recorded. The bits do not depend on it."""
-    most = numba.get_num_threads()
-    if most == 1:
-        yield
-        return
-    threads = TRAIN_CLOCK.choose(key, most)
-    numba.set_num_threads(threads)
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        numba.set_num_threads(most)
-    TRAIN_CLOCK.record(key, threads, time.perf_counter() - start)
-
-
 # ---- the LM loss -----------------------------------------------------------------------------------
 class LossCache(NamedTuple):
     logits: np.ndarray  # [N, V]
@@ -272,6 +245,33 @@ def lm_loss_backward(dloss, cache):
     scale = F32(dloss / cache.count) if cache.count else F32(0)
     cross_entropy_backward_kernel(cache.logits, cache.labels, cache.lse, scale, dlogits)
     return dlogits.reshape(cache.shape)
+
+
+# ---- threads ---------------------------------------------------------------------------------------
+# The only threads of this path are attention's (batch row, head) pairs under prange; BLAS keeps the
+# caller's setting. Whether a second thread pays depends on the machine's load, which nothing can read:
+# on a busy 2-core machine each of a step's 2 x n_layer parallel sections waits at its end for a thread
+# that is not running. So, as for decode steps, the steps themselves are timed (threads.StepClock): 1 thread
+# or numba.get_num_threads(), whichever is faster for steps of this shape, tried again now and then.
+TRAIN_CLOCK = StepClock()  # one per process, apart from the decode steps' clock
+
+
+@contextlib.contextmanager
+def step_threads(key):
+    """Numba's thread count around one training step of shape `key`: TRAIN_CLOCK's choice between 1 and
+    numba.get_num_threads(), restored after; the step's time is recorded. The bits do not depend on it."""
+    most = numba.get_num_threads()
+    if most == 1:
+        yield
+        return
+    threads = TRAIN_CLOCK.choose(key, most)
+    numba.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        numba.set_num_threads(most)
+    TRAIN_CLOCK.record(key, threads, time.perf_counter() - start)
 
 
 # ==== the kernels ====================================================================================
