@@ -99,10 +99,9 @@ class CpuBackend(NumpyBackend):
             return None
         x = self.embedding(inputs.input_ids, p[prefix + "wte.weight"], p[prefix + "wpe.weight"], inputs.position_ids,
                            inputs.token_type_ids, inputs.inputs_embeds)  # [B, 1, C]
-        prefixes = [f"{prefix}h.{i}." for i in range(config.n_layer)]
-        scales = [layers.block_weights(p, h, config, i).scale for i, h in enumerate(prefixes)]
-        x = _cpu_kernels().decode_layers(x, p, prefixes, range(config.n_layer), config, inputs.mask, inputs.cache,
-                                         scales)  # [B, 1, C] or None
+        blocks = [layers.block_weights(p, f"{prefix}h.{i}.", config, i) for i in range(config.n_layer)]
+        x = _cpu_kernels().decode_layers(x, blocks, range(config.n_layer), config, inputs.mask,
+                                         inputs.cache)  # [B, 1, C] or None
         return None if x is None else self.layer_norm(x, p[prefix + "ln_f.weight"], config.layer_norm_epsilon)
 
     def threads(self, rows):
@@ -150,14 +149,20 @@ def device_name(device) -> str:
 
 
 def backend(device, params, config, prefix):
-    """The backend object for a device name or a torch.device (see the module docstring and device_name)."""
-    device = device_name(device)
+    """The backend object for a device name or a torch.device (see the module docstring and device_name); its
+    `requested` is the name asked for ("auto" included), which backprop.training_path reads to choose the
+    training path."""
+    device = requested = device_name(device)
     if device == "auto":
         device = auto_device(config)
     if device == "numpy":
-        return NumpyBackend()
-    if device == "cpu":
-        return CpuBackend()
-    if device == "cuda":
-        return CudaBackend(params, config, prefix)
-    raise ValueError(f"unknown device {device!r}: use 'auto' (the default), 'numpy' (pure reference), 'cpu' or 'cuda'")
+        chosen = NumpyBackend()
+    elif device == "cpu":
+        chosen = CpuBackend()
+    elif device == "cuda":
+        chosen = CudaBackend(params, config, prefix)
+    else:
+        raise ValueError(f"unknown device {device!r}: use 'auto' (the default), 'numpy' (pure reference), 'cpu' "
+                         f"or 'cuda'")
+    chosen.requested = requested
+    return chosen

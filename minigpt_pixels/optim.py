@@ -15,6 +15,7 @@ import numpy as np
 
 F32 = np.float32
 F32_MAX = float(np.finfo(np.float32).max)
+FUSED_MIN_PARAMS = 1 << 16  # AdamW fuses its update from this many parameters up (see AdamW.__init__)
 
 
 def finite_float32(x) -> bool:
@@ -50,9 +51,13 @@ class AdamW:
         p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, decay=None):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, decay=None, fused=None):
+        """fused: update each tensor in one compiled pass (kernels/cpu_train.adamw_kernel, the same bits)
+        instead of NumPy's eight; None (auto) fuses from FUSED_MIN_PARAMS parameters up, where the ~10 us
+        a NumPy call costs per tensor outweighs Numba's start-up."""
         self.lr, self.betas, self.eps, self.weight_decay = _check_lr(lr), tuple(map(float, betas)), float(eps), \
             float(weight_decay)
+        self.fused = sum(np.size(v) for v in params.values()) >= FUSED_MIN_PARAMS if fused is None else bool(fused)
         self.decay = set(decay_names(params) if decay is None else decay)
         unknown = self.decay - set(params)
         if unknown:
@@ -68,10 +73,17 @@ class AdamW:
         self.t += 1
         step_size = F32(lr / (1.0 - b1 ** self.t))
         root_c2 = F32(math.sqrt(1.0 - b2 ** self.t))
+        kernel = _adamw_kernel() if self.fused else None
         for name, p in params.items():
             g, m, v = grads[name], self.m[name], self.v[name]
-            if name in self.decay and self.weight_decay:
-                p *= F32(1.0 - lr * self.weight_decay)
+            decay = F32(1.0 - lr * self.weight_decay) if name in self.decay and self.weight_decay else None
+            if kernel is not None and all(a.dtype == F32 and a.flags.c_contiguous and a.shape == p.shape
+                                          for a in (p, g, m, v)):
+                kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), F32(1.0) if decay is None else decay,
+                       F32(b1), F32(1.0 - b1), F32(b2), F32(1.0 - b2), step_size, root_c2, F32(self.eps))
+                continue
+            if decay is not None:
+                p *= decay
             m *= F32(b1)
             m += F32(1.0 - b1) * g  # [...] running mean of g
             v *= F32(b2)
@@ -98,6 +110,12 @@ class AdamW:
             self.m[k] = np.array(tensors[f"m.{k}"], dtype=F32)  # a writable copy, not a read-only map
             self.v[k] = np.array(tensors[f"v.{k}"], dtype=F32)
         self.t = int(meta["t"])
+
+
+def _adamw_kernel():
+    """kernels/cpu_train.adamw_kernel, imported on first use: an unfused optimizer never loads Numba."""
+    from .kernels.cpu_train import adamw_kernel
+    return adamw_kernel
 
 
 def lr_schedule(step, max_lr, total_steps, warmup_steps=0, min_lr=0.0):

@@ -374,9 +374,16 @@ def golden(name):
     return cls.from_pretrained(MODELS / name), dict(np.load(MODELS / name / "outputs.npz"))
 
 
+# The training paths (backprop.training_path): layers.py's pairs on "numpy", kernels/cpu_train.py's on "cpu".
+PATH_DEVICES = {"numpy": "numpy", "kernels": "cpu"}
+
+
+@pytest.mark.parametrize("path", list(PATH_DEVICES))
 @pytest.mark.parametrize("name", GOLDEN)
-def test_golden_gradients(name):
+def test_golden_gradients(name, path):
     model, g = golden(name)
+    model.to(PATH_DEVICES[path])
+    assert backprop.training_path(model) == path
     enc = g.get("encoder_hidden_states")
     if enc is not None:  # model.value_and_grad takes no encoder states; the backprop function does
         loss, grads = backprop.causal_lm_value_and_grad(model, g["input_ids"], g["labels"],
@@ -393,12 +400,18 @@ def test_golden_gradients(name):
     print(f"[grad] {name}: worst rel {worst:.3g} over {len(grads)} tensors")
 
 
+@pytest.mark.parametrize("path", list(PATH_DEVICES))
 @pytest.mark.parametrize("name", [n for n in GOLDEN if n.startswith("causal") and n != "causal_cross"])
-def test_value_matches_forward_loss_and_shift_false(name):
+def test_value_matches_forward_loss_and_shift_false(name, path):
     model, g = golden(name)
     ids, labels = g["input_ids"], g["labels"]
-    loss, grads = model.value_and_grad(ids, labels)
-    assert loss == model.to("numpy")(ids, labels=labels).loss
+    loss, grads = model.to(PATH_DEVICES[path]).value_and_grad(ids, labels)
+    reference = model.to("numpy")(ids, labels=labels).loss
+    if path == "numpy":
+        assert loss == reference  # the same layers.py functions: the same bits
+    else:  # the kernels' exp and sums: within float32 rounding
+        assert abs(loss - reference) <= 1e-6 * abs(reference)
+    model.to(PATH_DEVICES[path])
     # shift=False with labels moved one place left is the same loss (the last position has no target)
     aligned = np.concatenate([labels[:, 1:], np.full((len(labels), 1), -100)], axis=1)
     loss2, grads2 = backprop.causal_lm_value_and_grad(model, ids, aligned, shift=False)
@@ -438,8 +451,9 @@ LIVE = [
 
 
 @pytest.mark.live
+@pytest.mark.parametrize("path", list(PATH_DEVICES))
 @pytest.mark.parametrize("cls,kw", LIVE, ids=[f"{c[12:20]}-{i}" for i, (c, _) in enumerate(LIVE)])
-def test_live_gradients_against_torch(cls, kw):
+def test_live_gradients_against_torch(cls, kw, path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -450,7 +464,7 @@ def test_live_gradients_against_torch(cls, kw):
             p.copy_(1.0 + 0.4 * torch.randn_like(p)) if "ln_" in name else p.add_(0.2 * torch.randn_like(p))
     params = {k: v.detach().numpy().copy() for k, v in hf.named_parameters()}
     ours = (ImageGPTForCausalImageModeling if "Causal" in cls else ImageGPTForImageClassification)(
-        ImageGPTConfig.from_dict(hf.config.to_dict()), params)
+        ImageGPTConfig.from_dict(hf.config.to_dict()), params).to(PATH_DEVICES[path])
     rng = np.random.default_rng(1)
     B, T, V = 3, kw["n_positions"], kw["vocab_size"]
     ids = rng.integers(0, V - 1, (B, T))

@@ -311,7 +311,7 @@ def test_decode_block_declines_what_it_does_not_take(monkeypatch):
         cache = KVCache(cfg, B)
         cache.claim(0, 4)  # 4 positions already cached
         x = rng.normal(size=(B, T, cfg.n_embd)).astype(F32)
-        out = cpu.decode_layers(x, p, ["h.0."], [0], cfg, mask, cache, [0.25])
+        out = cpu.decode_layers(x, [layers.block_weights(p, "h.0.", cfg, 0)], [0], cfg, mask, cache)
         return out, cache.lengths[0]
 
     out, length = attempt()
@@ -341,7 +341,8 @@ def test_decode_layers_needs_layers_numba_types_alike(monkeypatch):
         cache = KVCache(cfg, 2)
         for i, n in enumerate(lengths):
             cache.claim(i, n)
-        out = cpu.decode_layers(x, params, ["h.0.", "h.1."], [0, 1], cfg, None, cache, [0.25, 0.5])
+        blocks = [layers.block_weights(params, f"h.{i}.", cfg, i) for i in (0, 1)]
+        out = cpu.decode_layers(x, blocks, [0, 1], cfg, None, cache)
         return out, cache.lengths[:2]
 
     out, lengths = attempt(p)
@@ -421,7 +422,7 @@ def test_blas_threads_policy():
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_linear_shares_the_rows_of_a_big_pass_among_threads(monkeypatch, rng, workers):
+def test_matmul_shares_the_rows_of_a_big_pass_among_threads(monkeypatch, rng, workers):
     """More than SMALL_ROWS rows: `workers` threads each multiply their own rows by the whole of w (BLAS on
     one thread each); every row comes out as BLAS alone computes it, whatever the split."""
     calls = []
@@ -431,7 +432,7 @@ def test_linear_shares_the_rows_of_a_big_pass_among_threads(monkeypatch, rng, wo
     N = cpu.ROW_SPLIT_MIN + 3
     a = rng.normal(size=(N, 24)).astype(F32)
     w = rng.normal(size=(24, 40)).astype(F32)
-    out = cpu.linear(a, w)
+    out = cpu.matmul(a, w)
     assert out.dtype == F32 and out.shape == (N, 40)
     np.testing.assert_allclose(out, a @ w, rtol=1e-6, atol=1e-6)
     if workers == 1:
@@ -440,7 +441,7 @@ def test_linear_shares_the_rows_of_a_big_pass_among_threads(monkeypatch, rng, wo
         pieces, n = calls[0]
         assert n == workers and len(pieces) == workers and pieces[0][0] == 0 and pieces[-1][1] == N
     calls.clear()
-    np.testing.assert_allclose(cpu.linear(a[:cpu.ROW_SPLIT_MIN - 1], w), a[:cpu.ROW_SPLIT_MIN - 1] @ w, rtol=1e-6,
+    np.testing.assert_allclose(cpu.matmul(a[:cpu.ROW_SPLIT_MIN - 1], w), a[:cpu.ROW_SPLIT_MIN - 1] @ w, rtol=1e-6,
                                atol=1e-6)
     assert calls == []  # fewer rows: BLAS alone, on its own threads
 
@@ -468,7 +469,7 @@ def test_in_parallel_runs_every_share_and_reraises_a_workers_error():
     assert sorted(done) == [0, 2]
 
 
-def test_linear_takes_the_small_matmul_for_decode_steps(monkeypatch, rng):
+def test_matmul_takes_the_small_matmul_for_decode_steps(monkeypatch, rng):
     """2 .. SMALL_ROWS rows with work enough for threads go to simd.small_matmul; one row, small work and
     bigger inputs to BLAS; the same numbers either way."""
     calls = []
@@ -480,13 +481,13 @@ def test_linear_takes_the_small_matmul_for_decode_steps(monkeypatch, rng):
     w = rng.normal(size=(36, 44)).astype(F32)
     for rows in (1, 2, 9, cpu.SMALL_ROWS, cpu.SMALL_ROWS + 1, 100):
         a = rng.normal(size=(rows, 36)).astype(F32)
-        out = cpu.linear(a, w)
+        out = cpu.matmul(a, w)
         assert out.shape == (rows, 44) and out.dtype == np.float32
         np.testing.assert_allclose(out, a @ w, rtol=1e-5, atol=1e-5)
     assert calls == [(2, cpu.DECODE_PARTS), (9, cpu.DECODE_PARTS), (cpu.SMALL_ROWS, cpu.DECODE_PARTS)]
     calls.clear()
     monkeypatch.setattr(cpu, "DECODE_PARALLEL_MIN_WORK", 36 * 44 * 3)
-    cpu.linear(rng.normal(size=(2, 36)).astype(F32), w)  # 2 rows, less work than the threshold
+    cpu.matmul(rng.normal(size=(2, 36)).astype(F32), w)  # 2 rows, less work than the threshold
     assert calls == []
 
 
@@ -526,7 +527,8 @@ def test_compiled_kernels_do_no_float64_arithmetic(rng):
                                 F32(0.5), np.ones((2, 37), np.uint8), np.empty((2, 3, 1, 36), F32),
                                 np.empty((2, 1, 3, 3), F32), True)
     keys = np.zeros((2, 3, 8, 12), F32)
-    layer = (*(p["h.0." + name] for name in cpu.DECODE_BLOCK_WEIGHTS), keys, np.zeros_like(keys))
+    w = layers.block_weights(p, "h.0.", cfg, 0)
+    layer = (*(getattr(w, field) for field in cpu.DECODE_BLOCK_FIELDS), keys, np.zeros_like(keys))
     cpu.decode_layers_kernel(x[:, 0], *((a, a) for a in layer), 3, np.ones((2, 8), np.uint8), F32(1e-5),
                              np.ones(2, F32), 2)
     cpu.decode_block_kernel(x[:, 0], *layer, 3, np.ones((2, 8), np.uint8), F32(1e-5), F32(1), 2)  # itself too

@@ -27,13 +27,14 @@ def test_decay_names_skip_norms_biases_and_positions():
     assert bare == {"wte.weight", "score.weight"}
 
 
-def test_adamw_matches_torch():
+@pytest.mark.parametrize("fused", [False, True])
+def test_adamw_matches_torch(fused):
     torch = pytest.importorskip("torch")
     params = tiny_params()
     decay = optim.decay_names(params)
     ours = {k: v.copy() for k, v in params.items()}
     theirs = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
-    opt = optim.AdamW(ours, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, decay=decay)
+    opt = optim.AdamW(ours, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, decay=decay, fused=fused)
     topt = torch.optim.AdamW([{"params": [theirs[k] for k in params if k in decay], "weight_decay": 0.1},
                               {"params": [theirs[k] for k in params if k not in decay], "weight_decay": 0.0}],
                              lr=1e-2, betas=(0.9, 0.95), eps=1e-8)

@@ -35,17 +35,15 @@ F32 = np.float32
 
 
 class _Layer:
-    """One block's weights on the device, and its attention scale."""
+    """One block's weights on the device (layers.BlockWeights' fields, each uploaded), and its attention scale."""
 
-    def __init__(self, params, h, scale):
-        def up(name):
-            return K.to_device(params[h + name])
-        self.ln_1, self.ln_2 = up("ln_1.weight"), up("ln_2.weight")
-        self.w_attn, self.b_attn = up("attn.c_attn.weight"), up("attn.c_attn.bias")  # [C, 3C], [3C]
-        self.w_attn_proj, self.b_attn_proj = up("attn.c_proj.weight"), up("attn.c_proj.bias")  # [C, C], [C]
-        self.w_fc, self.b_fc = up("mlp.c_fc.weight"), up("mlp.c_fc.bias")  # [C, F], [F]
-        self.w_mlp_proj, self.b_mlp_proj = up("mlp.c_proj.weight"), up("mlp.c_proj.bias")  # [F, C], [C]
-        self.scale = scale
+    def __init__(self, w: layers.BlockWeights):
+        self.ln_1, self.ln_2 = K.to_device(w.ln_1), K.to_device(w.ln_2)
+        self.w_attn, self.b_attn = K.to_device(w.w_attn), K.to_device(w.b_attn)  # [C, 3C], [3C]
+        self.w_attn_proj, self.b_attn_proj = K.to_device(w.w_attn_proj), K.to_device(w.b_attn_proj)  # [C, C], [C]
+        self.w_fc, self.b_fc = K.to_device(w.w_fc), K.to_device(w.b_fc)  # [C, F], [F]
+        self.w_mlp_proj, self.b_mlp_proj = K.to_device(w.w_mlp_proj), K.to_device(w.b_mlp_proj)  # [F, C], [C]
+        self.scale = w.scale
 
 
 class _Workspace:
@@ -115,10 +113,8 @@ class CudaRunner:
         self.act = K.ACTIVATIONS[config.activation_function]
         self.eps = F32(config.layer_norm_epsilon)
         self.wte, self.wpe = K.to_device(params[prefix + "wte.weight"]), K.to_device(params[prefix + "wpe.weight"])
-        self.layers = [
-            _Layer(params, f"{prefix}h.{i}.", layers.attention_scale(config.head_dim, config.scale_attn_weights, i,
-                                                                     config.scale_attn_by_inverse_layer_idx))
-            for i in range(config.n_layer)]
+        self.layers = [_Layer(layers.block_weights(params, f"{prefix}h.{i}.", config, i))
+                       for i in range(config.n_layer)]
         self.ln_f = K.to_device(params[prefix + "ln_f.weight"])
         # lm_head.weight is [V, C] (nn.Linear); stored transposed once so the head is x @ w like every layer
         head = params.get("lm_head.weight")

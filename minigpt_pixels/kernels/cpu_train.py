@@ -1,0 +1,681 @@
+"""The "cpu" device's training pass: layers.py's `f_forward` / `f_backward` pairs that backprop.py runs,
+with Numba kernels for the hot spots. Read layers.py first; each function here has the name, arguments
+and result of the layers.py function it mirrors (tests/test_train_kernels.py checks each against it),
+and backprop.py reads them from this module or from layers.py by the same names (see
+backprop.training_path for which).
+
+    layer_norm_forward / _backward    one kernel each; the forward keeps the rms of each row, the backward
+                                      rebuilds x / rms from it and adds the residual's gradient in the pass
+    attention (in the block)          causal attention in one kernel per (batch row, head), on simd.py's
+                                      8-lane vectors: q, k, v read from the fused qkv rows, only each row's
+                                      softmax max and sum kept (the backward computes the scores again
+                                      rather than keep [B, H, T, T] weights); the backward writes dq, dk, dv
+                                      straight into the qkv gradient
+    mlp (in the block)                BLAS matmuls; the fc bias + quick_gelu in one kernel, and its backward
+                                      with the fc bias gradient in one more
+    transformer_block_forward / _backward   the block wired with them: bias + dropout + residual + ln_2 in one
+                                      pass, and each bias gradient summed in the pass that makes it
+    lm_loss_forward / _backward       the softmax cross-entropy: the forward keeps each row's log-sum-exp,
+                                      the backward writes (softmax - onehot) / n in one pass
+    embedding_backward                one sequential scatter-add (np.add.at is a slow generic loop)
+
+Why: at classroom widths (C = 32-128) a NumPy training step is some 1,600 calls over activations that
+fit in L2, each costing more in dispatch and memory traffic than in arithmetic.
+
+Numbers: float32 throughout; exp is cpu._exp (2e-7 relative error) and sums are reassociated for
+vectorisation (cpu.REDUCE), so results agree with layers.py to about 1e-6 relative, not bit for bit.
+Deterministic: every reduction has a fixed order, and the only threads (attention's (batch, head)
+pairs under prange) each own whole heads, so 1 and 2 threads give the same bits.
+
+Outside the fast path (encoder states, activations other than quick_gelu, a mask with rows that see no
+kept key, float64 inputs) a block runs layers.transformer_block_forward, and its backward follows the
+cache it made, so every option gives the reference's gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import prange
+
+from .. import layers
+from . import cpu, simd
+from .compile_cache import njit
+from .threads import StepClock
+
+F32 = np.float32
+JIT, REDUCE = cpu.JIT, cpu.REDUCE
+_exp = cpu._exp
+
+# the layers.py pairs with nothing to fuse: BLAS matmuls, done as the reference does them
+embedding_forward = layers.embedding_forward
+dropout_forward, dropout_backward = layers.dropout_forward, layers.dropout_backward
+lm_head_forward, lm_head_backward = layers.lm_head_forward, layers.lm_head_backward
+classification_head_forward = layers.classification_head_forward
+classification_head_backward = layers.classification_head_backward
+classification_loss_forward = layers.classification_loss_forward
+classification_loss_backward = layers.classification_loss_backward
+
+
+# ---- embedding -------------------------------------------------------------------------------------
+def embedding_backward(dout, cache):
+    """Mirrors layers.embedding_backward. -> dwte [V+1, C], dwpe [n_positions, C]."""
+    input_ids, position_ids, token_type_ids, wte_shape, wpe_shape = cache
+    B, T, C = dout.shape
+    flat = np.ascontiguousarray(dout, dtype=F32).reshape(B * T, C)  # [B*T, C]
+    dwte, dwpe = np.zeros(wte_shape, F32), np.zeros(wpe_shape, F32)
+    scatter_add_kernel(dwte, np.asarray(input_ids).reshape(-1).astype(np.int64), flat)
+    if token_type_ids is not None:
+        scatter_add_kernel(dwte, np.asarray(token_type_ids).reshape(-1).astype(np.int64), flat)
+    positions = np.broadcast_to(position_ids, (B, T)).reshape(-1).astype(np.int64)
+    scatter_add_kernel(dwpe, positions, flat)
+    return dwte, dwpe
+
+
+# ---- layer norm ------------------------------------------------------------------------------------
+class LayerNormCache(NamedTuple):
+    x: np.ndarray  # [N, C] the input (x / rms is rebuilt from it in the backward)
+    weight: np.ndarray  # [C]
+    rms: np.ndarray  # [N]
+    shape: tuple  # the input's shape
+
+
+def layer_norm_forward(x, weight, eps=1e-5):
+    """Mirrors layers.layer_norm_forward: x [..., C] -> (out [..., C], cache)."""
+    C = x.shape[-1]
+    x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, C)  # [N, C]
+    out, rms = np.empty_like(x2), np.empty(x2.shape[0], F32)
+    layer_norm_forward_kernel(x2, weight, F32(eps), out, rms)
+    return out.reshape(x.shape), LayerNormCache(x2, weight, rms, x.shape)
+
+
+def layer_norm_backward(dout, cache):
+    """Mirrors layers.layer_norm_backward. -> dx [..., C], dweight [C]."""
+    x, weight, rms, shape = cache
+    dx = np.zeros_like(x)  # the residual's gradient to add: none here
+    dweight = np.empty(x.shape[1], F32)
+    layer_norm_backward_kernel(np.ascontiguousarray(dout, dtype=F32).reshape(x.shape), x, rms, weight, dx, dweight)
+    return dx.reshape(shape), dweight
+
+
+# ---- the block -------------------------------------------------------------------------------------
+class BlockCache(NamedTuple):
+    """What transformer_block_backward needs, by name. N = B * T rows."""
+    prefix: str
+    w: layers.BlockWeights
+    x: np.ndarray  # [N, C] the block's input
+    rms_1: np.ndarray  # [N]
+    h_1: np.ndarray  # [N, C] ln_1(x): c_attn's input
+    qkv: np.ndarray  # [N, 3C] with the bias
+    keep: np.ndarray  # [B, T] 1 where a key is not padded
+    stats: np.ndarray  # [B, H, T, 2] each attention row's max scaled score and sum of exps
+    attn_drop: np.ndarray  # [B, H, T, T] the weights' dropout mask, or [0, 0, 0, 0] without dropout
+    merged: np.ndarray  # [N, C] attention output, heads merged: c_proj's input
+    attn_resid_drop: np.ndarray  # [N, C] or [0, 0]
+    x_1: np.ndarray  # [N, C] x + attention branch
+    rms_2: np.ndarray  # [N]
+    h_2: np.ndarray  # [N, C] ln_2(x_1): c_fc's input
+    fc: np.ndarray  # [N, F] c_fc output with its bias: quick_gelu's input
+    act: np.ndarray  # [N, F] quick_gelu(fc): the MLP's c_proj input
+    mlp_resid_drop: np.ndarray  # [N, C] or [0, 0]
+
+
+def fast_path_keep(x, mask, config, encoder_hidden_states):
+    """The padding keep-mask [B, T] (uint8) when this module's block takes these inputs, else None (then
+    the block is layers.transformer_block_forward): float32 x, quick_gelu, no encoder states, and no mask
+    or a padding mask where every query row sees a kept key (cpu.padding_keep)."""
+    if x.dtype != F32 or config.activation_function != "quick_gelu" or encoder_hidden_states is not None:
+        return None
+    B, T, _ = x.shape
+    return cpu.padding_keep(mask, B, T, 0)
+
+
+def _drop_mask(shape, p, rng):
+    """The dropout mask layers.dropout_forward would draw for an array of `shape` (the same draws from
+    rng, in the same order), or an empty one when nothing is dropped."""
+    _, mask = layers.dropout_forward(np.broadcast_to(F32(1), shape), p, rng)
+    return np.zeros((0,) * len(shape), F32) if mask is None else mask
+
+
+def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encoder_hidden_states=None,
+                              encoder_mask=None, rng=None, *, cache=None):
+    """Mirrors layers.transformer_block_forward (the dropouts drawn from rng in the reference's order, so
+    the same masks). -> out [B, T, C], cache."""
+    keep = fast_path_keep(x, mask, config, encoder_hidden_states) if cache is None else None
+    if keep is None:
+        return layers.transformer_block_forward(x, p, prefix, config, layer_idx, mask, encoder_hidden_states,
+                                                encoder_mask, rng, cache=cache)
+    w = layers.block_weights(p, prefix, config, layer_idx)
+    eps, H = F32(config.layer_norm_epsilon), config.n_head
+    pa, pr = (config.attn_pdrop, config.resid_pdrop) if rng is not None else (0.0, 0.0)
+    B, T, C = x.shape
+    N = B * T
+    x = np.ascontiguousarray(x).reshape(N, C)
+    # x_1 = x + attn(ln_1(x))
+    h_1, rms_1 = np.empty_like(x), np.empty(N, F32)
+    layer_norm_forward_kernel(x, w.ln_1, eps, h_1, rms_1)
+    qkv = h_1 @ w.w_attn  # [N, C] @ [C, 3C] -> [N, 3C]
+    qkv += w.b_attn
+    attn_drop = _drop_mask((B, H, T, T), pa, rng)  # drawn where attention_forward draws it
+    merged, stats = np.empty((N, C), F32), np.empty((B, H, T, 2), F32)
+    causal_attention_kernel(qkv, T, H, w.scale, keep, attn_drop, merged, stats)
+    a = merged @ w.w_attn_proj  # [N, C]
+    attn_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
+    x_1, h_2, rms_2 = np.empty_like(x), np.empty_like(x), np.empty(N, F32)
+    residual_layer_norm_kernel(x, a, w.b_attn_proj, attn_resid_drop, w.ln_2, eps, x_1, h_2, rms_2)
+    # out = x_1 + mlp(ln_2(x_1))
+    fc = h_2 @ w.w_fc  # [N, C] @ [C, F] -> [N, F]
+    act = np.empty_like(fc)
+    bias_quick_gelu_forward_kernel(fc, w.b_fc, act)  # fc += b_fc in place; act = quick_gelu(fc)
+    m = act @ w.w_mlp_proj  # [N, F] @ [F, C] -> [N, C]
+    mlp_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
+    bias_dropout_residual_kernel(m, w.b_mlp_proj, mlp_resid_drop, x_1)  # m = x_1 + dropout(m + b), in place
+    return m.reshape(B, T, C), BlockCache(prefix, w, x, rms_1, h_1, qkv, keep, stats, attn_drop, merged,
+                                          attn_resid_drop, x_1, rms_2, h_2, fc, act, mlp_resid_drop)
+
+
+def transformer_block_backward(dout, cache):
+    """Mirrors layers.transformer_block_backward: the forward read in reverse.
+    -> dx [B, T, C], the weights' gradients keyed by HF name, denc (None: no cross-attention here)."""
+    if isinstance(cache, layers.BlockCache):  # the forward took the reference's path
+        return layers.transformer_block_backward(dout, cache)
+    c, w = cache, cache.w
+    B, H, T, _ = c.stats.shape
+    N, C = c.x.shape
+    d = np.ascontiguousarray(dout, dtype=F32).reshape(N, C)
+    g = {}
+    # out = x_1 + dropout(act @ w_mlp_proj + b)
+    dm, g["mlp.c_proj.bias"] = np.empty_like(d), np.empty(C, F32)
+    dropout_bias_backward_kernel(d, c.mlp_resid_drop, dm, g["mlp.c_proj.bias"])
+    g["mlp.c_proj.weight"] = c.act.T @ dm  # [F, N] @ [N, C] -> [F, C]
+    dfc = dm @ w.w_mlp_proj.T  # [N, C] @ [C, F] -> [N, F]
+    g["mlp.c_fc.bias"] = np.empty(dfc.shape[1], F32)
+    quick_gelu_backward_kernel(dfc, c.fc, g["mlp.c_fc.bias"])  # in place: d act -> d fc; and its bias gradient
+    g["mlp.c_fc.weight"] = c.h_2.T @ dfc  # [C, N] @ [N, F] -> [C, F]
+    dh = dfc @ w.w_fc.T  # [N, F] @ [F, C] -> [N, C]
+    dx_1, g["ln_2.weight"] = d.copy(), np.empty(C, F32)  # the skip's gradient, plus ln_2's below
+    layer_norm_backward_kernel(dh, c.x_1, c.rms_2, w.ln_2, dx_1, g["ln_2.weight"])
+    # x_1 = x + dropout(merged @ w_attn_proj + b)
+    da, g["attn.c_proj.bias"] = np.empty_like(d), np.empty(C, F32)
+    dropout_bias_backward_kernel(dx_1, c.attn_resid_drop, da, g["attn.c_proj.bias"])
+    g["attn.c_proj.weight"] = c.merged.T @ da  # [C, N] @ [N, C] -> [C, C]
+    dmerged = da @ w.w_attn_proj.T  # [N, C]
+    dqkv = np.empty((N, 3 * C), F32)
+    causal_attention_backward_kernel(dmerged, c.qkv, T, H, c.stats, c.keep, c.attn_drop, w.scale, dqkv)
+    g["attn.c_attn.bias"] = np.empty(3 * C, F32)
+    column_sum_kernel(dqkv, g["attn.c_attn.bias"])
+    g["attn.c_attn.weight"] = c.h_1.T @ dqkv  # [C, N] @ [N, 3C] -> [C, 3C]
+    dh = dqkv @ w.w_attn.T  # [N, 3C] @ [3C, C] -> [N, C]
+    dx, g["ln_1.weight"] = dx_1, np.empty(C, F32)  # x_1's gradient flows on through the skip
+    layer_norm_backward_kernel(dh, c.x, c.rms_1, w.ln_1, dx, g["ln_1.weight"])
+    return dx.reshape(B, T, C), {c.prefix + k: v for k, v in g.items()}, None
+
+
+# ---- the LM loss -----------------------------------------------------------------------------------
+class LossCache(NamedTuple):
+    logits: np.ndarray  # [N, V]
+    labels: np.ndarray  # [N] the target of each row (-100: none), already shifted
+    lse: np.ndarray  # [N] log-sum-exp of each row
+    count: int  # rows with a target
+    shape: tuple  # (B, T, V)
+
+
+def lm_loss_forward(logits, labels, shift=True):
+    """Mirrors layers.lm_loss_forward: mean -log softmax(logits)[label] over labels != -100; with the
+    shift, logits at t predict labels at t + 1. -> loss float32 (NaN when every label is ignored), cache."""
+    B, T, V = logits.shape
+    labels = np.asarray(labels).astype(np.int64)
+    if shift:  # labels moved one place left: row t's target is labels[t + 1], the last row has none
+        labels = np.concatenate([labels[:, 1:], np.full((B, 1), -100, np.int64)], axis=1)
+    logits2, labels = np.ascontiguousarray(logits, dtype=F32).reshape(B * T, V), labels.reshape(-1)
+    lse, picked = np.empty(B * T, F32), np.empty(B * T, F32)
+    count = log_softmax_picked_kernel(logits2, labels, lse, picked)
+    loss = F32(-np.mean(picked[:count])) if count else F32(np.nan)  # as layers.cross_entropy: a float32 mean
+    return loss, LossCache(logits2, labels, lse, count, (B, T, V))
+
+
+def lm_loss_backward(dloss, cache):
+    """Mirrors layers.lm_loss_backward. -> dlogits [B, T, V]: (softmax - onehot) * dloss / n on rows with
+    a target, 0 elsewhere."""
+    dlogits = np.empty_like(cache.logits)
+    scale = F32(dloss / cache.count) if cache.count else F32(0)
+    cross_entropy_backward_kernel(cache.logits, cache.labels, cache.lse, scale, dlogits)
+    return dlogits.reshape(cache.shape)
+
+
+# ---- threads ---------------------------------------------------------------------------------------
+# The only threads of this path are attention's (batch row, head) pairs under prange; BLAS keeps the
+# caller's setting. Whether a second thread pays depends on the machine's load, which nothing can read:
+# on a busy 2-core machine each of a step's 2 x n_layer parallel sections waits at its end for a thread
+# that is not running. So, as for decode steps, the steps themselves are timed (threads.StepClock): 1 thread
+# or numba.get_num_threads(), whichever is faster for steps of this shape, tried again now and then.
+TRAIN_CLOCK = StepClock()  # one per process, apart from the decode steps' clock
+
+
+@contextlib.contextmanager
+def step_threads(key):
+    """Numba's thread count around one training step of shape `key`: TRAIN_CLOCK's choice between 1 and
+    numba.get_num_threads(), restored after; the step's time is recorded. The bits do not depend on it."""
+    most = numba.get_num_threads()
+    if most == 1:
+        yield
+        return
+    threads = TRAIN_CLOCK.choose(key, most)
+    numba.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        numba.set_num_threads(most)
+    TRAIN_CLOCK.record(key, threads, time.perf_counter() - start)
+
+
+# ==== the kernels ====================================================================================
+# Each mirrors the reference's operations in the reference's order wherever it can (the same float32
+# rounding), and says where it cannot.
+
+@njit(**JIT)
+def scatter_add_kernel(table, ids, rows):
+    """table[ids[i]] += rows[i] for each i in order: np.add.at's result. table [V, C], ids [N], rows [N, C]."""
+    C = rows.shape[1]
+    for i in range(ids.shape[0]):
+        t = table[ids[i]]
+        r = rows[i]
+        for c in range(C):
+            t[c] += r[c]
+
+
+@njit(**JIT)
+def layer_norm_forward_kernel(x, w, eps, out, rms):
+    """out = x / rms * w with rms = sqrt(mean(x^2) + eps) per row, as layers.layer_norm_forward; keeps rms.
+    x, out [N, C]; w [C]; rms [N]. Reads x twice from L1, writes out once."""
+    N, C = x.shape
+    for i in range(N):
+        r = np.sqrt(cpu._dot(x[i], x[i], C) / F32(C) + eps)
+        rms[i] = r
+        for c in range(C):
+            out[i, c] = x[i, c] / r * w[c]
+
+
+@njit(**REDUCE)
+def layer_norm_backward_kernel(dy, x, rms, w, dx, dw):
+    """dx += (g - n mean(g n)) / rms with n = x / rms, g = dy w (layers.layer_norm_backward), added to what
+    dx holds (the residual's gradient); dw = sum over rows of dy n, row by row in order.
+    dy, x, dx [N, C]; rms [N]; w, dw [C]."""
+    N, C = x.shape
+    for c in range(C):
+        dw[c] = F32(0)
+    n = np.empty(C, F32)
+    g = np.empty(C, F32)
+    for i in range(N):
+        r = rms[i]
+        for c in range(C):
+            n[c] = x[i, c] / r  # the forward's x / rms, the same bits
+            g[c] = dy[i, c] * w[c]
+            dw[c] += dy[i, c] * n[c]
+        mean_gn = cpu._dot(g, n, C) / F32(C)
+        for c in range(C):
+            dx[i, c] += (g[c] - n[c] * mean_gn) / r
+
+
+@njit(**JIT)
+def residual_layer_norm_kernel(x, a, b, drop, w, eps, x_out, ln_out, rms):
+    """x_out = x + dropout(a + b); ln_out = layer_norm(x_out, w), keeping rms: the attention branch joining
+    the residual and ln_2, in one pass. drop [N, C] (the mask) or [0, 0] (no dropout)."""
+    N, C = x.shape
+    dropped = drop.shape[0] > 0
+    for i in range(N):
+        for c in range(C):
+            y = a[i, c] + b[c]
+            if dropped:
+                y *= drop[i, c]
+            x_out[i, c] = x[i, c] + y
+        r = np.sqrt(cpu._dot(x_out[i], x_out[i], C) / F32(C) + eps)
+        rms[i] = r
+        for c in range(C):
+            ln_out[i, c] = x_out[i, c] / r * w[c]
+
+
+@njit(**JIT)
+def bias_dropout_residual_kernel(m, b, drop, x):
+    """In place: m = x + dropout(m + b), the MLP branch joining the residual. m, x [N, C]; drop as above."""
+    N, C = m.shape
+    dropped = drop.shape[0] > 0
+    for i in range(N):
+        for c in range(C):
+            y = m[i, c] + b[c]
+            if dropped:
+                y *= drop[i, c]
+            m[i, c] = x[i, c] + y
+
+
+@njit(**JIT)
+def bias_quick_gelu_forward_kernel(f, b, out):
+    """f += b in place (kept: the backward's input); out = f / (1 + exp(-1.702 f)), as
+    layers.quick_gelu_forward. f, out [N, F]; b [F]."""
+    N, F = f.shape
+    for i in range(N):
+        for j in range(F):
+            y = f[i, j] + b[j]
+            f[i, j] = y
+            out[i, j] = y / (F32(1.0) + _exp(F32(-1.702) * y))
+
+
+@njit(**JIT)
+def quick_gelu_backward_kernel(d, f, db):
+    """In place: d = d * s (1 + 1.702 f (1 - s)), s = sigmoid(1.702 f) (layers.quick_gelu_backward's
+    operations, in its order); db = column sums of the result, row by row. d, f [N, F]; db [F]."""
+    N, F = d.shape
+    for j in range(F):
+        db[j] = F32(0)
+    for i in range(N):
+        for j in range(F):
+            x = f[i, j]
+            s = F32(1.0) / (F32(1.0) + _exp(F32(-1.702) * x))
+            t = ((F32(1.0) - s) * x * F32(1.702) + F32(1.0)) * s * d[i, j]
+            d[i, j] = t
+            db[j] += t
+
+
+@njit(**JIT)
+def dropout_bias_backward_kernel(d, drop, out, db):
+    """out = d * drop (or d without dropout); db = column sums of out, row by row: a branch's gradient at
+    its linear layer's output, and the bias gradient. d, out [N, C]; db [C]."""
+    N, C = d.shape
+    dropped = drop.shape[0] > 0
+    for c in range(C):
+        db[c] = F32(0)
+    for i in range(N):
+        for c in range(C):
+            y = d[i, c] * drop[i, c] if dropped else d[i, c]
+            out[i, c] = y
+            db[c] += y
+
+
+@njit(**JIT)
+def column_sum_kernel(d, out):
+    """out = d.sum(axis=0), row by row in order. d [N, K]; out [K]."""
+    N, K = d.shape
+    for k in range(K):
+        out[k] = F32(0)
+    for i in range(N):
+        for k in range(K):
+            out[k] += d[i, k]
+
+
+# ---- attention -------------------------------------------------------------------------------------
+# One (batch row, head) at a time, on copies of its q, k and v rows in small scratch (L1-sized at T = 100),
+# padded to whole 8-lane vectors with zeros (so any head_dim works, and the zeros add nothing). Query rows
+# go in blocks of ROWS (4): each key's (or key block's) vector is loaded once for the 4 rows. Every
+# product uses simd.py's <8 x float> operations: the scores of 8 keys at once (a vfma per head dimension
+# and row), and w v, dq, dk, dv as 8 head dimensions at once (a vfma per key and row). The weights are
+# never kept: the forward keeps each row's max and sum of exps (stats [B, H, T, 2]), and the backward
+# computes the scores again and rebuilds the same weights from them, bit for bit.
+ROWS = 4  # query rows per block: 4 accumulators per product (a vfma's latency is 4 cycles)
+
+
+@njit(**JIT)
+def _head_rows(src, b, T, col, rows):
+    """rows[j, :D] = src[b*T + j, col:col + D] for j < T (the rest of rows stays as it was: zero padding)."""
+    D = min(rows.shape[1], src.shape[1] - col)
+    for j in range(T):
+        for d in range(D):
+            rows[j, d] = src[b * T + j, col + d]
+
+
+@njit(**JIT)
+def _scores4(qc, i0, kt, n, D, s):
+    """s[r, :n] (and up to the next multiple of 8) = q_{i0+r} . k_j for the block's 4 rows, 8 keys per
+    vector, the sum over d in order. qc [Tp, Dp] rows; kt [Dp, Tp] columns; s [4, Tp]."""
+    for jb in range(0, n, simd.LANES):
+        a0, a1, a2, a3 = simd.vzero(), simd.vzero(), simd.vzero(), simd.vzero()
+        for d in range(D):
+            k = simd.vload(kt, d, jb)
+            a0 = simd.vfma(simd.vsplat(qc[i0, d]), k, a0)
+            a1 = simd.vfma(simd.vsplat(qc[i0 + 1, d]), k, a1)
+            a2 = simd.vfma(simd.vsplat(qc[i0 + 2, d]), k, a2)
+            a3 = simd.vfma(simd.vsplat(qc[i0 + 3, d]), k, a3)
+        simd.vstore(s, 0, jb, a0)
+        simd.vstore(s, 1, jb, a1)
+        simd.vstore(s, 2, jb, a2)
+        simd.vstore(s, 3, jb, a3)
+
+
+@njit(**JIT)
+def _weighted4(s, n, rows, Dp, out):
+    """out[r, :Dp] = sum_{j < n} s[r, j] rows[j, :Dp] for the block's 4 rows, j in order; s [4, Tp],
+    rows [Tp, Dp], out [4, Dp]."""
+    for dd in range(0, Dp, simd.LANES):
+        a0, a1, a2, a3 = simd.vzero(), simd.vzero(), simd.vzero(), simd.vzero()
+        for j in range(n):
+            v = simd.vload(rows, j, dd)
+            a0 = simd.vfma(simd.vsplat(s[0, j]), v, a0)
+            a1 = simd.vfma(simd.vsplat(s[1, j]), v, a1)
+            a2 = simd.vfma(simd.vsplat(s[2, j]), v, a2)
+            a3 = simd.vfma(simd.vsplat(s[3, j]), v, a3)
+        simd.vstore(out, 0, dd, a0)
+        simd.vstore(out, 1, dd, a1)
+        simd.vstore(out, 2, dd, a2)
+        simd.vstore(out, 3, dd, a3)
+
+
+@njit(**JIT)
+def _accumulate4(s, n, vecs, i0, Dp, acc):
+    """acc[j, :Dp] += sum_r s[r, j] vecs[i0 + r, :Dp] for j < n, the rows r = 0..3 in order (dk and dv:
+    each key gathers from the block's 4 rows); vecs [Tp, Dp], acc [Tp, Dp]."""
+    for dd in range(0, Dp, simd.LANES):
+        v0, v1 = simd.vload(vecs, i0, dd), simd.vload(vecs, i0 + 1, dd)
+        v2, v3 = simd.vload(vecs, i0 + 2, dd), simd.vload(vecs, i0 + 3, dd)
+        for j in range(n):
+            a = simd.vload(acc, j, dd)
+            a = simd.vfma(simd.vsplat(s[0, j]), v0, a)
+            a = simd.vfma(simd.vsplat(s[1, j]), v1, a)
+            a = simd.vfma(simd.vsplat(s[2, j]), v2, a)
+            a = simd.vfma(simd.vsplat(s[3, j]), v3, a)
+            simd.vstore(acc, j, dd, a)
+
+
+@njit(**REDUCE)
+def _softmax_stats(row, n, scale, keep):
+    """In place on row[:n], the raw scores of a query row: e_j = exp(s_j scale - m) for kept keys (0 for
+    masked ones), m the max of the kept scaled scores; returns (m, sum_j e_j). The weights are e_j / sum:
+    left to the caller, which divides once per output instead of once per key. Three passes (scale, max,
+    exp and sum), the exp and sum vectorised together (REDUCE)."""
+    for j in range(n):
+        row[j] = row[j] * scale if keep[j] else F32(-np.inf)
+    m = cpu._max(row, n)
+    total = F32(0)
+    for j in range(n):
+        e = _exp(row[j] - m) if keep[j] else F32(0)
+        row[j] = e
+        total += e
+    return m, total
+
+
+@njit(**JIT)
+def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, vc, s, o):
+    """causal_attention_kernel's work for one (batch row b, head h); qc, vc [Tp, Dp], kt [Dp, Tp], s [4, Tp],
+    o [4, Dp]: zeroed scratch (Tp, Dp: T and D rounded up to multiples of 8)."""
+    C = qkv.shape[1] // 3
+    Dp = qc.shape[1]
+    _head_rows(qkv, b, T, h * D, qc)
+    _head_rows(qkv, b, T, 2 * C + h * D, vc)
+    for j in range(T):
+        for d in range(D):
+            kt[d, j] = qkv[b * T + j, C + h * D + d]
+    dropped = drop.shape[0] > 0
+    kb = keep[b]
+    for i0 in range(0, T, ROWS):
+        n_max = min(i0 + ROWS, T)  # keys the block's last row may see (causal)
+        _scores4(qc, i0, kt, n_max, D, s)
+        for r in range(min(ROWS, T - i0)):
+            i, row = i0 + r, s[r]
+            n = i + 1
+            m, total = _softmax_stats(row, n, scale, kb)  # row[:n] = exp(scaled score - m)
+            stats[b, h, i, 0], stats[b, h, i, 1] = m, total
+            for j in range(n, n_max):  # keys this row may not see: weight 0
+                row[j] = F32(0)
+            if dropped:  # the weights after dropout
+                for j in range(n):
+                    row[j] *= drop[b, h, i, j]
+        _weighted4(s, n_max, vc, Dp, o)  # sum_j e_ij v_j
+        for r in range(min(ROWS, T - i0)):
+            i = i0 + r
+            total = stats[b, h, i, 1]
+            for d in range(D):
+                merged[b * T + i, h * D + d] = o[r, d] / total
+
+
+@njit(parallel=True, **JIT)
+def causal_attention_kernel(qkv, T, H, scale, keep, drop, merged, stats):
+    """Mirrors layers.attention_forward (causal, a padding mask, dropout on the weights) for every (batch
+    row, head), reading q, k, v from the fused qkv rows.
+
+    qkv [B*T, 3C] (q, k, v side by side, D = C / H columns per head); keep [B, T] (1 = key not padded;
+    every row sees a kept key); drop [B, H, T, T] dropout mask or [0, 0, 0, 0]; merged [B*T, C] gets the
+    output with heads merged; stats [B, H, T, 2] each row's max scaled score and sum of exps.
+    Per (b, h): T^2 D / 2 multiply-adds twice and T^2 / 2 exps; q, k, v read once into scratch. The
+    B * H pairs are shared among Numba's threads, each pair one thread's whole, so the result does not
+    depend on the thread count (one compiled body for every count)."""
+    B = keep.shape[0]
+    D = qkv.shape[1] // 3 // H
+    Tp, Dp = -(-T // 8) * 8, -(-D // 8) * 8
+    for bh in prange(B * H):
+        _attend_head(qkv, bh // H, bh % H, H, T, scale, keep, drop, merged, stats, D, np.zeros((Tp, Dp), F32),
+                     np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32), np.zeros((ROWS, Tp), F32),
+                     np.zeros((ROWS, Dp), F32))
+
+
+@njit(**REDUCE)
+def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H, T, D, qc, kc, kt, vt, doc, dk,
+                          dv, s, dp, pm, o):
+    """causal_attention_backward_kernel's work for one (b, h); qc, kc, doc, dk, dv [Tp, Dp], kt, vt [Dp, Tp],
+    s, dp, pm [4, Tp], o [4, Dp]: zeroed scratch."""
+    C = qkv.shape[1] // 3
+    Dp = qc.shape[1]
+    _head_rows(qkv, b, T, h * D, qc)
+    _head_rows(qkv, b, T, C + h * D, kc)
+    _head_rows(dmerged, b, T, h * D, doc)
+    for j in range(T):
+        for d in range(D):
+            kt[d, j] = kc[j, d]
+            vt[d, j] = qkv[b * T + j, 2 * C + h * D + d]
+    dropped = drop.shape[0] > 0
+    kb = keep[b]
+    for i0 in range(0, T, ROWS):
+        n_max = min(i0 + ROWS, T)
+        rows = min(ROWS, T - i0)
+        _scores4(qc, i0, kt, n_max, D, s)  # the forward's scores, the same bits
+        _scores4(doc, i0, vt, n_max, D, dp)  # d(dropped weights)_ij = dout_i . v_j
+        for r in range(ROWS):
+            i, w, g = i0 + r, s[r], dp[r]
+            n = i + 1 if r < rows else 0  # rows past T (padding) take no part
+            m, total = (stats[b, h, i, 0], stats[b, h, i, 1]) if r < rows else (F32(0), F32(1))
+            for j in range(n):  # the weights, from the forward's exps (_softmax_stats)
+                w[j] = _exp(w[j] * scale - m) / total if kb[j] else F32(0)
+            for j in range(n, n_max):
+                w[j] = F32(0)
+                g[j] = F32(0)
+            if dropped:  # through the dropout: its factor on the gradient (the dropped weights come below)
+                for j in range(n):
+                    g[j] *= drop[b, h, i, j]
+        if dropped:  # dv_j += (dropped w)_ij dout_i
+            for r in range(ROWS):
+                for j in range(n_max):
+                    pm[r, j] = s[r, j] * drop[b, h, i0 + r, j] if r < rows else F32(0)
+            _accumulate4(pm, n_max, doc, i0, Dp, dv)
+        else:
+            _accumulate4(s, n_max, doc, i0, Dp, dv)
+        for r in range(rows):
+            n, w, g = i0 + r + 1, s[r], dp[r]
+            t = cpu._dot(g, w, n)
+            for j in range(n):  # the softmax backward, in attention_backward's order: ((dw - t) w) scale
+                g[j] = (g[j] - t) * w[j] * scale
+        _accumulate4(dp, n_max, qc, i0, Dp, dk)  # dk_j += ds_ij q_i
+        _weighted4(dp, n_max, kc, Dp, o)  # dq_i = sum_j ds_ij k_j
+        for r in range(rows):
+            for d in range(D):
+                dqkv[b * T + i0 + r, h * D + d] = o[r, d]
+    for j in range(T):
+        for d in range(D):
+            dqkv[b * T + j, C + h * D + d] = dk[j, d]
+            dqkv[b * T + j, 2 * C + h * D + d] = dv[j, d]
+
+
+@njit(parallel=True, **JIT)
+def causal_attention_backward_kernel(dmerged, qkv, T, H, stats, keep, drop, scale, dqkv):
+    """Mirrors layers.attention_backward for causal_attention_kernel's forward: dmerged [B*T, C] (heads
+    merged) -> dqkv [B*T, 3C] (dq, dk, dv side by side, as the qkv rows). Per (b, h) one pass over the
+    rows, the weights rebuilt from stats; dk and dv accumulate in scratch in row order. Masked keys have
+    weight 0: no gradient. The (b, h) pairs are shared among Numba's threads, one thread a pair."""
+    B = keep.shape[0]
+    D = qkv.shape[1] // 3 // H
+    Tp, Dp = -(-T // 8) * 8, -(-D // 8) * 8
+    for bh in prange(B * H):
+        _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, bh // H, bh % H, H, T, D,
+                              np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32), np.zeros((Dp, Tp), F32),
+                              np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32),
+                              np.zeros((Tp, Dp), F32), np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Tp), F32),
+                              np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Dp), F32))
+
+
+# ---- the loss --------------------------------------------------------------------------------------
+@njit(**JIT)
+def log_softmax_picked_kernel(logits, labels, lse, picked):
+    """For each row with a target (labels[i] != -100): lse[i] = log sum exp(logits[i]) and the row's
+    log-probability of its target, packed in row order into picked[:count]; returns count.
+    (layers.log_softmax's z - max - log(sum(exp(z - max))), the exp being cpu._exp.)"""
+    N, V = logits.shape
+    count = 0
+    for i in range(N):
+        y = labels[i]
+        if y == -100:
+            lse[i] = F32(0)
+            continue
+        z = logits[i]
+        m = cpu._max(z, V)
+        total = F32(0)
+        for k in range(V):
+            total += _exp(z[k] - m)
+        log_total = np.log(total)
+        lse[i] = m + log_total
+        picked[count] = (z[y] - m) - log_total
+        count += 1
+    return count
+
+
+@njit(**JIT)
+def cross_entropy_backward_kernel(logits, labels, lse, scale, out):
+    """out[i] = (softmax(logits[i]) - onehot(labels[i])) * scale for rows with a target, 0 for the rest."""
+    N, V = logits.shape
+    for i in range(N):
+        y = labels[i]
+        if y == -100:
+            for k in range(V):
+                out[i, k] = F32(0)
+            continue
+        for k in range(V):
+            out[i, k] = _exp(logits[i, k] - lse[i])
+        out[i, y] -= F32(1.0)  # layers.cross_entropy_backward's order: softmax - onehot, then the scale
+        for k in range(V):
+            out[i, k] *= scale
+
+
+# ---- AdamW -----------------------------------------------------------------------------------------
+@njit(**JIT)
+def adamw_kernel(p, g, m, v, decay, b1, c1, b2, c2, step_size, root_c2, eps):
+    """optim.AdamW.step for one tensor in one pass, with its operations in its order (the same bits):
+    p *= decay (1 - lr wd, or 1); m = b1 m + c1 g; v = b2 v + c2 g^2 (c1 = 1 - b1, c2 = 1 - b2);
+    p -= step_size m / (sqrt(v) / root_c2 + eps). p, g, m, v: float32 of one size (flattened); the
+    scalars float32, rounded as optim.AdamW rounds them."""
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = m[i] * b1 + c1 * gi
+        vi = v[i] * b2 + c2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - step_size * mi / (np.sqrt(vi) / root_c2 + eps)
