@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .layers import layer_norm
 from .train import load_digits_data
 
 # An 8-block iGPT trained on `shifted_digits(canvas=10, copies=3, seed=0)`, for the middle-layer question
@@ -51,8 +52,31 @@ def with_sos(input_ids, config):
     return np.concatenate([sos, ids], axis=1)[:, :config.n_positions]  # [N, min(1 + h*w, n_positions)]
 
 
-def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256):
-    """The mean-pooled hidden state of `layer`: hidden_states[layer].mean(axis=1) -> float32 [N, C].
+FEATURES = ("mean", "paper")  # the two pooling recipes `extract_features` offers
+
+
+def paper_features(hidden, params, prefix, config, layer):
+    """The iGPT paper's features of one layer: f^l = mean_t layer_norm(h^l_t), with block l's own ln_1
+    weight (OpenAI's code collects exactly this tensor as `ln_1`: the normalised input of block l).
+
+    hidden: hidden_states[layer] [B, T, C]. For layer = n_layer there is no block l; its hidden state is
+    already after `ln_f`, the normalised input of the LM head, which is what the paper's last-layer
+    features are, so it is pooled as it is. -> float32 [B, C]."""
+    if layer == config.n_layer:
+        return hidden.mean(axis=1)  # [B, T, C] -> [B, C]: already layer-normed by ln_f
+    weight = params[f"{prefix}h.{layer}.ln_1.weight"]  # [C]
+    return layer_norm(hidden, weight, config.layer_norm_epsilon).mean(axis=1)  # [B, T, C] -> [B, C]
+
+
+def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256, features="mean"):
+    """One pooled feature vector per image from the hidden state of `layer` -> float32 [N, C].
+
+    `features` picks the recipe:
+      "mean"  hidden_states[layer].mean(axis=1): the raw residual stream pooled, as transformers' docs
+              suggest (layers 0..n_layer-1 unnormalised, layer n_layer after ln_f);
+      "paper" the iGPT paper's f^l = mean over positions of layer_norm(h^l) with block l's own ln_1
+              weight, the layer-normed input of block l (`paper_features`); for l = n_layer, the state
+              after ln_f, as the paper's last-layer features. Every layer is then on the same scale.
 
     `model` is any of the three model classes (only the transformer body runs); `input_ids` [N, T] is
     fed as given unless `add_sos`, which prepends the SOS token as the causal model was trained (see
@@ -60,6 +84,8 @@ def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256):
     [len(layer), N, C] from the same forward passes. Images go through `batch_size` at a time.
     """
     cfg = model.config
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {', '.join(map(repr, FEATURES))}, got {features!r}")
     many = isinstance(layer, (list, tuple, range, np.ndarray))
     wanted = list(layer) if many else [layer]
     n_states = cfg.n_layer + 1
@@ -81,7 +107,11 @@ def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256):
             raise ValueError(f"the model on device {model.device!r} returned no hidden states; use "
                              f"model.to('cpu') or model.to('numpy') to extract features")
         for i, w in enumerate(wanted):
-            out[i, start:start + batch_size] = hidden[w].mean(axis=1)  # [b, T, C] -> [b, C]
+            if features == "paper":
+                pooled = paper_features(hidden[w], model.params, model.prefix, cfg, w % n_states)  # [b, C]
+            else:
+                pooled = hidden[w].mean(axis=1)  # [b, T, C] -> [b, C]
+            out[i, start:start + batch_size] = pooled
     return out if many else out[0]
 
 
@@ -123,6 +153,7 @@ def linear_probe(features, labels, test_features=None, test_labels=None, *, test
     if (test_features is None) != (test_labels is None):
         raise ValueError("pass both test_features and test_labels, or neither")
     if test_features is None:
+        _check_split(y, test_size)
         x, x_test, y, y_test = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
     else:
         x_test, y_test = _features(test_features, "test_features"), np.asarray(test_labels)
@@ -142,6 +173,22 @@ def linear_probe(features, labels, test_features=None, test_labels=None, *, test
                        classifier=clf)
 
 
+def _check_split(y, test_size):
+    """The stratified hold-out `linear_probe` makes must be possible: scikit-learn's own errors for these
+    name neither the argument nor the class."""
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float, np.integer, np.floating)) \
+            or not 0 < test_size < 1:
+        raise ValueError(f"test_size must be a fraction strictly between 0 and 1, got {test_size!r}")
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"labels: class {classes[counts.argmin()]!r} has a single image; a stratified split "
+                         f"needs at least 2 of each class (one to fit, one to test)")
+    n_test = int(np.ceil(test_size * len(y)))
+    if n_test < len(classes) or len(y) - n_test < len(classes):
+        raise ValueError(f"test_size={test_size} leaves {n_test} test and {len(y) - n_test} training images of "
+                         f"{len(y)}: each side needs one of each of the {len(classes)} classes")
+
+
 def _features(x, name):
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] < 2:
@@ -152,18 +199,34 @@ def _features(x, name):
 
 
 def probe_by_layer(model, input_ids, labels, *, layers=None, add_sos=False, test_size=0.2, seed=0,
-                   test_input_ids=None, test_labels=None, C=1.0, batch_size=256):
-    """`linear_probe` on the mean-pooled features of every layer (or `layers`), all judged on the same
-    held-out images. -> {layer: ProbeResult}, layers as hidden_states numbers them (0 = embeddings,
-    n_layer = after ln_f)."""
+                   test_input_ids=None, test_labels=None, C=1.0, batch_size=256, features="mean"):
+    """`linear_probe` on the pooled features (`features`: "mean" or "paper", see `extract_features`) of
+    every layer (or `layers`), all judged on the same held-out images. `C="tuned"` (or a list) chooses
+    each layer's C on an inner split of its training images (`choose_C`). -> {layer: ProbeResult},
+    layers as hidden_states numbers them (0 = embeddings, n_layer = after ln_f)."""
     wanted = list(range(model.config.n_layer + 1)) if layers is None else list(layers)
-    feats = extract_features(model, input_ids, wanted, add_sos=add_sos, batch_size=batch_size)  # [L, N, C]
+    grid = _C_grid(C)
+    if test_input_ids is None:
+        _check_split(np.asarray(labels), test_size)  # before the forward passes, not after
+    feats = extract_features(model, input_ids, wanted, add_sos=add_sos, batch_size=batch_size,
+                             features=features)  # [L, N, C]
     test_feats = None
     if test_input_ids is not None:
-        test_feats = extract_features(model, test_input_ids, wanted, add_sos=add_sos, batch_size=batch_size)
-    return {w: linear_probe(feats[i], labels, None if test_feats is None else test_feats[i], test_labels,
-                            test_size=test_size, seed=seed, C=C)
-            for i, w in enumerate(wanted)}
+        test_feats = extract_features(model, test_input_ids, wanted, add_sos=add_sos, batch_size=batch_size,
+                                      features=features)
+    results = {}
+    for i, w in enumerate(wanted):
+        fit = feats[i]
+        if len(grid) > 1 and test_feats is None:  # the inner split comes from the training side only
+            from sklearn.model_selection import train_test_split
+
+            idx = train_test_split(np.arange(len(fit)), test_size=test_size, random_state=seed, stratify=labels)[0]
+            c = choose_C(fit[idx], np.asarray(labels)[idx], grid, seed=seed)
+        else:
+            c = grid[0] if len(grid) == 1 else choose_C(fit, labels, grid, seed=seed)
+        results[w] = linear_probe(fit, labels, None if test_feats is None else test_feats[i], test_labels,
+                                  test_size=test_size, seed=seed, C=c)
+    return results
 
 
 # ---- the paper's comparison: trained vs untrained vs raw pixels, cross-validated -----------------
@@ -178,6 +241,7 @@ class ProbeCurve:
     layers: list
     scores: np.ndarray  # [n_layers, n_folds]
     train_scores: np.ndarray  # [n_layers, n_folds]
+    C: np.ndarray | None = None  # [n_layers, n_folds] the inverse L2 strength each fit used
 
     @property
     def mean(self):
@@ -203,12 +267,40 @@ class ProbeCurve:
         return f"ProbeCurve({self.name!r}, {self.scores.shape[1]} folds, {cells})"
 
 
+C_GRID = (0.01, 0.1, 1.0, 10.0)  # the inverse L2 strengths `C="tuned"` chooses from (standardised features)
+
+
+def choose_C(features, labels, grid=C_GRID, *, seed=0, inner_size=0.2):
+    """The probe's regularisation for one layer, chosen as the paper tuned its probe: on an inner split of
+    the images it is given (a stratified `inner_size` of them held out, by `seed`), the C of `grid` with
+    the best accuracy (the smallest C on a tie: the simpler probe). The caller then refits on all of them,
+    so the choice never sees the outer fold's test images. -> float."""
+    scores = [linear_probe(features, labels, test_size=inner_size, seed=seed, C=c).accuracy for c in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def _C_grid(C):
+    """C is a positive number, or "tuned" (choose from C_GRID), or a sequence of candidates -> tuple."""
+    if isinstance(C, str):
+        if C != "tuned":
+            raise ValueError(f"C must be a positive number, 'tuned' or a list of candidates, got {C!r}")
+        return C_GRID
+    grid = tuple(C) if isinstance(C, (list, tuple, np.ndarray)) else (C,)
+    if not grid or any(isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating))
+                       or not c > 0 for c in grid):
+        raise ValueError(f"C must be a positive number, 'tuned' or a list of positive candidates, got {C!r}")
+    return grid
+
+
 def cross_validated_probe(features, labels, *, n_folds=5, seed=0, layers=None, name="features", C=1.0):
     """`linear_probe` on every layer of `features`, scored by stratified k-fold cross-validation.
 
     `features` is [n_layers, N, C] (as `extract_features` returns for a list of layers) or [N, F] (one
     set, e.g. raw pixels); `layers` names the rows (default 0, 1, ...). The folds come from
-    scikit-learn's StratifiedKFold shuffled by `seed`: each image is tested exactly once. -> ProbeCurve.
+    scikit-learn's StratifiedKFold shuffled by `seed`: each image is tested exactly once. `C` is the
+    inverse L2 strength, or "tuned" (or a list of candidates): then each layer's C is chosen on every
+    training fold by `choose_C`, on an inner split of that fold only (the chosen values are in
+    `ProbeCurve.C`). -> ProbeCurve.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -229,14 +321,17 @@ def cross_validated_probe(features, labels, *, n_folds=5, seed=0, layers=None, n
     layers = list(range(len(x))) if layers is None else list(layers)
     if len(layers) != len(x):
         raise ValueError(f"layers names {len(layers)} rows, features have {len(x)}")
+    grid = _C_grid(C)
     folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     scores = np.empty((len(x), n_folds))
     train_scores = np.empty((len(x), n_folds))
+    chosen = np.empty((len(x), n_folds))
     for i, feats in enumerate(x):
         for f, (fit, test) in enumerate(folds):
-            r = linear_probe(feats[fit], y[fit], feats[test], y[test], C=C)
+            chosen[i, f] = grid[0] if len(grid) == 1 else choose_C(feats[fit], y[fit], grid, seed=seed)
+            r = linear_probe(feats[fit], y[fit], feats[test], y[test], C=chosen[i, f])
             scores[i, f], train_scores[i, f] = r.accuracy, r.train_accuracy
-    return ProbeCurve(name, layers, scores, train_scores)
+    return ProbeCurve(name, layers, scores, train_scores, chosen)
 
 
 def untrained_like(model, seed=0):
@@ -245,28 +340,51 @@ def untrained_like(model, seed=0):
     return type(model)(model.config, seed=seed)
 
 
+def colour_histogram(input_ids, n_colors):
+    """What mean-pooling makes of the pixels themselves, with no model: the fraction of an image's pixels
+    in each palette colour. ids [N, T] -> float32 [N, n_colors]. Every position is averaged away, so this
+    is the baseline for pooled features (layer 0, the pooled embeddings, is a linear map of it plus a
+    constant); raw pixels unpooled keep where each grey is."""
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or ids.size == 0 or ids.min() < 0 or ids.max() >= n_colors:
+        raise ValueError(f"input_ids must be [N, T] palette ids in [0, {n_colors}), got shape {ids.shape}")
+    counts = np.zeros((len(ids), n_colors), np.float32)  # [N, n_colors]
+    np.add.at(counts, (np.repeat(np.arange(len(ids)), ids.shape[1]), ids.ravel()), 1.0)
+    return counts / np.float32(ids.shape[1])
+
+
 def compare_probes(model, input_ids, labels, *, raw_pixels=None, untrained=None, init_seed=0, layers=None,
-                   add_sos=True, n_folds=5, seed=0, C=1.0, batch_size=256):
+                   add_sos=True, n_folds=5, seed=0, C=1.0, batch_size=256, features="mean", pooled_pixels=False):
     """The probe curves a paper shows, every layer scored on the same folds:
     -> {"trained": ProbeCurve, "untrained": ProbeCurve, "raw pixels": ProbeCurve}.
 
     "untrained" is `untrained` if given, else `untrained_like(model, init_seed)`; pass
     `untrained=False` to leave it out. "raw pixels" is there when `raw_pixels` [N, P] is given (e.g.
-    the grey levels, scaled to [0, 1]). `layers` defaults to all of them, 0 .. n_layer. `add_sos`
-    defaults to True: these are causal models, trained on SOS + pixels.
+    the grey levels, scaled to [0, 1]); "raw pixels, pooled" (the `colour_histogram` of `input_ids`)
+    when `pooled_pixels`. `layers` defaults to all of them, 0 .. n_layer. `add_sos` defaults to True:
+    these are causal models, trained on SOS + pixels. `features` ("mean" or "paper") is the pooling
+    recipe of `extract_features`; `C` a number or "tuned" (`cross_validated_probe`).
     """
     wanted = list(range(model.config.n_layer + 1)) if layers is None else list(layers)
+    _C_grid(C)  # a bad C is an error before the forward passes
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {', '.join(map(repr, FEATURES))}, got {features!r}")
     curves = {}
     models = {"trained": model}
     if untrained is not False:
         models["untrained"] = untrained_like(model, init_seed) if untrained is None else untrained
     for name, m in models.items():
-        feats = extract_features(m, input_ids, wanted, add_sos=add_sos, batch_size=batch_size)  # [L, N, C]
+        feats = extract_features(m, input_ids, wanted, add_sos=add_sos, batch_size=batch_size,
+                                 features=features)  # [L, N, C]
         curves[name] = cross_validated_probe(feats, labels, n_folds=n_folds, seed=seed, layers=wanted, name=name, C=C)
     if raw_pixels is not None:
         raw = np.asarray(raw_pixels)
         raw = raw.reshape(len(raw), -1)  # [N, P]: images of any shape, flattened
         curves["raw pixels"] = cross_validated_probe(raw, labels, n_folds=n_folds, seed=seed, name="raw pixels", C=C)
+    if pooled_pixels:
+        hist = colour_histogram(input_ids, model.config.vocab_size - 1)  # [N, n_colors]
+        curves["raw pixels, pooled"] = cross_validated_probe(hist, labels, n_folds=n_folds, seed=seed,
+                                                             name="raw pixels, pooled", C=C)
     return curves
 
 
