@@ -403,6 +403,7 @@ def plot_probe_curves(curves, ax=None, title=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.8))
     layered = [c for c in curves.values() if len(c.layers) > 1]
+    flat_styles = iter([("gray", "--"), ("saddlebrown", ":"), ("olive", "-."), ("black", (0, (1, 3)))] * 8)
     for c in curves.values():
         n_folds = c.scores.shape[1]
         if len(c.layers) > 1:
@@ -410,7 +411,8 @@ def plot_probe_curves(curves, ax=None, title=None):
             ax.errorbar(c.layers, c.mean, yerr=c.std, marker="o", ms=4, capsize=3,
                         label=f"{c.name} (best: layer {c.best_layer}, {c.mean[k]:.3f} ± {c.std[k]:.3f})")
         else:
-            line = ax.axhline(c.mean[0], ls="--", color="gray", label=f"{c.name} ({c.mean[0]:.3f} ± {c.std[0]:.3f})")
+            colour, style = next(flat_styles)  # one look per baseline, so two of them can be told apart
+            line = ax.axhline(c.mean[0], ls=style, color=colour, label=f"{c.name} ({c.mean[0]:.3f} ± {c.std[0]:.3f})")
             ax.axhspan(c.mean[0] - c.std[0], c.mean[0] + c.std[0], color=line.get_color(), alpha=0.15)
     if layered:
         layers = layered[0].layers
@@ -426,9 +428,10 @@ def plot_probe_curves(curves, ax=None, title=None):
 
 
 # ---- a harder task -------------------------------------------------------------------------------
-def shifted_digits(canvas=10, copies=1, seed=0):
+def shifted_digits(canvas=10, copies=1, seed=0, *, return_offsets=False):
     """scikit-learn's digits, each pasted at a random place on a blank `canvas` x `canvas` image:
-    -> (uint8 images [copies * 1797, canvas, canvas], labels int64 [copies * 1797]).
+    -> (uint8 images [copies * 1797, canvas, canvas], labels int64 [copies * 1797]), and with
+    `return_offsets` also each paste's top-left corner (row, column), int64 [copies * 1797, 2].
 
     On the plain 8x8 digits raw pixels are already a strong linear feature (a stroke is always at the
     same place); shifting the digit by up to `canvas - 8` pixels each way breaks that, which is the
@@ -445,7 +448,8 @@ def shifted_digits(canvas=10, copies=1, seed=0):
     offsets = rng.integers(0, canvas - 8 + 1, size=(copies * n, 2))  # top-left corner of each paste
     for i, (r, c) in enumerate(offsets):
         out[i, r:r + 8, c:c + 8] = digits[i % n]
-    return out, np.tile(data.labels, copies)
+    labels = np.tile(data.labels, copies)
+    return (out, labels, offsets.astype(np.int64)) if return_offsets else (out, labels)
 
 
 # ---- the command line ------------------------------------------------------------------------------

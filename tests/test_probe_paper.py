@@ -172,3 +172,17 @@ def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path)])
     assert "not a model directory (no config.json)" in capsys.readouterr().err
+
+
+def test_shifted_digits_can_say_where_each_digit_was_pasted():
+    from minigpt_pixels.probe import shifted_digits
+
+    images, labels, offsets = shifted_digits(canvas=10, copies=1, seed=1, return_offsets=True)
+    plain, plain_labels = shifted_digits(canvas=10, copies=1, seed=1)
+    np.testing.assert_array_equal(images, plain)
+    np.testing.assert_array_equal(labels, plain_labels)
+    assert offsets.shape == (len(images), 2) and offsets.min() >= 0 and offsets.max() <= 2
+    for im, (r, c) in zip(images[:50], offsets[:50]):
+        outside = im.copy()
+        outside[r:r + 8, c:c + 8] = 0
+        assert not outside.any()  # nothing outside the pasted 8 x 8 box
