@@ -522,6 +522,34 @@ def format_table(curves, width=30):
     return "\n".join(lines)
 
 
+def markdown_table(report):
+    """`probe_report`'s numbers (or the --json file's) as the README's table: a row per model, a column per
+    layer (the best trained layer in bold), then the raw-pixel baselines; and a line with the best layer's
+    margin over the last. -> str."""
+    layers = report["trained"]["layers"]
+    last = report["last_layer"]
+    heads = [f"{k} (embeddings)" if k == 0 else f"{k} (+ ln_f)" if k == last else str(k) for k in layers]
+    baselines = [n for n in ("raw pixels", "raw pixels, pooled") if n in report]
+    lines = ["| layer | " + " | ".join(heads + baselines) + " |", "|---" * (1 + len(heads) + len(baselines)) + "|"]
+    for name in ("trained", "untrained"):
+        if name not in report:
+            continue
+        c = report[name]
+        cells = [f"{m:.3f} ± {sd:.3f}" for m, sd in zip(c["mean"], c["std"])]
+        if name == "trained":
+            i = layers.index(report["best_layer"])
+            cells[i] = f"**{cells[i]}**"
+            cells += [f"{report[n]['mean'][0]:.3f} ± {report[n]['std'][0]:.3f}" for n in baselines]
+        else:
+            cells += [""] * len(baselines)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    g = report["best_minus_last"]
+    lines.append("")
+    lines.append(f"Best layer {report['best_layer']} of {last}; best minus last, fold by fold: {g['mean']:+.3f} ± "
+                 f"{g['std']:.3f}, ahead on {g['folds_ahead']} of {g['n_folds']} folds.")
+    return "\n".join(lines)
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -564,6 +592,7 @@ def build_parser():
     ap.add_argument("--init-seed", type=int, default=0, help="the untrained model's initialisation (train --seed)")
     ap.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     ap.add_argument("--plot", metavar="FILE", help="also draw the curves to FILE (PNG)")
+    ap.add_argument("--markdown", action="store_true", help="also print the table as the README's markdown")
     ap.add_argument("--force", action="store_true", help="overwrite --json / --plot files that exist")
     return ap
 
@@ -595,9 +624,11 @@ def main(argv=None):
     except (OSError, ValueError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     print(format_table(curves))
+    report = {"model": args.model, "data": args.data, "features": args.features, "folds": args.folds,
+              "C": args.C, "n_images": int(len(labels)), **probe_report(curves)}
+    if args.markdown:
+        print(markdown_table(report))
     if args.json:
-        report = {"model": args.model, "data": args.data, "features": args.features, "folds": args.folds,
-                  "C": args.C, "n_images": int(len(labels)), **probe_report(curves)}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
