@@ -61,20 +61,21 @@ def with_sos(input_ids, config):
 FEATURES = ("mean", "paper")  # the two pooling recipes `extract_features` offers
 
 
-def paper_features(hidden, params, prefix, config, layer):
+def paper_features(hidden, params, prefix, config, layer, pool_from=0):
     """The iGPT paper's features of one layer: f^l = mean_t layer_norm(h^l_t), with block l's own ln_1
     weight (OpenAI's code collects exactly this tensor as `ln_1`: the normalised input of block l).
 
     hidden: hidden_states[layer] [B, T, C]. For layer = n_layer there is no block l; its hidden state is
     already after `ln_f`, the normalised input of the LM head, which is what the paper's last-layer
-    features are, so it is pooled as it is. -> float32 [B, C]."""
+    features are, so it is pooled as it is. Positions from `pool_from` on are averaged (0: all of them,
+    as the paper does). -> float32 [B, C]."""
     if layer == config.n_layer:
-        return hidden.mean(axis=1)  # [B, T, C] -> [B, C]: already layer-normed by ln_f
+        return hidden[:, pool_from:].mean(axis=1)  # [B, T, C] -> [B, C]: already layer-normed by ln_f
     weight = params[f"{prefix}h.{layer}.ln_1.weight"]  # [C]
-    return layer_norm(hidden, weight, config.layer_norm_epsilon).mean(axis=1)  # [B, T, C] -> [B, C]
+    return layer_norm(hidden[:, pool_from:], weight, config.layer_norm_epsilon).mean(axis=1)  # [B, C]
 
 
-def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256, features="mean"):
+def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256, features="mean", pool_from=0):
     """One pooled feature vector per image from the hidden state of `layer` -> float32 [N, C].
 
     `features` picks the recipe:
@@ -88,6 +89,8 @@ def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256, 
     fed as given unless `add_sos`, which prepends the SOS token as the causal model was trained (see
     `with_sos`). `layer` is an int in [-(n_layer + 1), n_layer], or a list of them, which returns
     [len(layer), N, C] from the same forward passes. Images go through `batch_size` at a time.
+    `pool_from` > 0 averages only the positions from there on (later positions have seen more of the
+    image; the paper and transformers' classifier pool them all).
     """
     cfg = model.config
     if features not in FEATURES:
@@ -104,6 +107,9 @@ def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256, 
         raise ValueError(f"input_ids must have shape (N, sequence) with N >= 1, got {ids.shape}")
     if add_sos:
         ids = with_sos(ids, cfg)
+    if isinstance(pool_from, bool) or not isinstance(pool_from, (int, np.integer)) or not 0 <= pool_from < ids.shape[1]:
+        raise ValueError(f"pool_from must be an integer in [0, {ids.shape[1] - 1}] (the sequence has {ids.shape[1]} "
+                         f"positions), got {pool_from!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = np.empty((len(wanted), ids.shape[0], cfg.n_embd), np.float32)  # [layers, N, C]
@@ -114,9 +120,9 @@ def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256, 
                              f"model.to('cpu') or model.to('numpy') to extract features")
         for i, w in enumerate(wanted):
             if features == "paper":
-                pooled = paper_features(hidden[w], model.params, model.prefix, cfg, w % n_states)  # [b, C]
+                pooled = paper_features(hidden[w], model.params, model.prefix, cfg, w % n_states, pool_from)  # [b, C]
             else:
-                pooled = hidden[w].mean(axis=1)  # [b, T, C] -> [b, C]
+                pooled = hidden[w][:, pool_from:].mean(axis=1)  # [b, T, C] -> [b, C]
             out[i, start:start + batch_size] = pooled
     return out if many else out[0]
 
@@ -361,7 +367,8 @@ def colour_histogram(input_ids, n_colors):
 
 
 def compare_probes(model, input_ids, labels, *, raw_pixels=None, untrained=None, init_seed=0, layers=None,
-                   add_sos=True, n_folds=5, seed=0, C=1.0, batch_size=256, features="mean", pooled_pixels=False):
+                   add_sos=True, n_folds=5, seed=0, C=1.0, batch_size=256, features="mean", pooled_pixels=False,
+                   pool_from=0):
     """The probe curves a paper shows, every layer scored on the same folds:
     -> {"trained": ProbeCurve, "untrained": ProbeCurve, "raw pixels": ProbeCurve}.
 
@@ -382,7 +389,7 @@ def compare_probes(model, input_ids, labels, *, raw_pixels=None, untrained=None,
         models["untrained"] = untrained_like(model, init_seed) if untrained is None else untrained
     for name, m in models.items():
         feats = extract_features(m, input_ids, wanted, add_sos=add_sos, batch_size=batch_size,
-                                 features=features)  # [L, N, C]
+                                 features=features, pool_from=pool_from)  # [L, N, C]
         curves[name] = cross_validated_probe(feats, labels, n_folds=n_folds, seed=seed, layers=wanted, name=name, C=C)
     if raw_pixels is not None:
         raw = np.asarray(raw_pixels)
@@ -586,6 +593,8 @@ def build_parser():
                     help="'paper': mean over positions of layer_norm(h^l) with block l's ln_1 (ln_f for the last "
                          "layer); 'mean': the raw hidden state mean-pooled")
     ap.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds")
+    ap.add_argument("--pool-from", type=int, default=0, help="average positions from this one on (0: all, as "
+                                                             "the paper; SOS is position 0)")
     ap.add_argument("--C", type=_C_arg, default="tuned", help="inverse L2 strength, or 'tuned': chosen per layer "
                                                               f"from {list(C_GRID)} on an inner split of each fold")
     ap.add_argument("--seed", type=int, default=0, help="the folds' shuffle")
@@ -620,7 +629,7 @@ def main(argv=None):
         with threadpool_limits(limits=1):  # tiny matrices: one BLAS thread is fastest, and polite on shared CPUs
             curves = compare_probes(model, ids, labels, raw_pixels=_grey_or_rgb(images), init_seed=args.init_seed,
                                     n_folds=args.folds, seed=args.seed, C=args.C, features=args.features,
-                                    pooled_pixels=True)
+                                    pooled_pixels=True, pool_from=args.pool_from)
     except (OSError, ValueError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     print(format_table(curves))

@@ -186,3 +186,14 @@ def test_shifted_digits_can_say_where_each_digit_was_pasted():
         outside = im.copy()
         outside[r:r + 8, c:c + 8] = 0
         assert not outside.any()  # nothing outside the pasted 8 x 8 box
+
+
+def test_pool_from_averages_only_the_later_positions():
+    model = ImageGPTForCausalImageModeling.from_pretrained(CAUSAL)
+    ids = np.load(CAUSAL / "outputs.npz")["input_ids"]
+    hidden = model.transformer(ids, output_hidden_states=True).hidden_states
+    np.testing.assert_allclose(extract_features(model, ids, 1, pool_from=2), hidden[1][:, 2:].mean(1), atol=1e-6)
+    late = extract_features(model, ids, [0, 2], features="paper", pool_from=2)
+    np.testing.assert_allclose(late[1], hidden[2][:, 2:].mean(1), atol=1e-6)  # the last layer: ln_f's output
+    with pytest.raises(ValueError, match="pool_from must be an integer in \\[0, "):
+        extract_features(model, ids, 0, pool_from=ids.shape[1])
