@@ -130,7 +130,7 @@ display(Markdown(
     f"{p_trained.mean[0]:.3f} layer-normed. Mean-pooling the raw embeddings leaves a linear map of the colour "
     f"fractions (the pooled raw pixels score {pooled.mean[0]:.3f}), because the position embeddings average to a "
     f"constant; layer-norming each position first is non-linear, and keeps some of where each grey is.\n"
-    f"* **Untrained blocks already reach {p_untrained.mean[1:].min():.2f}-{p_untrained.mean[1:].max():.2f}** "
+    f"* **Untrained blocks already reach {p_untrained.mean[1:].min():.3f} to {p_untrained.mean[1:].max():.3f}** "
     f"(paper recipe): random attention and MLPs make random features of the image. The gap above that curve is "
     f"what pre-training learned.\n"
     f"* **Raw pixels ({pixels.mean[0]:.3f}) beat every layer** of this 4-block model (best "
@@ -253,15 +253,18 @@ for col, (x, title) in enumerate([(images.reshape(len(images), -1) / 255.0, "raw
         bar.set_label("paste position (row x 3 + column)" if row == 0 else "digit")
 fig.tight_layout()
 points = PCA(n_components=2).fit_transform(best_features)
-print(f"layer {d_paper.best_layer}: R² of its two main directions on the paste position {r2(points, shift_onehot):.2f}, "
-      f"on the digit {r2(points, digit_onehot):.2f}")
+r2_shift, r2_digit = r2(points, shift_onehot), r2(points, digit_onehot)
+print(f"layer {d_paper.best_layer}: R² of its two main directions on the paste position {r2_shift:.2f}, "
+      f"on the digit {r2_digit:.2f}")
+display(Markdown(
+    f"The two main directions of layer {d_paper.best_layer}'s features say more about "
+    f"{'*where* the digit is than *which* digit' if r2_shift > r2_digit else '*which* digit than *where* it is'} "
+    f"(R² {r2_shift:.2f} against {r2_digit:.2f}; the raw pixels' are in the titles above). "
+    f"A linear probe still reads the digit at {d_paper.mean.max():.3f} because it uses all "
+    f"{deep.config.n_embd} directions, not just the two largest: a picture of two PCA axes alone would "
+    f"undersell what the layer knows."))
 
 # %% [markdown]
-# The two main directions of the features mostly say *where* the digit is, not *which* digit: the
-# largest variation in what the model computes is the layout of the canvas. A linear probe still reads
-# the digit well because it can use all 64 directions, not just the two largest. A picture of two PCA
-# axes alone would undersell what the layer knows.
-#
 # **Summary.** `extract_features(..., features="paper")` + `linear_probe` are two lines per layer;
 # `compare_probes` does the curves on shared folds and `plot_probe_curves` draws them;
 # `python -m minigpt_pixels.probe` does it all from the command line. Always probe an untrained model of
