@@ -46,6 +46,10 @@ from .train import TrainError, load_folder
 # An 8-block iGPT trained on `shifted_digits(canvas=10, copies=3, seed=0)`, for the middle-layer question
 # (how it was made: the README.md beside its weights). HF layout, like minigpt_pixels.DEFAULT_MODEL.
 SHIFTED_DIGITS_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "shifted_digits_model")
+# A 16-block iGPT pre-trained on shifted digits 0-4 only, on which the paper's probe of new shifts of the digits
+# 5-9 (classes it never saw) peaks inside the network (how it was made: the README.md beside its weights).
+MIDDLE_PEAK_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "middle_peak_model")
+MIDDLE_PEAK_CLASSES = (5, 6, 7, 8, 9)  # the probe's classes; the model was pre-trained on the other five
 
 
 # ---- features ------------------------------------------------------------------------------------
@@ -459,6 +463,15 @@ def shifted_digits(canvas=10, copies=1, seed=0, *, return_offsets=False):
     return (out, labels, offsets.astype(np.int64)) if return_offsets else (out, labels)
 
 
+def middle_peak_probe_data():
+    """The images MIDDLE_PEAK_MODEL is probed on: new shifts (seed 1) on a 10 x 10 canvas of every digit 5-9
+    in scikit-learn's set, classes the model never saw in pre-training (it saw shifts by seed 0 of the
+    digits 0-4). -> (uint8 images [896, 10, 10], labels int64 [896], the digits 5..9)."""
+    images, labels = shifted_digits(canvas=10, copies=1, seed=1)
+    keep = np.isin(labels, MIDDLE_PEAK_CLASSES)
+    return images[keep], labels[keep]
+
+
 # ---- the command line ------------------------------------------------------------------------------
 def probe_data(spec, processor):
     """--data: "digits" (scikit-learn's 1797), "shifted-digits" (new shifts, seed 1, on the model's canvas)
@@ -468,6 +481,9 @@ def probe_data(spec, processor):
     if spec == "digits":
         data = load_digits_data()
         return np.stack(data.images), data.labels, "scikit-learn's digits"
+    if spec == "middle-peak":
+        images, labels = middle_peak_probe_data()
+        return images, labels, "new shifts of the digits 5-9 (classes MIDDLE_PEAK_MODEL never saw)"
     if spec == "shifted-digits":
         if height != width or height < 8:
             raise ValueError(f"--data shifted-digits needs a square model of at least 8 x 8, this one reads "
@@ -588,7 +604,8 @@ def build_parser():
     ap.add_argument("--model", required=True, help="HF-layout model directory (config.json, model.safetensors, "
                                                     "preprocessor_config.json)")
     ap.add_argument("--data", default="digits", help="'digits', 'shifted-digits' (new shifts on the model's "
-                                                     "canvas) or a folder with one sub-folder of images per class")
+                                                     "canvas), 'middle-peak' (middle_peak_probe_data()) or a "
+                                                     "folder with one sub-folder of images per class")
     ap.add_argument("--features", choices=FEATURES, default="paper",
                     help="'paper': mean over positions of layer_norm(h^l) with block l's ln_1 (ln_f for the last "
                          "layer); 'mean': the raw hidden state mean-pooled")

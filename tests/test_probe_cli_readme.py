@@ -14,6 +14,7 @@ README = (ROOT / "README.md").read_text()
 TABLES = {  # --json file -> the command that made it (as the README shows it)
     "probe_default_paper.json": ["--model", "minigpt_pixels/data/default_model", "--data", "digits"],
     "probe_shifted_paper.json": ["--model", "minigpt_pixels/data/shifted_digits_model", "--data", "shifted-digits"],
+    "probe_middle_peak_paper.json": ["--model", "minigpt_pixels/data/middle_peak_model", "--data", "middle-peak"],
 }
 
 
@@ -48,3 +49,8 @@ def test_the_cli_reproduces_the_default_model_s_table(tmp_path):
 @pytest.mark.slow
 def test_the_cli_reproduces_the_shifted_digits_model_s_table(tmp_path):
     rerun("probe_shifted_paper.json", tmp_path)
+
+
+@pytest.mark.slow
+def test_the_cli_reproduces_the_middle_peak_model_s_table(tmp_path):
+    rerun("probe_middle_peak_paper.json", tmp_path)
