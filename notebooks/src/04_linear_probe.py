@@ -45,8 +45,8 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notic
 
 from minigpt_pixels import DEFAULT_MODEL
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
-from minigpt_pixels.probe import (SHIFTED_DIGITS_MODEL, compare_probes, extract_features, plot_probe_curves,
-                                  shifted_digits)
+from minigpt_pixels.probe import (MIDDLE_PEAK_MODEL, SHIFTED_DIGITS_MODEL, compare_probes, extract_features,
+                                  middle_peak_probe_data, plot_probe_curves, shifted_digits)
 from minigpt_pixels.processor import ImageGPTImageProcessor
 from minigpt_pixels.train import load_digits_data
 
@@ -214,8 +214,60 @@ display(Markdown(
     f"middle peak asks for a best layer at most three quarters of the way up ({3 * d_last // 4} of {d_last}) and at "
     f"least +0.02 over the last on 4 of 5 folds; " +
     ("this model passes it." if d_paper.best_layer <= 3 * d_last // 4 and gap.mean() >= 0.02 and (gap > 0).sum() >= 4
-     else "this model does not: at classroom scale the paper's peak leans toward the top, and it would be "
-          "wrong to claim one. The README's section on the middle-layer question lists what was tried.")))
+     else "this model does not: its curve leans toward the top, and it would be wrong to claim a peak. The next "
+          "section's model does.")))
+
+# %% [markdown]
+# ## A middle peak at classroom scale
+#
+# What finally made the peak appear here was a **distribution shift**, one of the paper's own settings
+# (it probes ImageNet-trained models on CIFAR and STL-10): `MIDDLE_PEAK_MODEL`, 16 blocks of width 32, was
+# pre-trained on shifted copies of the digits **0-4 only**, and is probed on new shifts of the digits
+# **5-9**, classes it never saw (`middle_peak_probe_data()`; its README has the commands, the time and how
+# the peak grew with training). The last layers learned to predict the next pixel of a 0-4; the middle
+# ones learned strokes that carry over. Here the probe's regularisation is chosen per layer on an inner
+# split of each training fold (`C="tuned"`), as the paper tuned its probe:
+
+# %%
+peak_model = ImageGPTForCausalImageModeling.from_pretrained(MIDDLE_PEAK_MODEL)
+peak_processor = ImageGPTImageProcessor.from_pretrained(MIDDLE_PEAK_MODEL)
+peak_images, peak_labels = middle_peak_probe_data()  # [896, 10, 10] uint8, digits 5-9
+start = time.perf_counter()
+peak_curves = compare_probes(peak_model, peak_processor(list(peak_images))["input_ids"], peak_labels,
+                             raw_pixels=peak_images / 255.0, n_folds=5, seed=0, features="paper", C="tuned",
+                             pooled_pixels=True)
+m_trained, m_untrained = peak_curves["trained"], peak_curves["untrained"]
+m_last = peak_model.config.n_layer
+m_gap = m_trained.difference(m_trained.best_layer, m_last)  # [5 folds]
+print(f"{m_last} blocks of width {peak_model.config.n_embd}, {len(peak_labels)} images of 5 unseen classes; "
+      f"probed in {time.perf_counter() - start:.0f} s")
+print(f"best layer {m_trained.best_layer} of {m_last}: {m_trained.mean.max():.3f}; last layer {m_trained.mean[-1]:.3f}; "
+      f"best - last, fold by fold: {' '.join(f'{g:+.3f}' for g in m_gap)} -> {m_gap.mean():+.3f} ± {m_gap.std(ddof=1):.3f}")
+print(f"untrained at layer {m_trained.best_layer}: {m_untrained.mean[m_trained.best_layer]:.3f}; raw pixels "
+      f"{peak_curves['raw pixels'].mean[0]:.3f}, pooled {peak_curves['raw pixels, pooled'].mean[0]:.3f}")
+
+fig, axes = plt.subplots(1, 2, figsize=(14, 3.9), gridspec_kw={"width_ratios": [3, 2]})
+plot_probe_curves(peak_curves, ax=axes[0], title=f"pre-trained on digits 0-4, probed on 5-9: {m_last} blocks")
+ax = axes[1]
+for k in m_trained.layers[:-1]:
+    margins = m_trained.difference(k, m_last)
+    ax.scatter(np.full(5, k), margins, s=12, color="C0")
+    ax.errorbar(k, margins.mean(), yerr=margins.std(ddof=1), fmt="_", color="black", capsize=4, ms=12)
+ax.axhline(0, color="C3", lw=1)
+ax.set_xlabel("layer l"); ax.set_ylabel("accuracy(l) - accuracy(last)\nper fold (dots), mean ± std (bars)")
+ax.set_title("each layer's margin over the last, fold by fold", fontsize=10); ax.grid(alpha=0.3)
+fig.tight_layout()
+
+# %%
+passes = m_trained.best_layer <= 3 * m_last / 4 and m_gap.mean() >= 0.02 and (m_gap > 0).sum() >= 4
+display(Markdown(
+    f"The best layer is **{m_trained.best_layer} of {m_last}**, ahead of the last by {m_gap.mean():+.3f} ± "
+    f"{m_gap.std(ddof=1):.3f} with {int((m_gap > 0).sum())} of 5 folds in its favour, and "
+    f"{m_trained.mean.max() - m_untrained.mean[m_trained.best_layer]:.3f} above the untrained model there: "
+    f"{'it passes' if passes else 'it does not pass'} the test above. The margin is small, and it leans on the "
+    f"probe's tuned regularisation (try `C=1.0` in the cell above); the paper's peaks are larger, in models "
+    f"thousands of times bigger. Raw pixels ({peak_curves['raw pixels'].mean[0]:.3f}) still beat every layer on "
+    f"these five classes: the features carry over to digits the model never saw, but are not better than pixels."))
 
 # %% [markdown]
 # ## What the features encode: shift or digit?
