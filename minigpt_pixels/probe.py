@@ -14,6 +14,15 @@ suggests the last layers specialise in predicting the next pixel.
     curves = compare_probes(model, ids, labels, raw_pixels=pixels)  # trained / untrained / raw pixels,
     plot_probe_curves(curves)                                  # every layer, mean +- std over 5 folds
 
+Two recipes for the pooled features (`features=`): "mean", transformers' docs' suggestion, pools the raw
+residual stream h^l; "paper", the paper's own f^l (section 2.4), pools layer_norm(h^l) with block l's
+`ln_1` weight, the tensor OpenAI's code collects as `ln_1` (the last layer: after `ln_f`). The probe's
+regularisation can be chosen per layer on an inner split of each training fold (`C="tuned"`), as the
+paper tuned its probe. From the command line:
+
+    python -m minigpt_pixels.probe --model DIR --data digits|shifted-digits|middle-peak|FOLDER \
+        [--features paper|mean] [--folds 5] [--json FILE] [--plot FILE] [--markdown]
+
 Layers are numbered as `hidden_states` numbers them: 0 is the embeddings, i (0 < i < n_layer) the
 output of the i-th block, and n_layer (or -1) the last block's output after the final layer norm `ln_f`. Pooling averages every
 position, SOS included, as transformers' `ImageGPTForImageClassification` does (it ignores
