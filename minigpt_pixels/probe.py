@@ -14,6 +14,15 @@ suggests the last layers specialise in predicting the next pixel.
     curves = compare_probes(model, ids, labels, raw_pixels=pixels)  # trained / untrained / raw pixels,
     plot_probe_curves(curves)                                  # every layer, mean +- std over 5 folds
 
+Two recipes for the pooled features (`features=`): "mean", transformers' docs' suggestion, pools the raw
+residual stream h^l; "paper", the paper's own f^l (section 2.4), pools layer_norm(h^l) with block l's
+`ln_1` weight, the tensor OpenAI's code collects as `ln_1` (the last layer: after `ln_f`). The probe's
+regularisation can be chosen per layer on an inner split of each training fold (`C="tuned"`), as the
+paper tuned its probe. From the command line:
+
+    python -m minigpt_pixels.probe --model DIR --data digits|shifted-digits|middle-peak|FOLDER \
+        [--features paper|mean] [--folds 5] [--json FILE] [--plot FILE] [--markdown]
+
 Layers are numbered as `hidden_states` numbers them: 0 is the embeddings, i (0 < i < n_layer) the
 output of the i-th block, and n_layer (or -1) the last block's output after the final layer norm `ln_f`. Pooling averages every
 position, SOS included, as transformers' `ImageGPTForImageClassification` does (it ignores
@@ -29,16 +38,26 @@ the gap above it is what pre-training learned.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from .datasets import load_digits_data
+from .datasets import DataError, load_digits_data, load_folder
+from .layers import layer_norm
+from .model import ImageGPTForCausalImageModeling
+from .processor import ImageGPTImageProcessor
 
 # An 8-block iGPT trained on `shifted_digits(canvas=10, copies=3, seed=0)`, for the middle-layer question
 # (how it was made: the README.md beside its weights). HF layout, like minigpt_pixels.DEFAULT_MODEL.
 SHIFTED_DIGITS_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "shifted_digits_model")
+# A 16-block iGPT pre-trained on shifted digits 0-4 only, on which the paper's probe of new shifts of the digits
+# 5-9 (classes it never saw) peaks inside the network (how it was made: the README.md beside its weights).
+MIDDLE_PEAK_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "middle_peak_model")
+MIDDLE_PEAK_CLASSES = (5, 6, 7, 8, 9)  # the probe's classes; the model was pre-trained on the other five
 
 
 # ---- features ------------------------------------------------------------------------------------
@@ -51,15 +70,43 @@ def with_sos(input_ids, config):
     return np.concatenate([sos, ids], axis=1)[:, :config.n_positions]  # [N, min(1 + h*w, n_positions)]
 
 
-def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256):
-    """The mean-pooled hidden state of `layer`: hidden_states[layer].mean(axis=1) -> float32 [N, C].
+FEATURES = ("mean", "paper")  # the two pooling recipes `extract_features` offers
+
+
+def paper_features(hidden, params, prefix, config, layer, pool_from=0):
+    """The iGPT paper's features of one layer: f^l = mean_t layer_norm(h^l_t), with block l's own ln_1
+    weight (OpenAI's code collects exactly this tensor as `ln_1`: the normalised input of block l).
+
+    hidden: hidden_states[layer] [B, T, C]. For layer = n_layer there is no block l; its hidden state is
+    already after `ln_f`, the normalised input of the LM head, which is what the paper's last-layer
+    features are, so it is pooled as it is. Positions from `pool_from` on are averaged (0: all of them,
+    as the paper does). -> float32 [B, C]."""
+    if layer == config.n_layer:
+        return hidden[:, pool_from:].mean(axis=1)  # [B, T, C] -> [B, C]: already layer-normed by ln_f
+    weight = params[f"{prefix}h.{layer}.ln_1.weight"]  # [C]
+    return layer_norm(hidden[:, pool_from:], weight, config.layer_norm_epsilon).mean(axis=1)  # [B, C]
+
+
+def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256, features="mean", pool_from=0):
+    """One pooled feature vector per image from the hidden state of `layer` -> float32 [N, C].
+
+    `features` picks the recipe:
+      "mean"  hidden_states[layer].mean(axis=1): the raw residual stream pooled, as transformers' docs
+              suggest (layers 0..n_layer-1 unnormalised, layer n_layer after ln_f);
+      "paper" the iGPT paper's f^l = mean over positions of layer_norm(h^l) with block l's own ln_1
+              weight, the layer-normed input of block l (`paper_features`); for l = n_layer, the state
+              after ln_f, as the paper's last-layer features. Every layer is then on the same scale.
 
     `model` is any of the three model classes (only the transformer body runs); `input_ids` [N, T] is
     fed as given unless `add_sos`, which prepends the SOS token as the causal model was trained (see
     `with_sos`). `layer` is an int in [-(n_layer + 1), n_layer], or a list of them, which returns
     [len(layer), N, C] from the same forward passes. Images go through `batch_size` at a time.
+    `pool_from` > 0 averages only the positions from there on (later positions have seen more of the
+    image; the paper and transformers' classifier pool them all).
     """
     cfg = model.config
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {', '.join(map(repr, FEATURES))}, got {features!r}")
     many = isinstance(layer, (list, tuple, range, np.ndarray))
     wanted = list(layer) if many else [layer]
     n_states = cfg.n_layer + 1
@@ -72,6 +119,9 @@ def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256):
         raise ValueError(f"input_ids must have shape (N, sequence) with N >= 1, got {ids.shape}")
     if add_sos:
         ids = with_sos(ids, cfg)
+    if isinstance(pool_from, bool) or not isinstance(pool_from, (int, np.integer)) or not 0 <= pool_from < ids.shape[1]:
+        raise ValueError(f"pool_from must be an integer in [0, {ids.shape[1] - 1}] (the sequence has {ids.shape[1]} "
+                         f"positions), got {pool_from!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = np.empty((len(wanted), ids.shape[0], cfg.n_embd), np.float32)  # [layers, N, C]
@@ -81,7 +131,11 @@ def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256):
             raise ValueError(f"the model on device {model.device!r} returned no hidden states; use "
                              f"model.to('cpu') or model.to('numpy') to extract features")
         for i, w in enumerate(wanted):
-            out[i, start:start + batch_size] = hidden[w].mean(axis=1)  # [b, T, C] -> [b, C]
+            if features == "paper":
+                pooled = paper_features(hidden[w], model.params, model.prefix, cfg, w % n_states, pool_from)  # [b, C]
+            else:
+                pooled = hidden[w][:, pool_from:].mean(axis=1)  # [b, T, C] -> [b, C]
+            out[i, start:start + batch_size] = pooled
     return out if many else out[0]
 
 
@@ -123,6 +177,7 @@ def linear_probe(features, labels, test_features=None, test_labels=None, *, test
     if (test_features is None) != (test_labels is None):
         raise ValueError("pass both test_features and test_labels, or neither")
     if test_features is None:
+        _check_split(y, test_size)
         x, x_test, y, y_test = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
     else:
         x_test, y_test = _features(test_features, "test_features"), np.asarray(test_labels)
@@ -142,6 +197,22 @@ def linear_probe(features, labels, test_features=None, test_labels=None, *, test
                        classifier=clf)
 
 
+def _check_split(y, test_size):
+    """The stratified hold-out `linear_probe` makes must be possible: scikit-learn's own errors for these
+    name neither the argument nor the class."""
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float, np.integer, np.floating)) \
+            or not 0 < test_size < 1:
+        raise ValueError(f"test_size must be a fraction strictly between 0 and 1, got {test_size!r}")
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"labels: class {classes[counts.argmin()].item()!r} has a single image; a stratified split "
+                         f"needs at least 2 of each class (one to fit, one to test)")
+    n_test = int(np.ceil(test_size * len(y)))
+    if n_test < len(classes) or len(y) - n_test < len(classes):
+        raise ValueError(f"test_size={test_size} leaves {n_test} test and {len(y) - n_test} training images of "
+                         f"{len(y)}: each side needs one of each of the {len(classes)} classes")
+
+
 def _features(x, name):
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] < 2:
@@ -152,18 +223,34 @@ def _features(x, name):
 
 
 def probe_by_layer(model, input_ids, labels, *, layers=None, add_sos=False, test_size=0.2, seed=0,
-                   test_input_ids=None, test_labels=None, C=1.0, batch_size=256):
-    """`linear_probe` on the mean-pooled features of every layer (or `layers`), all judged on the same
-    held-out images. -> {layer: ProbeResult}, layers as hidden_states numbers them (0 = embeddings,
-    n_layer = after ln_f)."""
+                   test_input_ids=None, test_labels=None, C=1.0, batch_size=256, features="mean"):
+    """`linear_probe` on the pooled features (`features`: "mean" or "paper", see `extract_features`) of
+    every layer (or `layers`), all judged on the same held-out images. `C="tuned"` (or a list) chooses
+    each layer's C on an inner split of its training images (`choose_C`). -> {layer: ProbeResult},
+    layers as hidden_states numbers them (0 = embeddings, n_layer = after ln_f)."""
     wanted = list(range(model.config.n_layer + 1)) if layers is None else list(layers)
-    feats = extract_features(model, input_ids, wanted, add_sos=add_sos, batch_size=batch_size)  # [L, N, C]
+    grid = _C_grid(C)
+    if test_input_ids is None:
+        _check_split(np.asarray(labels), test_size)  # before the forward passes, not after
+    feats = extract_features(model, input_ids, wanted, add_sos=add_sos, batch_size=batch_size,
+                             features=features)  # [L, N, C]
     test_feats = None
     if test_input_ids is not None:
-        test_feats = extract_features(model, test_input_ids, wanted, add_sos=add_sos, batch_size=batch_size)
-    return {w: linear_probe(feats[i], labels, None if test_feats is None else test_feats[i], test_labels,
-                            test_size=test_size, seed=seed, C=C)
-            for i, w in enumerate(wanted)}
+        test_feats = extract_features(model, test_input_ids, wanted, add_sos=add_sos, batch_size=batch_size,
+                                      features=features)
+    results = {}
+    for i, w in enumerate(wanted):
+        fit = feats[i]
+        if len(grid) > 1 and test_feats is None:  # the inner split comes from the training side only
+            from sklearn.model_selection import train_test_split
+
+            idx = train_test_split(np.arange(len(fit)), test_size=test_size, random_state=seed, stratify=labels)[0]
+            c = choose_C(fit[idx], np.asarray(labels)[idx], grid, seed=seed)
+        else:
+            c = grid[0] if len(grid) == 1 else choose_C(fit, labels, grid, seed=seed)
+        results[w] = linear_probe(fit, labels, None if test_feats is None else test_feats[i], test_labels,
+                                  test_size=test_size, seed=seed, C=c)
+    return results
 
 
 # ---- the paper's comparison: trained vs untrained vs raw pixels, cross-validated -----------------
@@ -178,6 +265,7 @@ class ProbeCurve:
     layers: list
     scores: np.ndarray  # [n_layers, n_folds]
     train_scores: np.ndarray  # [n_layers, n_folds]
+    C: np.ndarray | None = None  # [n_layers, n_folds] the inverse L2 strength each fit used
 
     @property
     def mean(self):
@@ -203,12 +291,40 @@ class ProbeCurve:
         return f"ProbeCurve({self.name!r}, {self.scores.shape[1]} folds, {cells})"
 
 
+C_GRID = (0.01, 0.1, 1.0, 10.0)  # the inverse L2 strengths `C="tuned"` chooses from (standardised features)
+
+
+def choose_C(features, labels, grid=C_GRID, *, seed=0, inner_size=0.2):
+    """The probe's regularisation for one layer, chosen as the paper tuned its probe: on an inner split of
+    the images it is given (a stratified `inner_size` of them held out, by `seed`), the C of `grid` with
+    the best accuracy (the smallest C on a tie: the simpler probe). The caller then refits on all of them,
+    so the choice never sees the outer fold's test images. -> float."""
+    scores = [linear_probe(features, labels, test_size=inner_size, seed=seed, C=c).accuracy for c in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def _C_grid(C):
+    """C is a positive number, or "tuned" (choose from C_GRID), or a sequence of candidates -> tuple."""
+    if isinstance(C, str):
+        if C != "tuned":
+            raise ValueError(f"C must be a positive number, 'tuned' or a list of candidates, got {C!r}")
+        return C_GRID
+    grid = tuple(C) if isinstance(C, (list, tuple, np.ndarray)) else (C,)
+    if not grid or any(isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating))
+                       or not c > 0 for c in grid):
+        raise ValueError(f"C must be a positive number, 'tuned' or a list of positive candidates, got {C!r}")
+    return grid
+
+
 def cross_validated_probe(features, labels, *, n_folds=5, seed=0, layers=None, name="features", C=1.0):
     """`linear_probe` on every layer of `features`, scored by stratified k-fold cross-validation.
 
     `features` is [n_layers, N, C] (as `extract_features` returns for a list of layers) or [N, F] (one
     set, e.g. raw pixels); `layers` names the rows (default 0, 1, ...). The folds come from
-    scikit-learn's StratifiedKFold shuffled by `seed`: each image is tested exactly once. -> ProbeCurve.
+    scikit-learn's StratifiedKFold shuffled by `seed`: each image is tested exactly once. `C` is the
+    inverse L2 strength, or "tuned" (or a list of candidates): then each layer's C is chosen on every
+    training fold by `choose_C`, on an inner split of that fold only (the chosen values are in
+    `ProbeCurve.C`). -> ProbeCurve.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -229,14 +345,17 @@ def cross_validated_probe(features, labels, *, n_folds=5, seed=0, layers=None, n
     layers = list(range(len(x))) if layers is None else list(layers)
     if len(layers) != len(x):
         raise ValueError(f"layers names {len(layers)} rows, features have {len(x)}")
+    grid = _C_grid(C)
     folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     scores = np.empty((len(x), n_folds))
     train_scores = np.empty((len(x), n_folds))
+    chosen = np.empty((len(x), n_folds))
     for i, feats in enumerate(x):
         for f, (fit, test) in enumerate(folds):
-            r = linear_probe(feats[fit], y[fit], feats[test], y[test], C=C)
+            chosen[i, f] = grid[0] if len(grid) == 1 else choose_C(feats[fit], y[fit], grid, seed=seed)
+            r = linear_probe(feats[fit], y[fit], feats[test], y[test], C=chosen[i, f])
             scores[i, f], train_scores[i, f] = r.accuracy, r.train_accuracy
-    return ProbeCurve(name, layers, scores, train_scores)
+    return ProbeCurve(name, layers, scores, train_scores, chosen)
 
 
 def untrained_like(model, seed=0):
@@ -245,28 +364,53 @@ def untrained_like(model, seed=0):
     return type(model)(model.config, seed=seed)
 
 
+def colour_histogram(input_ids, n_colors):
+    """What mean-pooling makes of the pixels themselves, with no model: the fraction of an image's pixels
+    in each palette colour. ids [N, T] -> float32 [N, n_colors]. Every position is averaged away, so this
+    is the baseline for pooled features: layer 0's "mean" features (the pooled embeddings) are a linear map
+    of it plus a constant. Its "paper" features are not (each position's wte + wpe is layer-normed before
+    pooling, which keeps some of where each grey is). Raw pixels unpooled keep all of it."""
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or ids.size == 0 or ids.min() < 0 or ids.max() >= n_colors:
+        raise ValueError(f"input_ids must be [N, T] palette ids in [0, {n_colors}), got shape {ids.shape}")
+    counts = np.zeros((len(ids), n_colors), np.float32)  # [N, n_colors]
+    np.add.at(counts, (np.repeat(np.arange(len(ids)), ids.shape[1]), ids.ravel()), 1.0)
+    return counts / np.float32(ids.shape[1])
+
+
 def compare_probes(model, input_ids, labels, *, raw_pixels=None, untrained=None, init_seed=0, layers=None,
-                   add_sos=True, n_folds=5, seed=0, C=1.0, batch_size=256):
+                   add_sos=True, n_folds=5, seed=0, C=1.0, batch_size=256, features="mean", pooled_pixels=False,
+                   pool_from=0):
     """The probe curves a paper shows, every layer scored on the same folds:
     -> {"trained": ProbeCurve, "untrained": ProbeCurve, "raw pixels": ProbeCurve}.
 
     "untrained" is `untrained` if given, else `untrained_like(model, init_seed)`; pass
     `untrained=False` to leave it out. "raw pixels" is there when `raw_pixels` [N, P] is given (e.g.
-    the grey levels, scaled to [0, 1]). `layers` defaults to all of them, 0 .. n_layer. `add_sos`
-    defaults to True: these are causal models, trained on SOS + pixels.
+    the grey levels, scaled to [0, 1]); "raw pixels, pooled" (the `colour_histogram` of `input_ids`)
+    when `pooled_pixels`. `layers` defaults to all of them, 0 .. n_layer. `add_sos` defaults to True:
+    these are causal models, trained on SOS + pixels. `features` ("mean" or "paper") is the pooling
+    recipe of `extract_features`; `C` a number or "tuned" (`cross_validated_probe`).
     """
     wanted = list(range(model.config.n_layer + 1)) if layers is None else list(layers)
+    _C_grid(C)  # a bad C is an error before the forward passes
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {', '.join(map(repr, FEATURES))}, got {features!r}")
     curves = {}
     models = {"trained": model}
     if untrained is not False:
         models["untrained"] = untrained_like(model, init_seed) if untrained is None else untrained
     for name, m in models.items():
-        feats = extract_features(m, input_ids, wanted, add_sos=add_sos, batch_size=batch_size)  # [L, N, C]
+        feats = extract_features(m, input_ids, wanted, add_sos=add_sos, batch_size=batch_size,
+                                 features=features, pool_from=pool_from)  # [L, N, C]
         curves[name] = cross_validated_probe(feats, labels, n_folds=n_folds, seed=seed, layers=wanted, name=name, C=C)
     if raw_pixels is not None:
         raw = np.asarray(raw_pixels)
         raw = raw.reshape(len(raw), -1)  # [N, P]: images of any shape, flattened
         curves["raw pixels"] = cross_validated_probe(raw, labels, n_folds=n_folds, seed=seed, name="raw pixels", C=C)
+    if pooled_pixels:
+        hist = colour_histogram(input_ids, model.config.vocab_size - 1)  # [N, n_colors]
+        curves["raw pixels, pooled"] = cross_validated_probe(hist, labels, n_folds=n_folds, seed=seed,
+                                                             name="raw pixels, pooled", C=C)
     return curves
 
 
@@ -278,6 +422,7 @@ def plot_probe_curves(curves, ax=None, title=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.8))
     layered = [c for c in curves.values() if len(c.layers) > 1]
+    flat_styles = iter([("gray", "--"), ("saddlebrown", ":"), ("olive", "-."), ("black", (0, (1, 3)))] * 8)
     for c in curves.values():
         n_folds = c.scores.shape[1]
         if len(c.layers) > 1:
@@ -285,7 +430,8 @@ def plot_probe_curves(curves, ax=None, title=None):
             ax.errorbar(c.layers, c.mean, yerr=c.std, marker="o", ms=4, capsize=3,
                         label=f"{c.name} (best: layer {c.best_layer}, {c.mean[k]:.3f} ± {c.std[k]:.3f})")
         else:
-            line = ax.axhline(c.mean[0], ls="--", color="gray", label=f"{c.name} ({c.mean[0]:.3f} ± {c.std[0]:.3f})")
+            colour, style = next(flat_styles)  # one look per baseline, so two of them can be told apart
+            line = ax.axhline(c.mean[0], ls=style, color=colour, label=f"{c.name} ({c.mean[0]:.3f} ± {c.std[0]:.3f})")
             ax.axhspan(c.mean[0] - c.std[0], c.mean[0] + c.std[0], color=line.get_color(), alpha=0.15)
     if layered:
         layers = layered[0].layers
@@ -301,9 +447,10 @@ def plot_probe_curves(curves, ax=None, title=None):
 
 
 # ---- a harder task -------------------------------------------------------------------------------
-def shifted_digits(canvas=10, copies=1, seed=0):
+def shifted_digits(canvas=10, copies=1, seed=0, *, return_offsets=False):
     """scikit-learn's digits, each pasted at a random place on a blank `canvas` x `canvas` image:
-    -> (uint8 images [copies * 1797, canvas, canvas], labels int64 [copies * 1797]).
+    -> (uint8 images [copies * 1797, canvas, canvas], labels int64 [copies * 1797]), and with
+    `return_offsets` also each paste's top-left corner (row, column), int64 [copies * 1797, 2].
 
     On the plain 8x8 digits raw pixels are already a strong linear feature (a stroke is always at the
     same place); shifting the digit by up to `canvas - 8` pixels each way breaks that, which is the
@@ -320,4 +467,218 @@ def shifted_digits(canvas=10, copies=1, seed=0):
     offsets = rng.integers(0, canvas - 8 + 1, size=(copies * n, 2))  # top-left corner of each paste
     for i, (r, c) in enumerate(offsets):
         out[i, r:r + 8, c:c + 8] = digits[i % n]
-    return out, np.tile(data.labels, copies)
+    labels = np.tile(data.labels, copies)
+    return (out, labels, offsets.astype(np.int64)) if return_offsets else (out, labels)
+
+
+def middle_peak_probe_data():
+    """The images MIDDLE_PEAK_MODEL is probed on: new shifts (seed 1) on a 10 x 10 canvas of every digit 5-9
+    in scikit-learn's set, classes the model never saw in pre-training (it saw shifts by seed 0 of the
+    digits 0-4). -> (uint8 images [896, 10, 10], labels int64 [896], the digits 5..9)."""
+    images, labels = shifted_digits(canvas=10, copies=1, seed=1)
+    keep = np.isin(labels, MIDDLE_PEAK_CLASSES)
+    return images[keep], labels[keep]
+
+
+# ---- the command line ------------------------------------------------------------------------------
+def probe_data(spec, processor):
+    """--data: "digits" (scikit-learn's 1797), "shifted-digits" (new shifts, seed 1, on the model's canvas)
+    or a folder of images in one sub-folder per class, resized to the model's size.
+    -> (images [N, H, W] or [N, H, W, 3] uint8, labels int64 [N], what)."""
+    height, width = processor.size["height"], processor.size["width"]
+    if spec == "digits":
+        data = load_digits_data()
+        return np.stack(data.images), data.labels, "scikit-learn's digits"
+    if spec == "middle-peak":
+        images, labels = middle_peak_probe_data()
+        return images, labels, "new shifts of the digits 5-9 (classes MIDDLE_PEAK_MODEL never saw)"
+    if spec == "shifted-digits":
+        if height != width or height < 8:
+            raise ValueError(f"--data shifted-digits needs a square model of at least 8 x 8, this one reads "
+                             f"{height} x {width}")
+        images, labels = shifted_digits(canvas=height, copies=1, seed=1)
+        return images, labels, f"digits shifted on a {height} x {width} canvas (seed 1: not the training images)"
+    try:
+        data = load_folder(spec, size=(height, width))
+    except DataError as e:
+        raise ValueError(str(e).replace("--data", "--data", 1)) from None
+    if data.labels is None:
+        raise ValueError(f"--data {spec}: no labels; put each class's images in a sub-folder named after it")
+    return np.stack(data.images), data.labels, f"the images under {spec}"
+
+
+def _grey_or_rgb(images):
+    """Raw pixels for the pixel baseline: grey images as they are, RGB ones as one channel when all three
+    agree -> float [N, P] in [0, 1]."""
+    x = np.asarray(images)
+    if x.ndim == 4 and np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2]):
+        x = x[..., 0]
+    return x.reshape(len(x), -1) / np.float32(255.0)  # [N, P]
+
+
+def probe_report(curves):
+    """The trained / untrained / raw-pixel numbers of `compare_probes`' curves as a plain dict (for --json,
+    and what the table prints): per curve its layers, fold scores, mean and spread; for the trained curve
+    the best layer and its margin over the last, fold by fold."""
+    out = {name: {"layers": c.layers, "mean": c.mean.tolist(), "std": c.std.tolist(), "scores": c.scores.tolist(),
+                  **({} if c.C is None else {"C": c.C.tolist()})} for name, c in curves.items()}
+    trained = curves["trained"]
+    best, last = trained.best_layer, trained.layers[-1]
+    gap = trained.difference(best, last)  # [n_folds]
+    out["best_layer"], out["last_layer"] = best, last
+    out["best_minus_last"] = {"mean": float(gap.mean()), "std": float(gap.std(ddof=1)) if len(gap) > 1 else 0.0,
+                              "folds_ahead": int((gap > 0).sum()), "n_folds": len(gap), "by_fold": gap.tolist()}
+    return out
+
+
+def format_table(curves, width=30):
+    """The table the CLI prints: one row per layer, trained and untrained mean ± std, and a bar drawing
+    the trained curve (scaled between the lowest and highest mean, so the shape shows)."""
+    trained, untrained = curves["trained"], curves.get("untrained")
+    lo, hi = float(trained.mean.min()), float(trained.mean.max())
+    lines = [f"layer  trained          untrained        curve ({lo:.3f} .. {hi:.3f})"]
+    for i, k in enumerate(trained.layers):
+        u = f"{untrained.mean[i]:.3f} ± {untrained.std[i]:.3f}" if untrained is not None else "-"
+        bar = "#" * (1 + int(round((width - 1) * (trained.mean[i] - lo) / (hi - lo)))) if hi > lo else "#"
+        mark = "  <- best" if k == trained.best_layer else ""
+        lines.append(f"{k:5d}  {trained.mean[i]:.3f} ± {trained.std[i]:.3f}    {u:15s}  {bar}{mark}")
+    for name in ("raw pixels", "raw pixels, pooled"):
+        if name in curves:
+            c = curves[name]
+            lines.append(f"{name}: {c.mean[0]:.3f} ± {c.std[0]:.3f}")
+    r = probe_report(curves)
+    g = r["best_minus_last"]
+    lines.append(f"best layer {r['best_layer']} of {r['last_layer']}; best - last {g['mean']:+.3f} ± {g['std']:.3f}, "
+                 f"ahead on {g['folds_ahead']} of {g['n_folds']} folds")
+    return "\n".join(lines)
+
+
+def markdown_table(report):
+    """`probe_report`'s numbers (or the --json file's) as the README's table: a row per model, a column per
+    layer (the best trained layer in bold), then the raw-pixel baselines; and a line with the best layer's
+    margin over the last. -> str."""
+    layers = report["trained"]["layers"]
+    last = report["last_layer"]
+    heads = [f"{k} (embeddings)" if k == 0 else f"{k} (+ ln_f)" if k == last else str(k) for k in layers]
+    baselines = [n for n in ("raw pixels", "raw pixels, pooled") if n in report]
+    lines = ["| layer | " + " | ".join(heads + baselines) + " |", "|---" * (1 + len(heads) + len(baselines)) + "|"]
+    for name in ("trained", "untrained"):
+        if name not in report:
+            continue
+        c = report[name]
+        cells = [f"{m:.3f} ± {sd:.3f}" for m, sd in zip(c["mean"], c["std"])]
+        if name == "trained":
+            i = layers.index(report["best_layer"])
+            cells[i] = f"**{cells[i]}**"
+            cells += [f"{report[n]['mean'][0]:.3f} ± {report[n]['std'][0]:.3f}" for n in baselines]
+        else:
+            cells += [""] * len(baselines)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    g = report["best_minus_last"]
+    lines.append("")
+    lines.append(f"Best layer {report['best_layer']} of {last}; best minus last, fold by fold: {g['mean']:+.3f} ± "
+                 f"{g['std']:.3f}, ahead on {g['folds_ahead']} of {g['n_folds']} folds.")
+    return "\n".join(lines)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text!r}")
+    return value
+
+
+def _C_arg(text):
+    if text == "tuned":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'tuned', got {text!r}")
+    return value
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(
+        prog="python -m minigpt_pixels.probe",
+        description="The linear probe of a frozen ImageGPT, layer by layer: trained vs untrained (same config, "
+                    "same init seed) vs raw pixels, scored by stratified k-fold cross-validation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", required=True, help="HF-layout model directory (config.json, model.safetensors, "
+                                                    "preprocessor_config.json)")
+    ap.add_argument("--data", default="digits", help="'digits', 'shifted-digits' (new shifts on the model's "
+                                                     "canvas), 'middle-peak' (middle_peak_probe_data()) or a "
+                                                     "folder with one sub-folder of images per class")
+    ap.add_argument("--features", choices=FEATURES, default="paper",
+                    help="'paper': mean over positions of layer_norm(h^l) with block l's ln_1 (ln_f for the last "
+                         "layer); 'mean': the raw hidden state mean-pooled")
+    ap.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds")
+    ap.add_argument("--pool-from", type=int, default=0, help="average positions from this one on (0: all, as "
+                                                             "the paper; SOS is position 0)")
+    ap.add_argument("--C", type=_C_arg, default="tuned", help="inverse L2 strength, or 'tuned': chosen per layer "
+                                                              f"from {list(C_GRID)} on an inner split of each fold")
+    ap.add_argument("--seed", type=int, default=0, help="the folds' shuffle")
+    ap.add_argument("--init-seed", type=int, default=0, help="the untrained model's initialisation (train --seed)")
+    ap.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
+    ap.add_argument("--plot", metavar="FILE", help="also draw the curves to FILE (PNG)")
+    ap.add_argument("--markdown", action="store_true", help="also print the table as the README's markdown")
+    ap.add_argument("--force", action="store_true", help="overwrite --json / --plot files that exist")
+    return ap
+
+
+def main(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    for option in ("json", "plot"):
+        path = getattr(args, option)
+        if path is not None and os.path.exists(path) and not args.force:
+            ap.exit(2, f"{ap.prog}: error: --{option} {path}: exists; pass --force to overwrite it\n")
+        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            ap.exit(2, f"{ap.prog}: error: --{option} {path}: no such directory\n")
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        ap.exit(2, f"{ap.prog}: error: --model {args.model}: not a model directory (no config.json)\n")
+    from threadpoolctl import threadpool_limits
+
+    try:
+        model = ImageGPTForCausalImageModeling.from_pretrained(args.model)
+        processor = ImageGPTImageProcessor.from_pretrained(args.model)
+        images, labels, what = probe_data(args.data, processor)
+        ids = processor(list(images))["input_ids"]  # [N, h*w]
+        print(f"{model.config.n_layer} blocks of width {model.config.n_embd}; {len(labels)} images ({what}), "
+              f"{args.folds} folds, {args.features} features, C {args.C}")
+        with threadpool_limits(limits=1):  # tiny matrices: one BLAS thread is fastest, and polite on shared CPUs
+            curves = compare_probes(model, ids, labels, raw_pixels=_grey_or_rgb(images), init_seed=args.init_seed,
+                                    n_folds=args.folds, seed=args.seed, C=args.C, features=args.features,
+                                    pooled_pixels=True, pool_from=args.pool_from)
+    except (OSError, ValueError) as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
+    print(format_table(curves))
+    report = {"model": args.model, "data": args.data, "features": args.features, "folds": args.folds,
+              "C": args.C, "n_images": int(len(labels)), **probe_report(curves)}
+    if args.markdown:
+        print(markdown_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ax = plot_probe_curves(curves, title=f"{os.path.basename(os.path.normpath(args.model))} on {args.data}, "
+                                             f"{args.features} features")
+        ax.figure.tight_layout()
+        ax.figure.savefig(args.plot, dpi=110)
+        plt.close(ax.figure)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,6 +39,7 @@ EXPECTED = {  # a line each walkthrough must print: its point, made
     "05_training.ipynb": "held-out",
     "06_cuda_kernels.ipynb": "max |kernel - layers.linear|",
     "07_likelihood.ipynb": "bits per token",
+    "08_fine_tuning.ipynb": "fine-tuned - last-layer probe",
 }
 
 
@@ -83,7 +84,7 @@ def outputs_text(nb):
 
 def test_the_notebooks_are_all_there():
     names = [p.name for p in WALKTHROUGHS]
-    assert {"01", "02", "03", "04", "05", "06", "07"} <= {n[:2] for n in names}, names
+    assert [n[:2] for n in names] == ["01", "02", "03", "04", "05", "06", "07", "08"], names
     assert sorted(p.stem for p in (ROOT / "notebooks" / "src").glob("[0-9]*.py")) == [p.stem for p in WALKTHROUGHS]
     skeletons = sorted(p.stem for p in PATHS if p.parent.name == "exercises")
     assert len(skeletons) >= 5 and skeletons == sorted(TEACHER)

@@ -1,26 +1,46 @@
 # %% [markdown]
 # # 5. Training from scratch, in NumPy
 #
+# > **Generative Pretraining from Pixels.** Mark Chen, Alec Radford, Rewon Child, Jeff Wu, Heewoo Jun,
+# > David Luan, Ilya Sutskever. ICML 2020.
+# > [PMLR](https://proceedings.mlr.press/v119/chen20s.html) ·
+# > [PDF](https://cdn.openai.com/papers/Generative_Pretraining_from_Pixels_V2.pdf) ·
+# > [code](https://github.com/openai/image-gpt)
+#
+# The paper pre-trains by maximum likelihood, one pixel after another: with the image read in raster
+# order as $x_1 \dots x_n$, the model is trained to minimise
+# $L_{AR} = \mathbb{E}_{x}\left[-\log p(x)\right]$ with $p(x) = \prod_{t=1}^{n} p(x_t \mid x_1, \dots, x_{t-1})$
+# (section 2.1). The loss this notebook prints, nats per token, is that $-\log p(x)$ divided by $n$.
+# Then it asks the paper's question of section 4.2, "Better generative models learn better
+# representations": as the held-out loss falls, does the linear probe (notebook 4) rise?
+#
 # Every layer in `minigpt_pixels.layers` has a `*_forward` / `*_backward` pair; `backprop.py` runs the
 # forward keeping each layer's cache, then the same list of layers in reverse. This notebook checks
-# those gradients two ways, then trains a tiny iGPT on the digits for a few hundred steps with AdamW and
-# watches the loss fall and the samples improve. (The default model was trained the same way, longer,
-# with `python -m minigpt_pixels.train`.)
+# those gradients two ways, trains two tiny iGPTs on the digits for a few hundred steps with AdamW,
+# watches the loss, gradient norm, learning rate, samples and probe accuracy, and ends with the shipped
+# default model for scale (a different, 16 times larger model trained 4000 steps by
+# `python -m minigpt_pixels.train`).
 
 # %%
+import os
 import time
 import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import Markdown, display
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice when ipywidgets is missing
 
-from minigpt_pixels import checkpoints, datasets, optim, train
+from minigpt_pixels import DEFAULT_MODEL, datasets, optim, train
 from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.generation import sample_images
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
+from minigpt_pixels.probe import compare_probes
 from minigpt_pixels.sample import image_grid
+
+THREADS = os.cpu_count() or 1  # the machine's threads these timings ran beside
+TIMED_ON = f"timed on {THREADS} thread{'s' * (THREADS > 1)}"  # the notebook tests skip lines that say this
 
 # %% [markdown]
 # ## 1. Gradients against transformers
@@ -92,46 +112,79 @@ inputs, targets = np.concatenate([sos, ids[:, :-1]], axis=1), ids
 print(inputs.shape, "e.g.", inputs[0, :10], "->", targets[0, :9])
 
 # %% [markdown]
-# ## 4. A tiny model, trained
+# ## 4. Two tiny models, trained, and probed as they learn
 #
-# Two blocks of width 32 (about 30k weights), AdamW with a warm-up and a cosine decay, gradient
-# clipping at 1, batches of 32 images. `train.train_step` is forward, backward, clip, update. We keep
-# the loss of every step and take 8 samples (same seed) at a few points.
+# Two blocks of width 32 (about 30k weights) and, for a second size, two blocks of width 16, each
+# trained the same way: AdamW with a warm-up and a cosine decay, gradient clipping at 1, batches of 32
+# images. `train.train_step` is forward, backward, clip, update, and returns the gradient norm before
+# clipping, which we keep with the loss and the learning rate of every step. At a few snapshots we
+# measure the held-out loss, draw 8 samples (same seed), and run the paper's linear probe (the
+# `ln_1`-normed, mean-pooled features of every layer, 5 folds over all 1797 digits; their labels are
+# never used in training): the paper's Figure 3 asks whether the probe improves as the loss falls.
 
 # %%
-config = ImageGPTConfig(vocab_size=17, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-tiny = ImageGPTForCausalImageModeling(config, seed=0)
-print(f"{tiny.num_parameters:,} parameters")
-optimizer = optim.AdamW(tiny.params, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-
 STEPS, LR, WARMUP = 300, 3e-3, 20
+SNAPSHOTS = (0, 25, 100, STEPS)
 x_train, y_train = inputs[train_idx], targets[train_idx]
-losses, held_out_loss, snapshots = [], {}, {}
-start = time.perf_counter()
-with train.set_threads(1):  # matrices this small run fastest on one BLAS thread
+
+
+def train_tiny(n_embd):
+    config = ImageGPTConfig(vocab_size=17, n_positions=64, n_embd=n_embd, n_layer=2, n_head=4,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = ImageGPTForCausalImageModeling(config, seed=0)
+    optimizer = optim.AdamW(model.params, lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
+    log = {"loss": [], "grad_norm": [], "lr": [], "held_out": {}, "probe": {}, "samples": {}}
     for step in range(STEPS + 1):
-        if step in (0, 25, 100, STEPS):
-            snapshots[step] = sample_images(tiny, processor, 8, seed=0)
-            held_out_loss[step] = train.evaluate(tiny, inputs[held_out], targets[held_out])["nats"]
+        if step in SNAPSHOTS:
+            log["samples"][step] = sample_images(model, processor, 8, seed=0)
+            log["held_out"][step] = train.evaluate(model, inputs[held_out], targets[held_out])["nats"]
+            probe = compare_probes(model, ids, data.labels, untrained=False, features="paper")["trained"]
+            log["probe"][step] = (probe.best_layer, probe.mean.max(), probe.std[np.argmax(probe.mean)])
         if step == STEPS:
             break
         batch = np.random.default_rng([0, step]).choice(len(x_train), 32, replace=False)  # 32 images
         lr = optim.lr_schedule(step, LR, STEPS, WARMUP)
-        loss, norm = train.train_step(tiny, optimizer, x_train[batch], y_train[batch], lr, 1.0, None)
-        losses.append(loss)
-print(f"{STEPS} steps in {time.perf_counter() - start:.1f} s (timed on 1 thread: set_threads(1) above)")
-for step, nats in held_out_loss.items():
-    print(f"step {step:4d}: held-out {nats:.3f} nats per token")
+        loss, norm = train.train_step(model, optimizer, x_train[batch], y_train[batch], lr, 1.0, None)
+        log["loss"].append(loss); log["grad_norm"].append(norm); log["lr"].append(lr)
+    return model, config, log
+
+
+runs = {}
+with train.set_threads(1):  # matrices this small run fastest on one BLAS thread
+    for width in (32, 16):
+        start = time.perf_counter()
+        runs[width] = train_tiny(width)
+        print(f"width {width}: {runs[width][0].num_parameters:,} parameters, {STEPS} steps and {len(SNAPSHOTS)} probes")
+        print(f"  in {time.perf_counter() - start:.1f} s ({TIMED_ON}, one BLAS thread used)")
+        for step in SNAPSHOTS:
+            layer, acc, sd = runs[width][2]["probe"][step]
+            print(f"  step {step:4d}: held-out {runs[width][2]['held_out'][step]:.3f} nats per token, "
+                  f"probe {acc:.3f} ± {sd:.3f} (best layer {layer})")
+tiny, config, log = runs[32]
+losses, held_out_loss, snapshots = log["loss"], log["held_out"], log["samples"]
 
 # %%
-plt.figure(figsize=(6, 3.2))
-plt.plot(losses, lw=0.8, label="training batch")
-plt.plot(list(held_out_loss), list(held_out_loss.values()), "o-", label="held-out")
-plt.axhline(np.log(16), color="gray", ls=":", label="uniform guess, ln 16")
-plt.xlabel("step"); plt.ylabel("nats per token"); plt.legend(); plt.grid(alpha=0.3)
-plt.title("the loss curve")
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+ax = axes[0]
+ax.plot(losses, lw=0.8, label="training batch")
+ax.plot(list(held_out_loss), list(held_out_loss.values()), "o-", label="held-out")
+ax.axhline(np.log(16), color="gray", ls=":", label="uniform guess, ln 16")
+ax.set_xlabel("step"); ax.set_ylabel("nats per token"); ax.legend(fontsize=8); ax.grid(alpha=0.3)
+ax.set_title("the loss curve (width 32)", fontsize=10)
+ax = axes[1]
+ax.plot(log["grad_norm"], lw=0.8, color="C2")
+ax.axhline(1.0, color="C3", ls="--", lw=1, label="clipped to 1 above this line")
+ax.set_xlabel("step"); ax.set_ylabel("gradient norm before clipping"); ax.set_yscale("log")
+ax.legend(fontsize=8); ax.grid(alpha=0.3); ax.set_title("the gradient norm", fontsize=10)
+ax = axes[2]
+ax.plot(log["lr"], color="C4")
+ax.set_xlabel("step"); ax.set_ylabel("learning rate")
+ax.set_title(f"warm-up {WARMUP} steps, then cosine to 0", fontsize=10); ax.grid(alpha=0.3)
+fig.tight_layout()
 plt.show()
+clipped = np.mean(np.array(log["grad_norm"]) > 1.0)
+print(f"the gradient norm was above the clip (1.0) on {clipped:.0%} of the steps; largest "
+      f"{max(log['grad_norm']):.2f} at step {int(np.argmax(log['grad_norm']))}")
 
 # %%
 rows = [list(images) for images in snapshots.values()]
@@ -144,13 +197,46 @@ plt.show()
 
 # %% [markdown]
 # At step 0 the model draws every colour at random; after a few dozen steps it has learned the
-# background, and by a few hundred the first strokes appear. The default model shipped in the package
-# is the same recipe, bigger and trained for longer (its command is in `minigpt_pixels/train.py`), on
-# the same held-out split:
+# background, and by a few hundred the first strokes appear.
+#
+# ## 5. Better generative models, better features?
+#
+# The paper's Figure 3 plots linear-probe accuracy against validation loss over the checkpoints of
+# several model sizes. The same plot for our two tiny models, one point per snapshot:
 
 # %%
-from minigpt_pixels import DEFAULT_MODEL
+fig, ax = plt.subplots(figsize=(6.2, 3.8))
+for i, (width, (m, _, lg)) in enumerate(runs.items()):
+    xs = [lg["held_out"][s] for s in SNAPSHOTS]
+    ys = [lg["probe"][s][1] for s in SNAPSHOTS]
+    es = [lg["probe"][s][2] for s in SNAPSHOTS]
+    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{i}",
+                label=f"2 blocks x {width} ({m.num_parameters:,} weights)")
+    for s, x, y in zip(SNAPSHOTS, xs, ys):
+        ax.annotate(f"step {s}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+ax.invert_xaxis()  # training moves right: lower loss
+ax.set_xlabel("held-out loss, nats per token (lower is better) \u2192")
+ax.set_ylabel("linear probe accuracy, best layer\nmean ± std over 5 folds")
+ax.set_title("better generative model, better features (cf. the paper's Figure 3)", fontsize=10)
+ax.grid(alpha=0.3); ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+wide, narrow = runs[32][2], runs[16][2]
+display(Markdown(
+    f"Over training, the width-32 model's held-out loss falls from {wide['held_out'][0]:.3f} to "
+    f"{wide['held_out'][STEPS]:.3f} nats per token while its best probe goes from {wide['probe'][0][1]:.3f} to "
+    f"{wide['probe'][STEPS][1]:.3f}; the width-16 model ends at {narrow['held_out'][STEPS]:.3f} nats and "
+    f"{narrow['probe'][STEPS][1]:.3f}. (Numbers from this run, printed above.) The step-0 point is an "
+    f"untrained network: random features of a pooled sequence are already far above chance (0.1)."))
 
+# %% [markdown]
+# ## 6. The default model, for scale
+#
+# The default model shipped in the package is the same recipe on a model 16 times bigger (4 blocks of
+# width 96) trained for 4000 steps of batch 32 (the command is in its README,
+# `minigpt_pixels/data/default_model/README.md`), on the same held-out split:
+
+# %%
 default = ImageGPTForCausalImageModeling.from_pretrained(DEFAULT_MODEL)
 c = default.config
 nats = train.evaluate(default, inputs[held_out], targets[held_out])["nats"]
@@ -159,58 +245,12 @@ print(f"default model: {c.n_layer} blocks of width {c.n_embd}, {default.num_para
 print(f"this notebook's: {config.n_layer} blocks of width {config.n_embd}, {tiny.num_parameters:,} parameters, "
       f"held-out {held_out_loss[STEPS]:.3f} nats per token after {STEPS} steps")
 
-# %% [markdown]
-# ## 5. Longer: the shipped model, resumed
-#
-# Three hundred steps of a 30k-weight model end in blobs with the first strokes. Where does the same
-# loop go if it keeps running? The shipped default model is that run carried on: 4000 steps of batch 32
-# on a model 15 times bigger. Resume it with the same `train.train_step` (a fresh AdamW at a small
-# learning rate, as its own run ended at the bottom of its cosine) and watch its held-out loss: it has
-# flattened out far below where the tiny model stopped.
-
-# %%
-resumed = ImageGPTForCausalImageModeling(c, checkpoints.writable(default.params))  # writable copies of the weights
-opt = optim.AdamW(resumed.params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-MORE, START = 40, 4000  # steps resumed, and the step the default model's run ended at
-resumed_loss, resumed_held_out = [], {START: nats}
-start = time.perf_counter()
-with train.set_threads(1):
-    for step in range(START, START + MORE):
-        batch = np.random.default_rng([1, step]).choice(len(x_train), 32, replace=False)
-        dropout = np.random.default_rng([2, step])  # its config's dropout (0.1), as in its training run
-        loss, _ = train.train_step(resumed, opt, x_train[batch], y_train[batch], 1e-4, 1.0, dropout)
-        resumed_loss.append(loss)
-        if (step + 1 - START) % 20 == 0:
-            resumed_held_out[step + 1] = train.evaluate(resumed, inputs[held_out], targets[held_out])["nats"]
-print(f"{MORE} more steps in {time.perf_counter() - start:.1f} s (timed on 1 thread)")
-for step, value in resumed_held_out.items():
-    print(f"default model, step {step}: held-out {value:.3f} nats per token")
-
-fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True, gridspec_kw={"width_ratios": [3, 1]})
-left.plot(range(1, STEPS + 1), losses, lw=0.6, alpha=0.6, label="training batch")
-left.plot(list(held_out_loss), list(held_out_loss.values()), "o-", label="held-out")
-left.set_title(f"this notebook's tiny model, steps 0-{STEPS}", fontsize=10)
-right.plot(range(START + 1, START + MORE + 1), resumed_loss, lw=0.6, alpha=0.6, label="training batch")
-right.plot(list(resumed_held_out), list(resumed_held_out.values()), "o-", label="held-out")
-right.set_title(f"default model, resumed at {START}", fontsize=10)
-for ax in (left, right):
-    ax.axhline(np.log(16), color="gray", ls=":", label="uniform guess, ln 16")
-    ax.set_xlabel("step"); ax.grid(alpha=0.3)
-left.set_ylabel("nats per token"); left.legend(fontsize=8)
-fig.tight_layout()
-plt.show()
-
-# %% [markdown]
-# And the samples, drawn with the same seed as the tiny model's rows: at the end of a longer run the
-# same code draws digits.
-
-# %%
-rows = [list(images) for images in snapshots.values()] + [list(sample_images(resumed, processor, 8, seed=0))]
-names = [f"step {s}" for s in snapshots] + [f"default, step {START + MORE}"]
+rows = [list(images) for images in snapshots.values()] + [list(sample_images(default, processor, 8, seed=0))]
+names = [f"step {s}" for s in snapshots] + ["default model"]
 plt.figure(figsize=(7, 4.6))
 plt.imshow(image_grid(rows)); plt.xticks([])
 plt.yticks([5 + 9 * i for i in range(len(rows))], names)
-plt.title("samples over training (same seed); last row: the default model, resumed")
+plt.title("samples over training (same seed); last row: the default model")
 plt.show()
 
 # %% [markdown]
@@ -221,25 +261,39 @@ plt.show()
 from sklearn.linear_model import LogisticRegression
 
 reader = LogisticRegression(max_iter=2000).fit(np.stack(data.images).reshape(len(data.images), -1) / 255.0, data.labels)
-more = sample_images(resumed, processor, 16, seed=1)  # [16, 8, 8, 3] uint8
+more = sample_images(default, processor, 16, seed=1)  # [16, 8, 8, 3] uint8
 grey = more[..., 0].reshape(16, -1) / 255.0  # [16, 64]
 probs = reader.predict_proba(grey)  # [16, 10]
 fig, axes = plt.subplots(2, 8, figsize=(10, 3.6))
 for ax, image, p in zip(axes.flat, more, probs):
     ax.imshow(image); ax.set_xticks([]); ax.set_yticks([])
     ax.set_title(f"{p.argmax()} ({p.max():.2f})", fontsize=9)
-plt.suptitle("16 samples of the default model, resumed, as a digit classifier reads them")
+plt.suptitle("16 samples of the default model, as a digit classifier reads them")
 plt.tight_layout()
 plt.show()
 print(f"{int((probs.max(1) > 0.5).sum())} of 16 read as one digit with probability > 0.5; "
       f"digits seen: {sorted(set(probs.argmax(1).tolist()))}")
 
 # %% [markdown]
-# To train one yourself (a progress bar, checkpoints, and the held-out loss as it goes):
+# To train one yourself (checkpoints, and the held-out loss as it goes; one BLAS thread is fastest for
+# models this small and leaves the other cores to everyone else):
 #
-#     python -m minigpt_pixels.train --data digits --out runs/digits --steps 3000
+#     python -m minigpt_pixels.train --data digits --out runs/digits --steps 3000 --threads 1
 #
 # **Summary.** Gradients agree with torch and with finite differences; AdamW on them lowers the loss
-# from ln 16 = 2.77 nats per token towards the default model's, and a longer run of the same loop
-# draws digits. Write a backward pass yourself in
+# from ln 16 = 2.77 nats per token towards the default model's, and the probe on the model's own
+# features rises as the loss falls. Write a backward pass yourself in
 # `exercises/05_layer_norm_backward.ipynb`.
+#
+# ## Questions and things to try
+#
+# 1. **Why does the gradient norm start large and settle?** *(At step 0 every prediction is near uniform
+#    and the errors are large and aligned; clipping at 1 keeps those first steps from overshooting.)*
+# 2. **Try this:** set `WARMUP = 0` and `LR = 1e-2`. What happens to the loss and to the gradient norm
+#    in the first 25 steps?
+# 3. **Try this:** add width 64 to `runs`. Does the bigger model reach a lower loss *and* a better probe
+#    at the same step, as the paper's Figure 3 would predict?
+# 4. **Why is the probe far above chance at step 0?** *(Random attention and MLPs make random features
+#    of the image; a linear classifier on random features is not bad. The gap above step 0 is learned.)*
+# 5. **Try this:** probe with `features="mean"` instead of `"paper"` (notebook 4 says why they differ).
+#    Does the ranking of the snapshots change?
