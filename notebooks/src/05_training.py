@@ -22,6 +22,7 @@
 # `python -m minigpt_pixels.train`).
 
 # %%
+import json
 import os
 import time
 import warnings
@@ -244,6 +245,18 @@ print(f"default model: {c.n_layer} blocks of width {c.n_embd}, {default.num_para
       f"held-out {nats:.3f} nats per token")
 print(f"this notebook's: {config.n_layer} blocks of width {config.n_embd}, {tiny.num_parameters:,} parameters, "
       f"held-out {held_out_loss[STEPS]:.3f} nats per token after {STEPS} steps")
+
+# its own 4000-step curve, logged by the trainer every 250 steps (a rerun of the same command; the file says so)
+with open(os.path.join(DEFAULT_MODEL, "training_curve.json")) as f:
+    curve = json.load(f)
+steps = [h["step"] for h in curve["history"]]
+plt.figure(figsize=(6, 3.2))
+plt.plot(steps, [h["train_loss"] for h in curve["history"]], label="training batches")
+plt.plot(steps, [h["val_nats"] for h in curve["history"]], label="held-out")
+plt.xlabel("step"); plt.ylabel("nats per token"); plt.title("the default model's recipe, 4000 steps")
+plt.legend(); plt.show()
+print(f"held-out {curve['history'][0]['val_nats']:.3f} nats at step {steps[0]} -> "
+      f"{curve['history'][-1]['val_nats']:.3f} at step {steps[-1]}")
 
 rows = [list(images) for images in snapshots.values()] + [list(sample_images(default, processor, 8, seed=0))]
 names = [f"step {s}" for s in snapshots] + ["default model"]
