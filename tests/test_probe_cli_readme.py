@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from minigpt_pixels.probe import main, markdown_table
+from minigpt_pixels.probe.cli import main, markdown_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

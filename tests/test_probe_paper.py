@@ -13,7 +13,8 @@ from minigpt_pixels import DEFAULT_MODEL
 from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.probe import (C_GRID, choose_C, colour_histogram, cross_validated_probe, extract_features,
-                                  linear_probe, main, probe_by_layer)
+                                  linear_probe, probe_by_layer)
+from minigpt_pixels.probe.cli import main
 from minigpt_pixels.processor import ImageGPTImageProcessor
 
 from .conftest import GOLDEN_DIR, report

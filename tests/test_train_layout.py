@@ -49,7 +49,7 @@ def test_the_library_rooms_do_not_import_the_command_line(module):
 
 
 def users():
-    return [PACKAGE / "probe.py", *sorted((ROOT / "notebooks" / "src").glob("*.py")),
+    return [*sorted((PACKAGE / "probe").glob("*.py")), *sorted((ROOT / "notebooks" / "src").glob("*.py")),
             *sorted((ROOT / "scripts").glob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py"))]
 
 

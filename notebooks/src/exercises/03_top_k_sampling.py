@@ -142,8 +142,9 @@ if top_k_sample_result.passed:
     processor = ImageGPTImageProcessor.from_pretrained(DEFAULT_MODEL)
 
     def sample_with_yours(n, k):
-        """generate's sampling step is process_logits (temperature, top-k, top-p) then draw; yours does both."""
-        with mock.patch.object(generation, "process_logits", lambda logits, temperature=1.0, *_: logits / temperature), \
+        """generate's sampling step is process_logits (its list of processors: temperature, top-k, top-p) then
+        draw; yours does both, so the processors are skipped (temperature 1 changes nothing)."""
+        with mock.patch.object(generation, "process_logits", lambda logits, processors: logits), \
                 mock.patch.object(generation, "draw", lambda x, rng: top_k_sample(x, k, rng)):
             return generation.sample_images(model, processor, n, seed=0)  # [n, 8, 8, 3]
 

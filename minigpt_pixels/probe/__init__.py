@@ -1,6 +1,6 @@
 """The linear probe: how much a frozen iGPT's hidden states know about the class of an image.
 
-iGPT's paper (Chen et al. 2020, section 3.3) measures representation quality by a linear probe:
+iGPT's paper (Chen et al. 2020, section 2.4) measures representation quality by a linear probe:
 take the hidden states of one layer, average-pool them over the sequence, and fit a logistic
 regression on the pooled features with the model frozen. Repeating it for every layer gives the
 accuracy-by-layer curve; the paper finds it peaks in the middle of the network, not at the end, and
@@ -18,7 +18,7 @@ Two recipes for the pooled features (`features=`): "mean", transformers' docs' s
 residual stream h^l; "paper", the paper's own f^l (section 2.4), pools layer_norm(h^l) with block l's
 `ln_1` weight, the tensor OpenAI's code collects as `ln_1` (the last layer: after `ln_f`). The probe's
 regularisation can be chosen per layer on an inner split of each training fold (`C="tuned"`), as the
-paper tuned its probe. From the command line:
+paper tuned its probe. From the command line (`cli.py`, this package's `__main__`):
 
     python -m minigpt_pixels.probe --model DIR --data digits|shifted-digits|middle-peak|FOLDER \
         [--features paper|mean] [--folds 5] [--json FILE] [--plot FILE] [--markdown]
@@ -38,25 +38,21 @@ the gap above it is what pre-training learned.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from .datasets import DataError, load_digits_data, load_folder
-from .layers import layer_norm
-from .model import ImageGPTForCausalImageModeling
-from .processor import ImageGPTImageProcessor
+from ..datasets import load_digits_data
+from ..layers import layer_norm
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # minigpt_pixels/
 # An 8-block iGPT trained on `shifted_digits(canvas=10, copies=3, seed=0)`, for the middle-layer question
 # (how it was made: the README.md beside its weights). HF layout, like minigpt_pixels.DEFAULT_MODEL.
-SHIFTED_DIGITS_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "shifted_digits_model")
+SHIFTED_DIGITS_MODEL = os.path.join(_PACKAGE, "data", "shifted_digits_model")
 # A 16-block iGPT pre-trained on shifted digits 0-4 only, on which the paper's probe of new shifts of the digits
 # 5-9 (classes it never saw) peaks inside the network (how it was made: the README.md beside its weights).
-MIDDLE_PEAK_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "middle_peak_model")
+MIDDLE_PEAK_MODEL = os.path.join(_PACKAGE, "data", "middle_peak_model")
 MIDDLE_PEAK_CLASSES = (5, 6, 7, 8, 9)  # the probe's classes; the model was pre-trained on the other five
 
 
@@ -478,207 +474,3 @@ def middle_peak_probe_data():
     images, labels = shifted_digits(canvas=10, copies=1, seed=1)
     keep = np.isin(labels, MIDDLE_PEAK_CLASSES)
     return images[keep], labels[keep]
-
-
-# ---- the command line ------------------------------------------------------------------------------
-def probe_data(spec, processor):
-    """--data: "digits" (scikit-learn's 1797), "shifted-digits" (new shifts, seed 1, on the model's canvas)
-    or a folder of images in one sub-folder per class, resized to the model's size.
-    -> (images [N, H, W] or [N, H, W, 3] uint8, labels int64 [N], what)."""
-    height, width = processor.size["height"], processor.size["width"]
-    if spec == "digits":
-        data = load_digits_data()
-        return np.stack(data.images), data.labels, "scikit-learn's digits"
-    if spec == "middle-peak":
-        images, labels = middle_peak_probe_data()
-        return images, labels, "new shifts of the digits 5-9 (classes MIDDLE_PEAK_MODEL never saw)"
-    if spec == "shifted-digits":
-        if height != width or height < 8:
-            raise ValueError(f"--data shifted-digits needs a square model of at least 8 x 8, this one reads "
-                             f"{height} x {width}")
-        images, labels = shifted_digits(canvas=height, copies=1, seed=1)
-        return images, labels, f"digits shifted on a {height} x {width} canvas (seed 1: not the training images)"
-    try:
-        data = load_folder(spec, size=(height, width))
-    except DataError as e:
-        raise ValueError(str(e).replace("--data", "--data", 1)) from None
-    if data.labels is None:
-        raise ValueError(f"--data {spec}: no labels; put each class's images in a sub-folder named after it")
-    return np.stack(data.images), data.labels, f"the images under {spec}"
-
-
-def _grey_or_rgb(images):
-    """Raw pixels for the pixel baseline: grey images as they are, RGB ones as one channel when all three
-    agree -> float [N, P] in [0, 1]."""
-    x = np.asarray(images)
-    if x.ndim == 4 and np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2]):
-        x = x[..., 0]
-    return x.reshape(len(x), -1) / np.float32(255.0)  # [N, P]
-
-
-def probe_report(curves):
-    """The trained / untrained / raw-pixel numbers of `compare_probes`' curves as a plain dict (for --json,
-    and what the table prints): per curve its layers, fold scores, mean and spread; for the trained curve
-    the best layer and its margin over the last, fold by fold."""
-    out = {name: {"layers": c.layers, "mean": c.mean.tolist(), "std": c.std.tolist(), "scores": c.scores.tolist(),
-                  **({} if c.C is None else {"C": c.C.tolist()})} for name, c in curves.items()}
-    trained = curves["trained"]
-    best, last = trained.best_layer, trained.layers[-1]
-    gap = trained.difference(best, last)  # [n_folds]
-    out["best_layer"], out["last_layer"] = best, last
-    out["best_minus_last"] = {"mean": float(gap.mean()), "std": float(gap.std(ddof=1)) if len(gap) > 1 else 0.0,
-                              "folds_ahead": int((gap > 0).sum()), "n_folds": len(gap), "by_fold": gap.tolist()}
-    return out
-
-
-def format_table(curves, width=30):
-    """The table the CLI prints: one row per layer, trained and untrained mean ± std, and a bar drawing
-    the trained curve (scaled between the lowest and highest mean, so the shape shows)."""
-    trained, untrained = curves["trained"], curves.get("untrained")
-    lo, hi = float(trained.mean.min()), float(trained.mean.max())
-    lines = [f"layer  trained          untrained        curve ({lo:.3f} .. {hi:.3f})"]
-    for i, k in enumerate(trained.layers):
-        u = f"{untrained.mean[i]:.3f} ± {untrained.std[i]:.3f}" if untrained is not None else "-"
-        bar = "#" * (1 + int(round((width - 1) * (trained.mean[i] - lo) / (hi - lo)))) if hi > lo else "#"
-        mark = "  <- best" if k == trained.best_layer else ""
-        lines.append(f"{k:5d}  {trained.mean[i]:.3f} ± {trained.std[i]:.3f}    {u:15s}  {bar}{mark}")
-    for name in ("raw pixels", "raw pixels, pooled"):
-        if name in curves:
-            c = curves[name]
-            lines.append(f"{name}: {c.mean[0]:.3f} ± {c.std[0]:.3f}")
-    r = probe_report(curves)
-    g = r["best_minus_last"]
-    lines.append(f"best layer {r['best_layer']} of {r['last_layer']}; best - last {g['mean']:+.3f} ± {g['std']:.3f}, "
-                 f"ahead on {g['folds_ahead']} of {g['n_folds']} folds")
-    return "\n".join(lines)
-
-
-def markdown_table(report):
-    """`probe_report`'s numbers (or the --json file's) as the README's table: a row per model, a column per
-    layer (the best trained layer in bold), then the raw-pixel baselines; and a line with the best layer's
-    margin over the last. -> str."""
-    layers = report["trained"]["layers"]
-    last = report["last_layer"]
-    heads = [f"{k} (embeddings)" if k == 0 else f"{k} (+ ln_f)" if k == last else str(k) for k in layers]
-    baselines = [n for n in ("raw pixels", "raw pixels, pooled") if n in report]
-    lines = ["| layer | " + " | ".join(heads + baselines) + " |", "|---" * (1 + len(heads) + len(baselines)) + "|"]
-    for name in ("trained", "untrained"):
-        if name not in report:
-            continue
-        c = report[name]
-        cells = [f"{m:.3f} ± {sd:.3f}" for m, sd in zip(c["mean"], c["std"])]
-        if name == "trained":
-            i = layers.index(report["best_layer"])
-            cells[i] = f"**{cells[i]}**"
-            cells += [f"{report[n]['mean'][0]:.3f} ± {report[n]['std'][0]:.3f}" for n in baselines]
-        else:
-            cells += [""] * len(baselines)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    g = report["best_minus_last"]
-    lines.append("")
-    lines.append(f"Best layer {report['best_layer']} of {last}; best minus last, fold by fold: {g['mean']:+.3f} ± "
-                 f"{g['std']:.3f}, ahead on {g['folds_ahead']} of {g['n_folds']} folds.")
-    return "\n".join(lines)
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text!r}")
-    return value
-
-
-def _C_arg(text):
-    if text == "tuned":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number or 'tuned', got {text!r}")
-    return value
-
-
-def build_parser():
-    ap = argparse.ArgumentParser(
-        prog="python -m minigpt_pixels.probe",
-        description="The linear probe of a frozen ImageGPT, layer by layer: trained vs untrained (same config, "
-                    "same init seed) vs raw pixels, scored by stratified k-fold cross-validation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", required=True, help="HF-layout model directory (config.json, model.safetensors, "
-                                                    "preprocessor_config.json)")
-    ap.add_argument("--data", default="digits", help="'digits', 'shifted-digits' (new shifts on the model's "
-                                                     "canvas), 'middle-peak' (middle_peak_probe_data()) or a "
-                                                     "folder with one sub-folder of images per class")
-    ap.add_argument("--features", choices=FEATURES, default="paper",
-                    help="'paper': mean over positions of layer_norm(h^l) with block l's ln_1 (ln_f for the last "
-                         "layer); 'mean': the raw hidden state mean-pooled")
-    ap.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds")
-    ap.add_argument("--pool-from", type=int, default=0, help="average positions from this one on (0: all, as "
-                                                             "the paper; SOS is position 0)")
-    ap.add_argument("--C", type=_C_arg, default="tuned", help="inverse L2 strength, or 'tuned': chosen per layer "
-                                                              f"from {list(C_GRID)} on an inner split of each fold")
-    ap.add_argument("--seed", type=int, default=0, help="the folds' shuffle")
-    ap.add_argument("--init-seed", type=int, default=0, help="the untrained model's initialisation (train --seed)")
-    ap.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
-    ap.add_argument("--plot", metavar="FILE", help="also draw the curves to FILE (PNG)")
-    ap.add_argument("--markdown", action="store_true", help="also print the table as the README's markdown")
-    ap.add_argument("--force", action="store_true", help="overwrite --json / --plot files that exist")
-    return ap
-
-
-def main(argv=None):
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    for option in ("json", "plot"):
-        path = getattr(args, option)
-        if path is not None and os.path.exists(path) and not args.force:
-            ap.exit(2, f"{ap.prog}: error: --{option} {path}: exists; pass --force to overwrite it\n")
-        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            ap.exit(2, f"{ap.prog}: error: --{option} {path}: no such directory\n")
-    if not os.path.isfile(os.path.join(args.model, "config.json")):
-        ap.exit(2, f"{ap.prog}: error: --model {args.model}: not a model directory (no config.json)\n")
-    from threadpoolctl import threadpool_limits
-
-    try:
-        model = ImageGPTForCausalImageModeling.from_pretrained(args.model)
-        processor = ImageGPTImageProcessor.from_pretrained(args.model)
-        images, labels, what = probe_data(args.data, processor)
-        ids = processor(list(images))["input_ids"]  # [N, h*w]
-        print(f"{model.config.n_layer} blocks of width {model.config.n_embd}; {len(labels)} images ({what}), "
-              f"{args.folds} folds, {args.features} features, C {args.C}")
-        with threadpool_limits(limits=1):  # tiny matrices: one BLAS thread is fastest, and polite on shared CPUs
-            curves = compare_probes(model, ids, labels, raw_pixels=_grey_or_rgb(images), init_seed=args.init_seed,
-                                    n_folds=args.folds, seed=args.seed, C=args.C, features=args.features,
-                                    pooled_pixels=True, pool_from=args.pool_from)
-    except (OSError, ValueError) as e:
-        ap.exit(2, f"{ap.prog}: error: {e}\n")
-    print(format_table(curves))
-    report = {"model": args.model, "data": args.data, "features": args.features, "folds": args.folds,
-              "C": args.C, "n_images": int(len(labels)), **probe_report(curves)}
-    if args.markdown:
-        print(markdown_table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-    if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        ax = plot_probe_curves(curves, title=f"{os.path.basename(os.path.normpath(args.model))} on {args.data}, "
-                                             f"{args.features} features")
-        ax.figure.tight_layout()
-        ax.figure.savefig(args.plot, dpi=110)
-        plt.close(ax.figure)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
