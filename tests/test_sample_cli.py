@@ -293,7 +293,7 @@ def test_sigterm_and_sighup_stop_it_as_ctrl_c_does(name, tmp_path, tiny_model_di
     """kill, timeout, Slurm pre-emption, docker stop, a closed terminal: the old code died at once and left
     .out.png.<hex>.tmp beside --out; now the temporary file is removed and it exits 128 + the signal."""
     if not hasattr(signal, name):
-        pytest.skip(f"no {name} here")
+        pytest.skip(f"this platform has no signal.{name} (Windows): nothing to send")
     folder = tmp_path / "results"
     folder.mkdir()
     r = subprocess.run([sys.executable, "-c", STOPPED_WHILE_WRITING, name, "--model", str(tiny_model_dir),

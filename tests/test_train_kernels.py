@@ -198,7 +198,7 @@ def test_kernels_give_the_same_bits_on_1_and_2_threads(rng, monkeypatch):
     """Each (batch row, head) is one thread's whole and every sum has a fixed order: a resumed run is
     byte-identical whatever the thread count."""
     if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("Numba has one thread here")
+        pytest.skip("Numba has one thread here (NUMBA_NUM_THREADS=1): 1 and 2 threads cannot be compared")
     monkeypatch.setattr(cpu_train, "step_threads", lambda key: contextlib.nullcontext())  # the count set below
     cfg = config(n_positions=20)
     model = ImageGPTForCausalImageModeling(cfg, seed=0)
@@ -222,7 +222,7 @@ def test_step_threads_applies_the_clocks_choice_and_restores(monkeypatch):
     """The step runs on the thread count TRAIN_CLOCK chooses (1 here, as on a busy machine), the time is
     recorded for that count, and Numba's own setting comes back after."""
     if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("Numba has one thread here")
+        pytest.skip("Numba has one thread here (NUMBA_NUM_THREADS=1): 1 and 2 threads cannot be compared")
     seen, recorded = [], []
     monkeypatch.setattr(cpu_train.TRAIN_CLOCK, "choose", lambda key, most: 1)
     monkeypatch.setattr(cpu_train.TRAIN_CLOCK, "record", lambda key, threads, s: recorded.append((key, threads)))
