@@ -27,7 +27,7 @@ MAIN_JOB = textwrap.dedent("""
     import numba
     import numpy as np
     import minigpt_pixels
-    from minigpt_pixels.kernels import compile_cache, cpu, simd
+    from minigpt_pixels.kernels import compile_cache, cpu_loops, simd
     from minigpt_pixels.model import ImageGPTForCausalImageModeling
 
     said = io.StringIO()
@@ -35,7 +35,7 @@ MAIN_JOB = textwrap.dedent("""
         model = ImageGPTForCausalImageModeling.from_pretrained(minigpt_pixels.DEFAULT_MODEL).to("cpu")
         ids = model.generate(np.full((2, 1), model.config.vocab_size - 1), max_new_tokens=4)
         product = simd.small_matmul(np.ones((2, 8), np.float32), np.ones((8, 16), np.float32), 2)
-    kernels = [d for module in (cpu, simd) for d in vars(module).values()
+    kernels = [d for module in (cpu_loops, simd) for d in vars(module).values()
                if isinstance(d, numba.core.registry.CPUDispatcher)]
     print(json.dumps(dict(
         compiled=sum(sum(k.stats.cache_misses.values()) for k in kernels),
@@ -66,7 +66,7 @@ def test_second_process_loads_the_kernels_from_the_cache(tmp_path):
     assert second["ids"] == first["ids"] and second["product"] == first["product"]
 
 
-# Two modules in one directory, b's kernel calling a's: the case of cpu.py's decode kernels, which have
+# Two modules in one directory, b's kernel calling a's: the case of cpu_loops.py's decode kernels, which have
 # simd.py's matmul compiled into them.
 MODULE_A = """
 from minigpt_pixels.kernels.compile_cache import njit
@@ -130,7 +130,7 @@ TINY_CPU_JOB = textwrap.dedent("""
     import json
     import numpy as np
     from minigpt_pixels.config import ImageGPTConfig
-    from minigpt_pixels.kernels import cpu
+    from minigpt_pixels.kernels import cpu_loops
     from minigpt_pixels.model import ImageGPTForCausalImageModeling
 
     config = ImageGPTConfig(vocab_size=17, n_positions=16, n_embd=16, n_layer=2, n_head=2)
@@ -140,7 +140,7 @@ TINY_CPU_JOB = textwrap.dedent("""
     reference = model(ids).logits, model.generate(start, max_new_tokens=4, do_sample=False)
     model.to("cpu")
     logits, generated = model(ids).logits, model.generate(start, max_new_tokens=4, do_sample=False)
-    kernels = [d for d in vars(cpu).values() if hasattr(d, "stats")]
+    kernels = [d for d in vars(cpu_loops).values() if hasattr(d, "stats")]
     print(json.dumps(dict(
         worst=float(np.abs(logits - reference[0]).max()), same_ids=bool((generated == reference[1]).all()),
         jit=len(kernels), compiled=sum(sum(k.stats.cache_misses.values()) for k in kernels),
@@ -211,7 +211,8 @@ def test_numba_disable_jit_runs_the_kernels_as_python(tmp_path):
     on every path of the "cpu" device (the thresholds set to 0 send the tiny model down the fused decode
     step and simd's matmul too)."""
     env = dict(os.environ, NUMBA_DISABLE_JIT="1", NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
-    all_paths = "from minigpt_pixels.kernels import cpu\ncpu.PARALLEL_MIN_WORK = cpu.DECODE_PARALLEL_MIN_WORK = 0\n"
+    all_paths = ("from minigpt_pixels.kernels import threads\n"
+                 "threads.PARALLEL_MIN_WORK = threads.DECODE_PARALLEL_MIN_WORK = 0\n")
     matmul = textwrap.dedent("""
         from minigpt_pixels.kernels import simd
         a, w = np.ones((3, 40), np.float32), np.arange(40 * 24, dtype=np.float32).reshape(40, 24) / 100

@@ -12,7 +12,8 @@ from numba import njit
 
 from minigpt_pixels import layers
 from minigpt_pixels.config import ImageGPTConfig
-from minigpt_pixels.kernels import cpu
+from minigpt_pixels.kernels import cpu, cpu_loops
+from minigpt_pixels.kernels import threads as thread_policy
 from minigpt_pixels.model import (ImageGPTForCausalImageModeling, KVCache, ModelInputError, init_weights,
                                   transformer_shapes)
 
@@ -43,7 +44,7 @@ def allowed_keys(T, S):
 @njit
 def _exp_array(x, out):
     for i in range(x.size):
-        out[i] = cpu._exp(x[i])
+        out[i] = cpu_loops._exp(x[i])
 
 
 def test_exp_against_numpy():
@@ -63,7 +64,7 @@ def test_layer_norm_kernel(rng):
     x = rng.normal(size=(37, 45)).astype(F32) * 3
     w = rng.normal(size=45).astype(F32)
     out = np.empty_like(x)
-    cpu.layer_norm_kernel(x, w, F32(1e-5), out)
+    cpu_loops.layer_norm_kernel(x, w, F32(1e-5), out)
     check("layer_norm", out, layers.layer_norm(x, w, 1e-5))
     check("layer_norm wrapper [B, T, C]", cpu.layer_norm(x.reshape(1, 37, 45), w, 1e-5),
           layers.layer_norm(x, w, 1e-5).reshape(1, 37, 45))
@@ -73,7 +74,7 @@ def test_residual_layer_norm_kernel(rng):
     x, y = (rng.normal(size=(37, 45)).astype(F32) for _ in range(2))
     b, w = (rng.normal(size=45).astype(F32) for _ in range(2))
     x_out, ln_out = np.empty_like(x), np.empty_like(x)
-    cpu.residual_layer_norm_kernel(x, y, b, w, F32(1e-5), x_out, ln_out)
+    cpu_loops.residual_layer_norm_kernel(x, y, b, w, F32(1e-5), x_out, ln_out)
     ref = x + (y + b)
     check("residual", x_out, ref, 0.0)  # same order of additions: bit-identical
     check("residual layer_norm", ln_out, layers.layer_norm(ref, w, 1e-5))
@@ -85,7 +86,7 @@ def test_bias_quick_gelu_kernel(rng):
     b = rng.normal(size=45).astype(F32)
     with np.errstate(over="ignore"):  # exp(-1.702 * -60) overflows to inf: y / inf = -0, as intended
         ref = layers.quick_gelu(h + b)
-    cpu.bias_quick_gelu_kernel(h, b)
+    cpu_loops.bias_quick_gelu_kernel(h, b)
     check("bias + quick_gelu", h, ref)
 
 
@@ -99,11 +100,11 @@ def test_causal_softmax_kernel(rng):
     with np.errstate(over="ignore"):
         ref = layers.softmax(np.where(allowed_keys(Q, K), raw * scale, layers.MASK_MIN) + additive)
     s = raw.copy()
-    cpu.causal_softmax_kernel(s, scale, pos0, keep)
+    cpu_loops.causal_softmax_kernel(s, scale, pos0, keep)
     check("causal softmax", s, ref)
     strided = np.zeros((Q, K + 7), F32)[:, :K]  # rows of a wider array, as when writing into the weights
     strided[...] = raw
-    cpu.causal_softmax_kernel(strided, scale, pos0, keep)
+    cpu_loops.causal_softmax_kernel(strided, scale, pos0, keep)
     check("causal softmax (strided rows)", strided, ref)
 
 
@@ -124,7 +125,7 @@ def test_attention_rows_kernel_every_cache_length(rng, T):
         if S > 2:
             keep[1, S // 2] = 0  # one padded key in the second sequence
         out, weights = np.empty((B, T, H, D), F32), np.empty((B, H, T, S), F32)
-        cpu.attention_rows_kernel(q, k, v, S, scale, keep, out, weights, True)
+        cpu_loops.attention_rows_kernel(q, k, v, S, scale, keep, out, weights, True)
         ref_out, ref_w = reference_attention(q, k[:, :, :S], v[:, :, :S], scale, keep)
         assert out.dtype == weights.dtype == np.float32
         np.testing.assert_allclose(weights, ref_w, rtol=0, atol=TOL, err_msg=f"weights, S={S}")
@@ -274,7 +275,7 @@ def test_decode_block_kernel_equals_python_path(B, mask_kind, threads, monkeypat
     full_mask = make_mask(mask_kind, rng, B, T, T)
     ref, _ = layers.transformer_block(x, p, "h.2.", cfg, 2, mask=full_mask)
     calls = []
-    real_kernel, real_decode_layers = cpu.decode_layers_kernel, cpu.decode_layers
+    real_kernel, real_decode_layers = cpu_loops.decode_layers_kernel, cpu.decode_layers
     monkeypatch.setattr(cpu, "decode_layers_kernel", lambda *a: calls.append(a[0].shape) or real_kernel(*a))
 
     def decode(fused):
@@ -390,7 +391,7 @@ def test_kv_cache_claim_checks_room():
 
 
 def test_parallel_sections_restore_blas_threads(threads):
-    controller = cpu.blas_controller()
+    controller = thread_policy.blas_controller()
     before = [lib["num_threads"] for lib in controller.info()]
     cfg, p = block_setup()
     x = np.random.default_rng(0).normal(size=(2, 37, cfg.n_embd)).astype(F32)
@@ -404,21 +405,22 @@ def test_blas_threads_policy():
     each matmul, heads, gelu rows), so that BLAS's own threads never spin beside them; in between, BLAS
     keeps its own count. The count is given back afterwards. Numba's threads: one for a one-row step,
     all of them for a batch."""
-    controller = cpu.blas_controller()
+    controller = thread_policy.blas_controller()
     blas = [lib for lib in controller.info() if lib["user_api"] == "blas"]
     assert blas, "NumPy's BLAS not found by threadpoolctl"
     before = [lib["num_threads"] for lib in blas]
     for rows in (1, 8, cpu.SMALL_ROWS, cpu.ROW_SPLIT_MIN, 1024):
-        with cpu.blas_threads_for(rows):
+        with thread_policy.blas_threads_for(rows):
             assert all(lib["num_threads"] == 1 for lib in controller.info() if lib["user_api"] == "blas")
     for rows in (cpu.SMALL_ROWS + 1, cpu.ROW_SPLIT_MIN - 1):
-        with cpu.blas_threads_for(rows):
+        with thread_policy.blas_threads_for(rows):
             assert [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"] == before
     assert [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"] == before
-    big = cpu.DECODE_PARALLEL_MIN_WORK
-    assert cpu.decode_threads(1, 100 * big) == 1  # a single sequence: one thread however big
-    assert cpu.decode_threads(cpu.DECODE_ROWS + 1, big - 1) == 1  # too small to repay a parallel launch
-    assert cpu.decode_threads(cpu.DECODE_ROWS + 1, big) == numba.get_num_threads()
+    big = thread_policy.DECODE_PARALLEL_MIN_WORK
+    assert thread_policy.decode_threads(1, 100 * big) == 1  # a single sequence: one thread however big
+    batch = thread_policy.DECODE_ROWS + 1
+    assert thread_policy.decode_threads(batch, big - 1) == 1  # too small to repay a parallel launch
+    assert thread_policy.decode_threads(batch, big) == numba.get_num_threads()
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
@@ -452,7 +454,8 @@ def test_in_parallel_runs_every_share_and_reraises_a_workers_error():
     import threading
 
     seen = []
-    cpu.in_parallel(lambda share: seen.append((threading.current_thread().name, list(share))), list(range(7)), 3)
+    thread_policy.in_parallel(lambda share: seen.append((threading.current_thread().name, list(share))),
+                              list(range(7)), 3)
     assert sorted(x for _, share in seen for x in share) == list(range(7)) and len(seen) == 3
     names = sorted(name for name, _ in seen)
     assert names.count(threading.current_thread().name) == 1  # the caller took one share
@@ -465,7 +468,7 @@ def test_in_parallel_runs_every_share_and_reraises_a_workers_error():
         done.append(share[0])
 
     with pytest.raises(RuntimeError, match="worker failed"):
-        cpu.in_parallel(fail_second, [0, 1, 2], 3)
+        thread_policy.in_parallel(fail_second, [0, 1, 2], 3)
     assert sorted(done) == [0, 2]
 
 
@@ -477,7 +480,7 @@ def test_matmul_takes_the_small_matmul_for_decode_steps(monkeypatch, rng):
     monkeypatch.setattr(cpu.simd, "small_matmul",
                         lambda a, w, threads: calls.append((a.shape[0], threads)) or real(a, w, threads))
     monkeypatch.setattr(cpu.numba, "get_num_threads", lambda: 2)  # as on a 2-core machine, whatever this one has
-    monkeypatch.setattr(cpu, "DECODE_PARALLEL_MIN_WORK", 36 * 44 * 2)
+    monkeypatch.setattr(thread_policy, "DECODE_PARALLEL_MIN_WORK", 36 * 44 * 2)
     w = rng.normal(size=(36, 44)).astype(F32)
     for rows in (1, 2, 9, cpu.SMALL_ROWS, cpu.SMALL_ROWS + 1, 100):
         a = rng.normal(size=(rows, 36)).astype(F32)
@@ -486,7 +489,7 @@ def test_matmul_takes_the_small_matmul_for_decode_steps(monkeypatch, rng):
         np.testing.assert_allclose(out, a @ w, rtol=1e-5, atol=1e-5)
     assert calls == [(2, cpu.DECODE_PARTS), (9, cpu.DECODE_PARTS), (cpu.SMALL_ROWS, cpu.DECODE_PARTS)]
     calls.clear()
-    monkeypatch.setattr(cpu, "DECODE_PARALLEL_MIN_WORK", 36 * 44 * 3)
+    monkeypatch.setattr(thread_policy, "DECODE_PARALLEL_MIN_WORK", 36 * 44 * 3)
     cpu.matmul(rng.normal(size=(2, 36)).astype(F32), w)  # 2 rows, less work than the threshold
     assert calls == []
 
@@ -499,7 +502,7 @@ def test_attention_rows_parallel_equals_serial(rng, T):
     keep = np.ones((B, S), np.uint8)
     keep[2, 7] = 0
     results = []
-    for kernel in (cpu.attention_rows_kernel, cpu.attention_rows_parallel):
+    for kernel in (cpu_loops.attention_rows_kernel, cpu_loops.attention_rows_parallel):
         out, weights = np.empty((B, T, H, D), F32), np.empty((B, H, T, S), F32)
         kernel(q, k, v, S, scale, keep, out, weights, True)
         results.append((out, weights))
@@ -523,18 +526,21 @@ def test_compiled_kernels_do_no_float64_arithmetic(rng):
     cpu.transformer_block(x, p, "h.0.", cfg, 0, mask=make_mask("padding", rng, 2, 37, 37))  # compile all
     cache = KVCache(cfg, 2)
     cpu.transformer_block(x[:, :3], p, "h.0.", cfg, 0, cache=cache)
-    cpu.attention_rows_parallel(*(np.ascontiguousarray(a) for a in (x[:, None, :3], x[:, None], x[:, None])), 3,
-                                F32(0.5), np.ones((2, 37), np.uint8), np.empty((2, 3, 1, 36), F32),
-                                np.empty((2, 1, 3, 3), F32), True)
+    q, k, v = (np.ascontiguousarray(a) for a in (x[:, None, :3], x[:, None], x[:, None]))
+    cpu_loops.attention_rows_parallel(q, k, v, 3, F32(0.5), np.ones((2, 37), np.uint8), np.empty((2, 3, 1, 36), F32),
+                                      np.empty((2, 1, 3, 3), F32), True)
     keys = np.zeros((2, 3, 8, 12), F32)
     w = layers.block_weights(p, "h.0.", cfg, 0)
     layer = (*(getattr(w, field) for field in cpu.DECODE_BLOCK_FIELDS), keys, np.zeros_like(keys))
-    cpu.decode_layers_kernel(x[:, 0], *((a, a) for a in layer), 3, np.ones((2, 8), np.uint8), F32(1e-5),
-                             np.ones(2, F32), 2)
-    cpu.decode_block_kernel(x[:, 0], *layer, 3, np.ones((2, 8), np.uint8), F32(1e-5), F32(1), 2)  # itself too
-    for kernel in (cpu.layer_norm_kernel, cpu.residual_layer_norm_kernel, cpu.bias_quick_gelu_kernel,
-                   cpu.causal_softmax_kernel, cpu.attention_rows_kernel, cpu.attention_rows_parallel,
-                   cpu.decode_block_kernel, cpu.decode_layers_kernel):
+    cpu_loops.decode_layers_kernel(x[:, 0], *((a, a) for a in layer), 3, np.ones((2, 8), np.uint8), F32(1e-5),
+                                   np.ones(2, F32), 2)
+    cpu_loops.decode_block_kernel(x[:, 0], *layer, 3, np.ones((2, 8), np.uint8), F32(1e-5), F32(1), 2)  # itself too
+    kernels = [getattr(cpu_loops, name) for name in (
+        "layer_norm_kernel", "residual_layer_norm_kernel", "bias_quick_gelu_kernel", "causal_softmax_kernel",
+        "attention_rows_kernel", "attention_rows_parallel", "decode_block_kernel", "decode_layers_kernel")]
+    public = {name for name, d in vars(cpu_loops).items() if hasattr(d, "inspect_asm") and not name.startswith("_")}
+    assert public == {k.__name__ for k in kernels}, "a kernel of cpu_loops.py missing from this check"
+    for kernel in kernels:
         assert kernel.signatures, kernel.__name__
         for sig, asm in assembly(kernel).items():
             found = FLOAT64_OP.findall(asm)
@@ -593,7 +599,7 @@ def test_model_decode_step_runs_every_block_in_one_call(models, rng, monkeypatch
     model, ref = models
     monkeypatch.setattr(cpu, "fused_step_threads", lambda work: 2)
     layer_counts = []
-    real = cpu.decode_layers_kernel
+    real = cpu_loops.decode_layers_kernel
     monkeypatch.setattr(cpu, "decode_layers_kernel",
                         lambda x, ln_1, *a: layer_counts.append(len(ln_1)) or real(x, ln_1, *a))
     ids = rng.integers(0, 16, size=(3, 12))
@@ -620,7 +626,7 @@ def test_generate_through_one_call_steps_equals_numpy(models, monkeypatch):
     model, ref = models
     monkeypatch.setattr(cpu, "fused_step_threads", lambda work: 2)
     steps = []
-    real = cpu.decode_layers_kernel
+    real = cpu_loops.decode_layers_kernel
     monkeypatch.setattr(cpu, "decode_layers_kernel", lambda *a: steps.append(1) or real(*a))
     prompt = np.full((3, 1), 16)
     ours = model.generate(prompt, max_new_tokens=25)
@@ -665,7 +671,7 @@ def test_fused_steps_give_the_same_bits_on_any_thread_count(models, monkeypatch,
 
 
 def test_step_clock_keeps_the_faster_setting_and_retries_the_other_ever_less_often():
-    clock = cpu.StepClock(explore=2, longest=8)
+    clock = thread_policy.StepClock(explore=2, longest=8)
     key, picks = "k", []
 
     def step(seconds_for):
@@ -712,11 +718,11 @@ def test_in_parallel_works_in_a_forked_child():
 
     code = textwrap.dedent("""
         import multiprocessing, numpy as np
-        from minigpt_pixels.kernels import cpu
+        from minigpt_pixels.kernels import threads
 
         def work():
             out = []
-            cpu.in_parallel(lambda share: out.extend(share), list(range(6)), 3)
+            threads.in_parallel(lambda share: out.extend(share), list(range(6)), 3)
             return sorted(out)
 
         def child(queue):

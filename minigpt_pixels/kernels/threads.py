@@ -4,15 +4,18 @@ pool they run on, and the clock that decides from timings whether a second threa
     workers_for / split / in_parallel   a full forward's sections (matmul rows, heads, gelu rows) shared
                                         among Python threads that each call BLAS single-threaded
     blas_controller                     threadpoolctl's handle on NumPy's BLAS (None without threadpoolctl)
+    blas_threads_for                    BLAS held to one thread around a pass where our threads share the work
+    decode_threads / fused_step_threads a decode step's sections, and a whole fused step, on Numba's threads
+                                        or on one
     StepClock                           1 thread or all, chosen by timing the steps themselves (decode steps
                                         in cpu.py, training steps in cpu_train.py)
 
-cpu.py's decode-step policy (blas_threads_for, decode_threads, fused_step_threads) stays beside the
-decode kernels it governs.
+cpu.py reads every threshold here by name; nothing here changes a result, only where it is computed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +90,51 @@ def blas_controller():
     return ThreadpoolController()
 
 
+# ---- decode steps --------------------------------------------------------------------------------
+# A decode step feeds few rows (batch x new positions) through every weight. For those steps the
+# matmuls and the attention run on Numba's threads (simd.small_matmul, attention_rows_parallel) and BLAS
+# is held to one thread: multi-threaded OpenBLAS keeps its threads spinning between calls, and beside
+# Numba's threads that made a batch-8 iGPT-S step 2 to 4 times slower. One threading runtime for the
+# whole step is what lets the attention use every core: batch-8 steps went from 31/58/77 ms to
+# 28/33/47 ms at cache lengths 64/512/1000 (2 cores).
+DECODE_ROWS = 1  # at most this many rows: everything on one thread (a single sequence; see blas_threads_for)
+SMALL_ROWS = 16  # at most this many rows: a decode step (BLAS on one thread; Numba's threads when worth it)
+ROW_SPLIT_MIN = 256  # at least this many rows: a matmul's rows shared among in_parallel's threads (matmul)
+DECODE_PARALLEL_MIN_WORK = 1 << 20  # multiply-adds below which a decode section stays on one thread
+
+
+def blas_threads_for(rows):
+    """Single-threaded BLAS around a pass of the "cpu" device over `rows` positions where the device shares
+    the matmuls out on its own threads: decode steps (at most SMALL_ROWS rows: Numba's) and passes of at
+    least ROW_SPLIT_MIN rows (in_parallel's, see cpu.matmul). Between the two, BLAS keeps its own threads: for
+    17 to 255 rows its two threads beat any split of ours (a batch-17 matmul: 0.54 ms against 0.86 ms
+    splitting the columns, 0.94 ms the rows). A context manager.
+
+    Decode steps: a one-row step is a chain of matrix-vector products bound by memory bandwidth, and two
+    OpenBLAS threads meet at a barrier inside each of its ~100 products: on a machine where another job
+    held a core, an iGPT-S step took 190 ms with 2 BLAS threads and 48 ms with one. Full forwards:
+    OpenBLAS's threads spin for a while after each multi-threaded call, taking a core from the attention
+    that follows: a layer's attention on 2 workers took 25 ms after a 2-thread matmul, 12 ms on its own.
+    """
+    controller = blas_controller() if rows <= SMALL_ROWS or rows >= ROW_SPLIT_MIN else None
+    return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
+
+
+def decode_threads(rows, work):
+    """Numba threads for a decode-step section of about `work` multiply-adds: one for a one-row step (as
+    for BLAS: a single sequence is bandwidth bound, and a second thread stalls whenever another job holds
+    a core) or a small section (a parallel launch costs about 10 us), else numba.get_num_threads()."""
+    if rows <= DECODE_ROWS or work < DECODE_PARALLEL_MIN_WORK:
+        return 1
+    return numba.get_num_threads()
+
+
+def fused_step_threads(work):
+    """The most Numba threads a fused decode step whose largest matmul is `work` multiply-adds may use:
+    numba.get_num_threads(), or 1 (no fused step: the Python path) for a model too small to repay them."""
+    return numba.get_num_threads() if work >= DECODE_PARALLEL_MIN_WORK else 1
+
+
 # ---- timing steps ---------------------------------------------------------------------------------
 class StepClock:
     """Chooses the thread count of fused decode steps, 1 or `most`, by timing the steps themselves.
@@ -99,7 +147,7 @@ class StepClock:
     faster is kept, and the other is tried again after `explore` steps, then after twice as many each
     time it loses again (at most `longest`), so a loaded machine pays one slow step in every few hundred.
     Per key (batch, width, layers, threads): a step's time grows with the cache, so a retried setting is
-    compared with the kept one's latest steps. Results never depend on the choice (DECODE_PARTS).
+    compared with the kept one's latest steps. Results never depend on the choice (cpu.DECODE_PARTS).
     A key's first step is not timed: it starts Numba's thread pool and touches the cache's first pages
     (measured 2-3 times a later step), and counted, it made a batch-1 run keep one thread for 16 steps.
     """
