@@ -12,6 +12,7 @@
 import ast
 import inspect
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -373,3 +374,69 @@ def test_every_all_names_what_its_module_has():
         module = importlib.import_module(f"minigpt_pixels.{path.stem}" if path.stem != "__init__" else "minigpt_pixels")
         missing = [n for n in getattr(module, "__all__", ()) if not hasattr(module, n)]
         assert not missing, f"{module.__name__}.__all__ names {missing}, which it does not have"
+
+
+# ---- the kernel files, arranged as a reader looks for them (issue 24) ---------------------------------
+KERNELS = PACKAGE / "kernels"
+
+
+def top_level(path):
+    """name -> (first line, decorators as source text) of each top-level function of a file, in file order."""
+    tree = ast.parse(path.read_text())
+    return {n.name: (n.lineno, [ast.unparse(d) for d in n.decorator_list]) for n in tree.body
+            if isinstance(n, ast.FunctionDef)}
+
+
+def layers_line(name):
+    return top_level(PACKAGE / "layers.py")[name][0]
+
+
+def test_cpu_py_opens_with_the_backends_mirrors_in_layers_order_and_holds_no_compiled_loop():
+    """kernels/cpu.py's first functions are the ones CpuBackend takes from it, in layers.py's order; the
+    @njit bodies they call live in cpu_loops.py, which holds nothing else."""
+    mirrors = sorted((name for name in NAMES if getattr(backends.CpuBackend, name).__module__ == cpu.__name__),
+                     key=layers_line)
+    assert mirrors == ["layer_norm", "mlp", "self_attention", "transformer_block"]
+    functions = top_level(KERNELS / "cpu.py")
+    assert list(functions)[:len(mirrors)] == mirrors, f"cpu.py opens with {list(functions)[:len(mirrors)]}"
+    compiled = [name for name, (_, decorators) in functions.items() if decorators]
+    assert not compiled, f"compiled loops in cpu.py (their room is cpu_loops.py): {compiled}"
+    loops = top_level(KERNELS / "cpu_loops.py")
+    assert len(loops) > 10 and all(decorators and decorators[0].startswith(("njit", "intrinsic"))
+                                   for _, decorators in loops.values()), "cpu_loops.py holds only compiled loops"
+
+
+# kernels/cuda.py's ops: the layers.py function each replaces, then its kernel, launcher and checked wrapper
+CUDA_OPS = [("embedding", "embedding_kernel", "launch_embedding", "embedding"),
+            ("layer_norm", "layer_norm_kernel", "launch_layer_norm", "layer_norm"),
+            ("linear", "matmul_kernel", "launch_linear", "linear"),
+            ("attention", "causal_attention_kernel", "launch_causal_attention", "causal_attention"),
+            ("attention", "decode_attention_kernel", "launch_decode_attention", "decode_attention"),
+            ("self_attention", "append_kv_kernel", "launch_append_kv", None)]  # the model's cache update
+NOT_LAUNCHED = "# ==== NOT LAUNCHED BY THE MODEL"
+
+
+def test_cuda_py_is_one_op_after_another_in_layers_order_with_the_unlaunched_kernels_set_apart():
+    source = (KERNELS / "cuda.py").read_text()
+    functions = top_level(KERNELS / "cuda.py")
+    line = {name: first for name, (first, _) in functions.items()}
+    spans = [[line[n] for n in (kernel, launch, wrapper) if n] for _, kernel, launch, wrapper in CUDA_OPS]
+    assert all(span == sorted(span) for span in spans), "each op: its kernel, then its launcher, then its wrapper"
+    assert all(a[-1] < b[0] for a, b in zip(spans, spans[1:])), "the ops one after another, not interleaved"
+    assert [layers_line(op) for op, *_ in CUDA_OPS] == sorted(layers_line(op) for op, *_ in CUDA_OPS), \
+        "the ops in layers.py's order"
+    # the kernels the model reaches: those named in the launchers cuda_model.py calls
+    launchers = set(re.findall(r"\bK\.(launch_\w+)", (KERNELS / "cuda_model.py").read_text()))
+    assert launchers == {launch for _, _, launch, _ in CUDA_OPS}
+    body = {node.name: ast.get_source_segment(source, node) for node in ast.parse(source).body
+            if isinstance(node, ast.FunctionDef)}
+    reached = {k for launch in launchers for k in re.findall(r"\b(\w+_kernel)\b", body[launch])}
+    kernels = {name for name in functions if name.endswith("_kernel")}
+    assert reached < kernels and "skinny_matmul_kernel" in reached
+    marker = source[:source.index(NOT_LAUNCHED)].count("\n") + 1
+    assert all(line[k] < marker for k in reached), "a kernel the model launches sits in the not-launched block"
+    outside = sorted(k for k in kernels - reached if line[k] < marker)
+    assert not outside, f"kernels the model never launches outside the labelled block: {outside}"
+    device = top_level(KERNELS / "cuda_device.py")
+    assert {"require_cuda", "device_empty", "to_device"} <= set(device), "the device plumbing's room"
+    assert not any("cuda.jit" in str(decorators) for _, decorators in device.values()), "no kernel in it"

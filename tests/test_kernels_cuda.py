@@ -16,6 +16,7 @@ from numba import cuda
 from minigpt_pixels import layers
 from minigpt_pixels.config import ImageGPTConfig
 from minigpt_pixels.kernels import cuda as K
+from minigpt_pixels.kernels import cuda_device
 from minigpt_pixels.model import ImageGPTForCausalImageModeling, ImageGPTModel, KVCache
 
 from .conftest import report
@@ -299,7 +300,7 @@ def test_out_of_device_memory_names_the_size(monkeypatch):
 
 
 def test_no_cuda_gives_a_clear_error(monkeypatch):
-    monkeypatch.setattr(K, "_cuda_available", lambda: False)
+    monkeypatch.setattr(cuda_device, "_cuda_available", lambda: False)
     with pytest.raises(K.CudaUnavailableError, match="CUDA is not available.*model.to\\('cpu'\\)"):
         K.matmul(np.ones((2, 2)), np.ones((2, 2)))
     with pytest.raises(K.CudaUnavailableError):

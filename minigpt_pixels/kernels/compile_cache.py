@@ -16,7 +16,7 @@ NUMBA_DISABLE_JIT=1, Numba's debugging switch, `njit` hands back the Python func
 Python twin, so the kernels run as (slow) Python.
 
 One thing Numba's cache gets wrong for us: it checks a cached kernel against its own source file
-only, yet cpu.py's decode kernels have simd.py's matmul compiled into them, so an edit of simd.py alone
+only, yet cpu_loops.py's decode kernels have simd.py's matmul compiled into them, so an edit of simd.py alone
 would leave them running the old code. So each kernel is stamped with every .py file of its directory
 (kernels/): an edit of any of them recompiles all of them. (A reinstall changes nothing: the stamp is
 the files' contents.)

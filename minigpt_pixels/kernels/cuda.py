@@ -1,14 +1,22 @@
-"""Numba CUDA kernels for ImageGPT, each mirroring the layers.py function it replaces.
+"""Numba CUDA kernels for ImageGPT, each mirroring the layers.py function it replaces, in layers.py's
+order: per op, the kernel (or its cached factory), its launcher, then its checked wrapper.
 
-    matmul, linear        layers.linear (x @ w + b), tiled through shared memory, register-blocked,
-                          with bias, activation and residual add fused into the epilogue
+    embedding             layers.embedding without token types: two table rows added per position
+    layer_norm            layers.layer_norm, one block per row
+    linear, matmul        layers.linear (x @ w + b), tiled through shared memory, register-blocked,
+                          with bias, activation and residual add fused into the epilogue; a skinny
+                          kernel for the few rows of a decode step
     causal_attention      layers.attention(q, k, v, scale, causal=True)[0], flash-style: scores, mask,
                           online softmax and the weighted sum in one kernel, no [T, S] matrix
     decode_attention      the same for one new query against the KV cache (sampling)
-    layer_norm, quick_gelu, add, softmax, embedding
-                          the small kernels that keep a forward pass on the device between layers
+    append_kv             self_attention's KV cache update: the new keys and values into the device cache
+    quick_gelu, add, softmax
+                          NOT launched by the model (cuda_model.py fuses the first two into linear's
+                          epilogue; sampling's softmax runs on the host): the block at the end says why
+                          they are kept
 
-Shapes use the legend of layers.py (B, T, P, S, C, H, D, F, V). Conventions:
+Device plumbing (errors, tile sizes, allocation, transfers, conversions) is in cuda_device.py; the names
+callers use are re-exported here. Shapes use the legend of layers.py (B, T, P, S, C, H, D, F, V). Conventions:
 - Host arrays in, host arrays out. Device arrays in (numba device arrays, or anything with the CUDA
   array interface, e.g. torch CUDA tensors), a device array out: the model chains calls without
   round trips. Host inputs are converted to contiguous float32; device inputs must already be float32.
@@ -19,24 +27,29 @@ Shapes use the legend of layers.py (B, T, P, S, C, H, D, F, V). Conventions:
   compile_cache.py), so a later process loads them instead of compiling. Their code comes from this
   file alone, so Numba's own check of this file's contents is enough to catch an edit.
   Tile and block sizes are compile-time constants baked in by small cached factories
-  (`*_kernel(...)`); the defaults below are for a real GPU, and every wrapper takes overrides so the
-  simulator tests can run small tiles.
+  (`*_kernel(...)`); the defaults (cuda_device.py) are for a real GPU, and every wrapper takes
+  overrides so the simulator tests can run small tiles.
 - `launch_*` functions are the unchecked launchers the model runner (cuda_model.py) calls: device
   arrays in, the output written into `out`. The public wrappers check and convert, then call them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import cuda, float32
 
 from .. import layers
+from .cuda_device import (ATTENTION_TILES, ATTENTION_TILES_SMALL, DECODE_TILES, ELEMENTWISE_MAX_BLOCKS,
+                          ELEMENTWISE_THREADS, MATMUL_TILES, MATMUL_TILES_SMALL, ROW_THREADS, SKINNY_MAX_ROWS,
+                          SKINNY_TILES, AttentionTiles, DecodeTiles, MatmulTiles, SkinnyTiles, as_flat, as_rows,
+                          check_out, check_threads, device_float32, finish, is_device_array, n_blocks,
+                          require_cuda, sm_count, to_device)
+from .cuda_device import (CudaUnavailableError, DeviceMemoryError, device_empty, permute,  # noqa: F401
+                          small_grids_expected)  # re-exported: cuda_model.py, sample.py and the tests use cuda.X
+
 
 F32 = np.float32
 ZERO, HALF, ONE = F32(0.0), F32(0.5), F32(1.0)
@@ -51,205 +64,7 @@ ACTIVATIONS = {None: 0, "quick_gelu": 1, "relu": 2, "tanh": 3, "gelu_new": 4, "g
 MAX_HEAD_DIM = 128  # the attention kernels keep a query row and its accumulator in registers
 
 
-class CudaUnavailableError(RuntimeError):
-    """CUDA was asked for on a machine where numba finds no GPU (and the simulator is off)."""
-
-
-class DeviceMemoryError(MemoryError):
-    """A device allocation failed; the message names the bytes asked for."""
-
-
-# ---- tile and block sizes --------------------------------------------------------------------------
-class MatmulTiles(NamedTuple):
-    """A block computes a [bm, bn] tile of the output; each thread a [tm, tn] sub-tile in registers."""
-    bm: int = 128
-    bn: int = 128
-    bk: int = 8
-    tm: int = 8
-    tn: int = 8
-
-    @property
-    def threads(self):
-        return (self.bm // self.tm) * (self.bn // self.tn)
-
-
-class SkinnyTiles(NamedTuple):
-    """For few rows (decode steps: M = B): a block covers `cols` output columns of up to `rows` rows,
-    `splits` groups of `cols` threads each summing every splits-th k. The weights are streamed once;
-    with so few rows there is no tile reuse to win."""
-    cols: int = 32
-    splits: int = 8
-    rows: int = 8
-
-    @property
-    def threads(self):
-        return self.cols * self.splits
-
-
-class AttentionTiles(NamedTuple):
-    """One thread per query row, `bq` rows a block; keys and values staged `bkv` at a time."""
-    bq: int = 64
-    bkv: int = 32
-
-
-class DecodeTiles(NamedTuple):
-    """One block per (batch, head); scores computed `chunk` keys at a time. threads: a power of two."""
-    threads: int = 128
-    chunk: int = 256
-
-
-MATMUL_TILES = MatmulTiles()
-MATMUL_TILES_SMALL = MatmulTiles(64, 64, 8, 4, 4)  # when the big tiles would leave SMs idle (small M * N)
-SKINNY_TILES = SkinnyTiles()
-SKINNY_MAX_ROWS = 32  # up to here the skinny kernel wins: big tiles would be mostly padding
-ATTENTION_TILES = AttentionTiles()
-ATTENTION_TILES_SMALL = AttentionTiles(32, 32)  # when 64-query blocks would leave SMs idle (small B * H * T)
-DECODE_TILES = DecodeTiles()
-ROW_THREADS = 128  # layer norm and softmax: one block per row; a power of two (tree reduction)
-ELEMENTWISE_THREADS = 256
-ELEMENTWISE_MAX_BLOCKS = 4096  # element-wise kernels loop grid-stride over whatever this grid leaves
-
-
-# ---- availability, allocation, conversion ----------------------------------------------------------
-@functools.cache
-def _cuda_available():
-    return bool(cuda.is_available())  # True under the simulator (NUMBA_ENABLE_CUDASIM=1)
-
-
-def require_cuda():
-    """Raise CudaUnavailableError, with what to do instead, unless numba can use a GPU (or the simulator)."""
-    if not _cuda_available():
-        raise CudaUnavailableError(
-            "CUDA is not available: numba found no CUDA GPU and driver (numba.cuda.is_available() is False). "
-            "Use model.to('cpu'), or set NUMBA_ENABLE_CUDASIM=1 before numba is imported to run the kernels "
-            "in numba's (slow) CUDA simulator.")
-
-
-def _simulated():
-    return bool(numba.config.ENABLE_CUDASIM)
-
-
-@contextlib.contextmanager
-def small_grids_expected():
-    """Numba warns at every launch of fewer than 128 blocks. A decode step launches such grids by
-    design (a block per (batch, head), or per 32 output columns) and the warning's own cost adds up
-    over hundreds of launches a token, so the model runner turns it off while it runs, then back."""
-    before = numba.config.CUDA_LOW_OCCUPANCY_WARNINGS
-    numba.config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
-    try:
-        yield
-    finally:
-        numba.config.CUDA_LOW_OCCUPANCY_WARNINGS = before
-
-
-def _out_of_memory(err):
-    """The driver's CUDA_ERROR_OUT_OF_MEMORY, or the simulator's host MemoryError."""
-    return isinstance(err, MemoryError) or "OUT_OF_MEMORY" in str(err)
-
-
-def _alloc_error(nbytes, shape, err):
-    try:
-        free, total = cuda.current_context().get_memory_info()
-        room = f"; {free / 2**20:.0f} MiB of {total / 2**20:.0f} MiB free" if np.isfinite(total) else ""
-    except Exception:  # best effort: the message stands without it
-        room = ""
-    return DeviceMemoryError(f"out of device memory: could not allocate {nbytes} bytes ({nbytes / 2**20:.1f} MiB) "
-                             f"for an array of shape {tuple(shape)}{room} ({err})")
-
-
-def _allocation_errors():
-    from numba.cuda.cudadrv.driver import CudaAPIError  # the simulator swaps in its own module
-    return MemoryError, CudaAPIError
-
-
-def device_empty(shape, dtype=np.float32):
-    """An uninitialised device array; a failed allocation raises DeviceMemoryError naming its size."""
-    shape = tuple(int(s) for s in np.atleast_1d(shape))
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    try:
-        return cuda.device_array(shape, dtype=dtype)
-    except _allocation_errors() as e:
-        if not _out_of_memory(e):
-            raise
-        raise _alloc_error(nbytes, shape, e) from e
-
-
-def to_device(x, dtype=np.float32):
-    """Upload a host array as a contiguous array of `dtype`; DeviceMemoryError if it does not fit."""
-    arr = np.ascontiguousarray(x, dtype=dtype)
-    try:
-        return cuda.to_device(arr)
-    except _allocation_errors() as e:
-        if not _out_of_memory(e):
-            raise
-        raise _alloc_error(arr.nbytes, arr.shape, e) from e
-
-
-def is_device_array(x):
-    return getattr(x, "__cuda_ndarray__", False) or hasattr(x, "__cuda_array_interface__")
-
-
-def _device_float32(x, name):
-    """x as a float32 device array: host arrays converted (float64 -> float32, strides -> contiguous)
-    and uploaded; device arrays used as they are (views with any strides are fine)."""
-    if is_device_array(x):
-        if not getattr(x, "__cuda_ndarray__", False):
-            x = cuda.as_cuda_array(x)  # e.g. a torch CUDA tensor: zero-copy
-        if x.dtype != np.float32:
-            raise TypeError(f"{name}: device array has dtype {x.dtype}; the CUDA kernels take float32 "
-                            f"(convert before uploading)")
-        return x
-    arr = np.asarray(x)
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == bool:
-        raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
-    return to_device(arr)
-
-
-def _rows(x, name):
-    """View [..., n] as [rows, n]; a 1-D array is one row (device reshape needs a contiguous array)."""
-    if x.ndim == 2:
-        return x
-    try:
-        return x.reshape(int(np.prod(x.shape[:-1], dtype=np.int64)), x.shape[x.ndim - 1])
-    except NotImplementedError:
-        raise ValueError(f"{name}: a non-contiguous device array of shape {x.shape} cannot be flattened to rows; "
-                         f"pass a contiguous array") from None
-
-
-def _flat(x, name):
-    try:
-        return x.reshape(x.size)
-    except NotImplementedError:
-        raise ValueError(f"{name}: a non-contiguous device array cannot be flattened; pass a contiguous array") \
-            from None
-
-
-def _finish(out, on_device):
-    return out if on_device else out.copy_to_host()
-
-
-def _check_out(out, shape, name="out"):
-    if out is None:
-        return device_empty(shape)
-    if not is_device_array(out) or out.dtype != np.float32 or tuple(out.shape) != tuple(shape):
-        raise ValueError(f"{name} must be a float32 device array of shape {tuple(shape)}")
-    return out
-
-
-def _blocks(n, per_block):
-    return max(1, -(-n // per_block))  # ceil(n / per_block), at least one block
-
-
-def permute(x, axes):
-    """A transposed view of a device array (numba's DeviceNDArray.transpose only handles 2-D)."""
-    if _simulated():
-        return x.transpose(axes)
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
-    return DeviceNDArray(shape=tuple(x.shape[a] for a in axes), strides=tuple(x.strides[a] for a in axes),
-                         dtype=x.dtype, gpu_data=x.gpu_data, stream=x.stream)
-
-
-# ---- device helpers ----------------------------------------------------------------------------------
+# ---- what the kernels share: device functions and the element-wise launch grid ---------------------
 @cuda.jit(device=True)
 def _activate(x, act):
     """The activation named by ACTIVATIONS code `act`, as layers.activation computes it."""
@@ -300,7 +115,105 @@ def _block_max(red, value):
     return total
 
 
-# ---- matmul ------------------------------------------------------------------------------------------
+def _elementwise_grid(n, threads):
+    """(blocks, threads) for a grid-stride loop over n elements: `threads` a block (ELEMENTWISE_THREADS by
+    default), at most ELEMENTWISE_MAX_BLOCKS blocks."""
+    return min(n_blocks(n, threads), ELEMENTWISE_MAX_BLOCKS), threads  # grid-stride loops cover the rest
+
+
+# ---- embedding (layers.embedding) -------------------------------------------------------------------
+@cuda.jit(cache=True)
+def embedding_kernel(ids, positions, wte, wpe, out):
+    """out[r] = wte[ids[r]] + wpe[positions[r]] for rows r = b * T + t of out [rows, C]. Launch: 1-D
+    grid-stride over rows * C (_elementwise_grid); no shared memory; two table rows read per output row
+    written."""
+    C = out.shape[1]
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        r, c = i // C, i % C
+        out[r, c] = wte[ids[r], c] + wpe[positions[r], c]
+
+
+def launch_embedding(ids, positions, wte, wpe, out, threads=None):
+    """Device arrays ids, positions [rows] int, wte [vocab, C], wpe [n_positions, C], out [rows, C]."""
+    embedding_kernel[_elementwise_grid(out.size, threads or ELEMENTWISE_THREADS)](ids, positions, wte, wpe, out)
+    return out
+
+
+def _check_index_array(name, ids, upper, shape=None):
+    arr = np.asarray(ids)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if shape is not None:
+        try:
+            arr = np.broadcast_to(arr, shape)
+        except ValueError:
+            raise ValueError(f"{name} has shape {arr.shape}, which does not broadcast to {shape}") from None
+    if arr.size and (arr.min() < 0 or arr.max() >= upper):  # the kernel would read outside the table
+        raise ValueError(f"{name} must be in [0, {upper}), got values in [{arr.min()}, {arr.max()}]")
+    return arr
+
+
+def embedding(input_ids, wte, wpe, position_ids, threads=None):
+    """layers.embedding without token_type_ids: wte[input_ids] + wpe[position_ids], ids [B, T] -> [B, T, C]."""
+    require_cuda()
+    on_device = any(is_device_array(t) for t in (wte, wpe))
+    wte, wpe = device_float32(wte, "wte"), device_float32(wpe, "wpe")
+    if wte.ndim != 2 or wpe.ndim != 2 or wte.shape[1] != wpe.shape[1]:
+        raise ValueError(f"embedding: wte {tuple(wte.shape)} and wpe {tuple(wpe.shape)} must be [*, C] tables")
+    ids = _check_index_array("input_ids", input_ids, wte.shape[0])
+    positions = _check_index_array("position_ids", position_ids, wpe.shape[0], ids.shape)
+    out = device_empty(ids.shape + (wte.shape[1],))
+    if ids.size:
+        launch_embedding(to_device(ids.reshape(-1), np.int32), to_device(positions.reshape(-1), np.int32),
+                         wte, wpe, out.reshape(ids.size, wte.shape[1]), threads)
+    return finish(out, on_device)
+
+
+# ---- layer_norm (layers.layer_norm) -----------------------------------------------------------------
+@functools.cache
+def layer_norm_kernel(nthreads: int):
+    """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight: ImageGPT's norm, no mean, no bias.
+
+    Launch: grid (rows,), block of nthreads (a power of two). Shared memory: nthreads floats.
+    Traffic: x read twice (the second read mostly from L1/L2), out written once.
+    """
+    @cuda.jit(cache=True)
+    def kernel(x, weight, out, eps):
+        r, tid = cuda.blockIdx.x, cuda.threadIdx.x
+        C = x.shape[1]
+        red = cuda.shared.array(nthreads, float32)
+        ss = ZERO
+        for c in range(tid, C, nthreads):
+            ss += x[r, c] * x[r, c]
+        denom = math.sqrt(_block_sum(red, ss) / float32(C) + eps)
+        for c in range(tid, C, nthreads):
+            out[r, c] = x[r, c] / denom * weight[c]
+
+    return kernel
+
+
+def launch_layer_norm(x, weight, out, eps, threads=None):
+    """Device arrays x, out [rows, C], weight [C]; no checks."""
+    threads = threads or ROW_THREADS
+    layer_norm_kernel(threads)[x.shape[0], threads](x, weight, out, F32(eps))
+    return out
+
+
+def layer_norm(x, weight, eps=1e-5, out=None, threads=None):
+    """layers.layer_norm: x [..., C] / sqrt(mean(x^2) + eps) * weight [C]."""
+    require_cuda()
+    on_device = any(is_device_array(t) for t in (x, weight))
+    x, weight = device_float32(x, "x"), device_float32(weight, "weight")
+    if x.ndim < 1 or weight.ndim != 1 or x.shape[x.ndim - 1] != weight.shape[0]:
+        raise ValueError(f"layer_norm: x {tuple(x.shape)} and weight {tuple(weight.shape)} must be [..., C] and [C]")
+    out = check_out(out, tuple(x.shape))
+    x2 = as_rows(x, "x")
+    if x2.size:
+        launch_layer_norm(x2, weight, out.reshape(x2.shape), eps, check_threads(threads or ROW_THREADS))
+    return finish(out, on_device)
+
+
+# ---- linear (layers.linear: the matmuls of attention, the mlp and the LM head) ----------------------
 @functools.cache
 def matmul_kernel(tiles: MatmulTiles):
     """out[M, N] = residual + act(a[M, K] @ b[K, N] + bias), for M larger than a few rows.
@@ -423,11 +336,6 @@ def skinny_matmul_kernel(tiles: SkinnyTiles):
     return kernel
 
 
-@functools.cache
-def _sm_count():
-    return getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1)  # the simulator has no SMs to fill
-
-
 def launch_linear(x, w, b, out, act=0, residual=None, tiles=None, skinny=None):
     """out [M, N] = residual + act(x [M, K] @ w [K, N] + b); device arrays, no checks. Picks the skinny
     kernel for at most SKINNY_MAX_ROWS rows, else the tiled one (smaller tiles when the big ones would
@@ -437,14 +345,14 @@ def launch_linear(x, w, b, out, act=0, residual=None, tiles=None, skinny=None):
     skinny = skinny or SKINNY_TILES
     if tiles is None:
         tiles = MATMUL_TILES
-        if _blocks(M, tiles.bm) * _blocks(N, tiles.bn) < _sm_count():
+        if n_blocks(M, tiles.bm) * n_blocks(N, tiles.bn) < sm_count():
             tiles = MATMUL_TILES_SMALL
     if M <= max(SKINNY_MAX_ROWS, skinny.rows):
         kernel = skinny_matmul_kernel(skinny)
-        kernel[(_blocks(N, skinny.cols), _blocks(M, skinny.rows)), skinny.threads](x, w, b, residual, out, act)
+        kernel[(n_blocks(N, skinny.cols), n_blocks(M, skinny.rows)), skinny.threads](x, w, b, residual, out, act)
     else:
         kernel = matmul_kernel(tiles)
-        kernel[(_blocks(N, tiles.bn), _blocks(M, tiles.bm)), tiles.threads](x, w, b, residual, out, act)
+        kernel[(n_blocks(N, tiles.bn), n_blocks(M, tiles.bm)), tiles.threads](x, w, b, residual, out, act)
     return out
 
 
@@ -459,24 +367,24 @@ def linear(x, w, b=None, activation=None, residual=None, out=None, tiles=None, s
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; the CUDA epilogue knows "
                          f"{', '.join(str(k) for k in ACTIVATIONS if k)}")
-    x, w = _device_float32(x, "x"), _device_float32(w, "w")
+    x, w = device_float32(x, "x"), device_float32(w, "w")
     if x.ndim < 1 or w.ndim != 2 or x.shape[x.ndim - 1] != w.shape[0]:
         raise ValueError(f"linear: x {tuple(x.shape)} @ w {tuple(w.shape)}: x must be [..., K] and w [K, N]")
     lead, N = tuple(x.shape[:-1]), w.shape[1]
     if b is not None:
-        b = _device_float32(b, "b")
+        b = device_float32(b, "b")
         if tuple(b.shape) != (N,):
             raise ValueError(f"linear: bias has shape {tuple(b.shape)}, expected ({N},)")
-    x2 = _rows(x, "x")
+    x2 = as_rows(x, "x")
     if residual is not None:
-        residual = _device_float32(residual, "residual")
+        residual = device_float32(residual, "residual")
         if tuple(residual.shape) != lead + (N,):
             raise ValueError(f"linear: residual has shape {tuple(residual.shape)}, expected {lead + (N,)}")
-        residual = _rows(residual, "residual")
-    out = _check_out(out, lead + (N,))
+        residual = as_rows(residual, "residual")
+    out = check_out(out, lead + (N,))
     if x2.shape[0] and N:
-        launch_linear(x2, w, b, _rows(out, "out"), ACTIVATIONS[activation], residual, tiles, skinny)
-    return _finish(out, on_device)
+        launch_linear(x2, w, b, as_rows(out, "out"), ACTIVATIONS[activation], residual, tiles, skinny)
+    return finish(out, on_device)
 
 
 def matmul(a, b, out=None, tiles=None, skinny=None):
@@ -484,11 +392,23 @@ def matmul(a, b, out=None, tiles=None, skinny=None):
     return linear(a, b, out=out, tiles=tiles, skinny=skinny)
 
 
-# ---- attention ---------------------------------------------------------------------------------------
+# ---- attention (layers.attention): the prompt's causal attention, then a decode step's ---------------
 def _check_head_dim(D):
     if not 1 <= D <= MAX_HEAD_DIM:
         raise ValueError(f"head_dim {D} is beyond the CUDA attention kernels' limit of {MAX_HEAD_DIM} (they keep "
                          f"a query row in registers); use the 'cpu' backend for this model")
+
+
+def _attention_inputs(q, k, v):
+    q, k, v = (device_float32(t, n) for t, n in ((q, "q"), (k, "k"), (v, "v")))
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"attention: q, k, v must be [B, H, T, D], got shapes {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if tuple(k.shape) != tuple(v.shape) or tuple(k.shape[:2]) != tuple(q.shape[:2]) or k.shape[3] != q.shape[3]:
+        raise ValueError(f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} must be [B, H, S, D] matching "
+                         f"q {tuple(q.shape)}")
+    _check_head_dim(q.shape[3])
+    return q, k, v
 
 
 @functools.cache
@@ -557,6 +477,37 @@ def causal_attention_kernel(head_dim: int, tiles: AttentionTiles):
                 out[b, h, t, d] = acc[d] / l
 
     return kernel
+
+
+def launch_causal_attention(q, k, v, out, scale, tiles=None):
+    """Device arrays q, out [B, H, T, D] and k, v [B, H, S, D], any strides; no checks."""
+    B, H, T, D = q.shape
+    if tiles is None:
+        tiles = ATTENTION_TILES
+        if n_blocks(T, tiles.bq) * B * H < sm_count():
+            tiles = ATTENTION_TILES_SMALL
+    kernel = causal_attention_kernel(D, tiles)
+    kernel[(n_blocks(T, tiles.bq), B * H), tiles.bq](q, k, v, out, F32(scale))
+    return out
+
+
+def causal_attention(q, k, v, scale=None, out=None, tiles=None):
+    """layers.attention(q, k, v, scale, causal=True)[0] without the weights: q [B, H, T, D], k and v
+    [B, H, S, D] with S >= T (the first S - T positions already cached) -> [B, H, T, D].
+
+    scale defaults to 1 / sqrt(D); pass layers.attention_scale(...) for the config's other scalings."""
+    require_cuda()
+    on_device = any(is_device_array(t) for t in (q, k, v))
+    q, k, v = _attention_inputs(q, k, v)
+    B, H, T, D = q.shape
+    if k.shape[2] < T:
+        raise ValueError(f"causal_attention: {k.shape[2]} keys for {T} queries; keys must include every query's "
+                         f"position (S >= T)")
+    scale = layers.attention_scale(D) if scale is None else F32(scale)
+    out = check_out(out, (B, H, T, D))
+    if out.size:
+        launch_causal_attention(q, k, v, out, scale, tiles)
+    return finish(out, on_device)
 
 
 @functools.cache
@@ -629,18 +580,6 @@ def decode_attention_kernel(head_dim: int, tiles: DecodeTiles):
     return kernel
 
 
-def launch_causal_attention(q, k, v, out, scale, tiles=None):
-    """Device arrays q, out [B, H, T, D] and k, v [B, H, S, D], any strides; no checks."""
-    B, H, T, D = q.shape
-    if tiles is None:
-        tiles = ATTENTION_TILES
-        if _blocks(T, tiles.bq) * B * H < _sm_count():
-            tiles = ATTENTION_TILES_SMALL
-    kernel = causal_attention_kernel(D, tiles)
-    kernel[(_blocks(T, tiles.bq), B * H), tiles.bq](q, k, v, out, F32(scale))
-    return out
-
-
 def launch_decode_attention(q, k_cache, v_cache, length, out, scale, tiles=None):
     """Device arrays q, out [B, H, 1, D], caches [B, H, S_max, D]; attends to the first `length` keys."""
     tiles = tiles or DECODE_TILES
@@ -648,37 +587,6 @@ def launch_decode_attention(q, k_cache, v_cache, length, out, scale, tiles=None)
     kernel = decode_attention_kernel(D, tiles)
     kernel[B * H, tiles.threads](q, k_cache, v_cache, out, F32(scale), int(length))
     return out
-
-
-def _attention_inputs(q, k, v):
-    q, k, v = (_device_float32(t, n) for t, n in ((q, "q"), (k, "k"), (v, "v")))
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"attention: q, k, v must be [B, H, T, D], got shapes {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
-    if tuple(k.shape) != tuple(v.shape) or tuple(k.shape[:2]) != tuple(q.shape[:2]) or k.shape[3] != q.shape[3]:
-        raise ValueError(f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} must be [B, H, S, D] matching "
-                         f"q {tuple(q.shape)}")
-    _check_head_dim(q.shape[3])
-    return q, k, v
-
-
-def causal_attention(q, k, v, scale=None, out=None, tiles=None):
-    """layers.attention(q, k, v, scale, causal=True)[0] without the weights: q [B, H, T, D], k and v
-    [B, H, S, D] with S >= T (the first S - T positions already cached) -> [B, H, T, D].
-
-    scale defaults to 1 / sqrt(D); pass layers.attention_scale(...) for the config's other scalings."""
-    require_cuda()
-    on_device = any(is_device_array(t) for t in (q, k, v))
-    q, k, v = _attention_inputs(q, k, v)
-    B, H, T, D = q.shape
-    if k.shape[2] < T:
-        raise ValueError(f"causal_attention: {k.shape[2]} keys for {T} queries; keys must include every query's "
-                         f"position (S >= T)")
-    scale = layers.attention_scale(D) if scale is None else F32(scale)
-    out = _check_out(out, (B, H, T, D))
-    if out.size:
-        launch_causal_attention(q, k, v, out, scale, tiles)
-    return _finish(out, on_device)
 
 
 def decode_attention(q, k_cache, v_cache, length=None, scale=None, out=None, tiles=None):
@@ -696,33 +604,85 @@ def decode_attention(q, k_cache, v_cache, length=None, scale=None, out=None, til
     if not 1 <= length <= k_cache.shape[2]:
         raise ValueError(f"decode_attention: length {length} must be in [1, {k_cache.shape[2]}] (the cache size)")
     scale = layers.attention_scale(D) if scale is None else F32(scale)
-    out = _check_out(out, (B, H, 1, D))
+    out = check_out(out, (B, H, 1, D))
     if out.size:
         launch_decode_attention(q, k_cache, v_cache, length, out, scale, tiles)
-    return _finish(out, on_device)
+    return finish(out, on_device)
 
 
-# ---- row-wise kernels: layer norm, softmax -----------------------------------------------------------
-@functools.cache
-def layer_norm_kernel(nthreads: int):
-    """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight: ImageGPT's norm, no mean, no bias.
+# ---- self_attention's KV cache update (layers.self_attention's cache.update) -------------------------
+@cuda.jit(cache=True)
+def append_kv_kernel(k_new, v_new, k_cache, v_cache, k_stage, v_stage, start):
+    """k_cache[:, :, start + t] = k_stage[:, :, t] = k_new[:, :, t] (and the same for v), all [B, H, *, D]
+    with any strides. Launch: 1-D grid-stride over B * H * T * D; no shared memory. Traffic: one read,
+    two writes per element. The stage is what gets copied back to the host cache."""
+    B, H, T, D = k_new.shape
+    for i in range(cuda.grid(1), B * H * T * D, cuda.gridsize(1)):
+        d = i % D
+        t = (i // D) % T
+        h = (i // (D * T)) % H
+        b = i // (D * T * H)
+        kv, vv = k_new[b, h, t, d], v_new[b, h, t, d]
+        k_cache[b, h, start + t, d] = kv
+        v_cache[b, h, start + t, d] = vv
+        k_stage[b, h, t, d] = kv
+        v_stage[b, h, t, d] = vv
 
-    Launch: grid (rows,), block of nthreads (a power of two). Shared memory: nthreads floats.
-    Traffic: x read twice (the second read mostly from L1/L2), out written once.
-    """
-    @cuda.jit(cache=True)
-    def kernel(x, weight, out, eps):
-        r, tid = cuda.blockIdx.x, cuda.threadIdx.x
-        C = x.shape[1]
-        red = cuda.shared.array(nthreads, float32)
-        ss = ZERO
-        for c in range(tid, C, nthreads):
-            ss += x[r, c] * x[r, c]
-        denom = math.sqrt(_block_sum(red, ss) / float32(C) + eps)
-        for c in range(tid, C, nthreads):
-            out[r, c] = x[r, c] / denom * weight[c]
 
-    return kernel
+def launch_append_kv(k_new, v_new, k_cache, v_cache, k_stage, v_stage, start, threads=None):
+    threads = threads or ELEMENTWISE_THREADS
+    append_kv_kernel[_elementwise_grid(k_new.size, threads)](k_new, v_new, k_cache, v_cache, k_stage, v_stage,
+                                                             int(start))
+
+
+# ==== NOT LAUNCHED BY THE MODEL =========================================================================
+# cuda_model.py never launches the three kernels below (grep it for `launch_`): the model fuses quick_gelu
+# and the residual add into linear's epilogue (ACTIVATIONS, `residual=`), and sampling's softmax runs on
+# the host (generation.py). They are kept because each is the plain, one-job form of a step the fused
+# kernels hide: tests/test_kernels_cuda.py checks each against layers.py (so the epilogue's activation code,
+# _activate, is also checked on its own), and tests/test_kernels_ptx.py compiles them for sm_90 with the
+# rest. Nothing outside the tests imports them; a new model path should use the fused forms above.
+@cuda.jit(cache=True)
+def quick_gelu_kernel(x, out):
+    """out = x / (1 + exp(-1.702 x)) over flat arrays. Launch: 1-D grid-stride, ELEMENTWISE_THREADS a
+    block, at most ELEMENTWISE_MAX_BLOCKS blocks. Shared memory: none. Traffic: one coalesced read and
+    write per element. (The model fuses this into linear's epilogue instead.)"""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = _activate(x[i], 1)
+
+
+def quick_gelu(x, out=None, threads=None):
+    """layers.quick_gelu: x * sigmoid(1.702 x), computed as x / (1 + exp(-1.702 x))."""
+    require_cuda()
+    on_device = is_device_array(x)
+    x = device_float32(x, "x")
+    out = check_out(out, tuple(x.shape))
+    if x.size:
+        grid = _elementwise_grid(x.size, threads or ELEMENTWISE_THREADS)
+        quick_gelu_kernel[grid](as_flat(x, "x"), as_flat(out, "out"))
+    return finish(out, on_device)
+
+
+@cuda.jit(cache=True)
+def add_kernel(x, y, out):
+    """out = x + y over flat arrays of one size. Launch as quick_gelu_kernel; no shared memory; two reads
+    and a write per element. (The model fuses the residual add into linear's epilogue instead.)"""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = x[i] + y[i]
+
+
+def add(x, y, out=None, threads=None):
+    """x + y for two arrays of the same shape (the residual connection)."""
+    require_cuda()
+    on_device = any(is_device_array(t) for t in (x, y))
+    x, y = device_float32(x, "x"), device_float32(y, "y")
+    if tuple(x.shape) != tuple(y.shape):
+        raise ValueError(f"add: shapes {tuple(x.shape)} and {tuple(y.shape)} differ (no broadcasting on the device)")
+    out = check_out(out, tuple(x.shape))
+    if x.size:
+        grid = _elementwise_grid(x.size, threads or ELEMENTWISE_THREADS)
+        add_kernel[grid](as_flat(x, "x"), as_flat(y, "y"), as_flat(out, "out"))
+    return finish(out, on_device)
 
 
 @functools.cache
@@ -751,161 +711,16 @@ def softmax_kernel(nthreads: int):
     return kernel
 
 
-def _check_threads(n):
-    if n < 1 or n & (n - 1):
-        raise ValueError(f"threads must be a power of two, got {n}")
-    return n
-
-
-def launch_layer_norm(x, weight, out, eps, threads=None):
-    """Device arrays x, out [rows, C], weight [C]; no checks."""
-    threads = threads or ROW_THREADS
-    layer_norm_kernel(threads)[x.shape[0], threads](x, weight, out, F32(eps))
-    return out
-
-
-def layer_norm(x, weight, eps=1e-5, out=None, threads=None):
-    """layers.layer_norm: x [..., C] / sqrt(mean(x^2) + eps) * weight [C]."""
-    require_cuda()
-    on_device = any(is_device_array(t) for t in (x, weight))
-    x, weight = _device_float32(x, "x"), _device_float32(weight, "weight")
-    if x.ndim < 1 or weight.ndim != 1 or x.shape[x.ndim - 1] != weight.shape[0]:
-        raise ValueError(f"layer_norm: x {tuple(x.shape)} and weight {tuple(weight.shape)} must be [..., C] and [C]")
-    out = _check_out(out, tuple(x.shape))
-    x2 = _rows(x, "x")
-    if x2.size:
-        launch_layer_norm(x2, weight, out.reshape(x2.shape), eps, _check_threads(threads or ROW_THREADS))
-    return _finish(out, on_device)
-
-
 def softmax(x, axis=-1, out=None, threads=None):
     """layers.softmax over the last axis (the only one the kernel reduces)."""
     require_cuda()
     on_device = is_device_array(x)
-    x = _device_float32(x, "x")
+    x = device_float32(x, "x")
     if axis not in (-1, x.ndim - 1):
         raise ValueError(f"the CUDA softmax reduces the last axis only, got axis={axis}")
-    threads = _check_threads(threads or ROW_THREADS)
-    out = _check_out(out, tuple(x.shape))
-    x2 = _rows(x, "x")
+    threads = check_threads(threads or ROW_THREADS)
+    out = check_out(out, tuple(x.shape))
+    x2 = as_rows(x, "x")
     if x2.size:
         softmax_kernel(threads)[x2.shape[0], threads](x2, out.reshape(x2.shape))
-    return _finish(out, on_device)
-
-
-# ---- element-wise kernels ----------------------------------------------------------------------------
-@cuda.jit(cache=True)
-def quick_gelu_kernel(x, out):
-    """out = x / (1 + exp(-1.702 x)) over flat arrays. Launch: 1-D grid-stride, ELEMENTWISE_THREADS a
-    block, at most ELEMENTWISE_MAX_BLOCKS blocks. Shared memory: none. Traffic: one coalesced read and
-    write per element. (The model fuses this into linear's epilogue instead.)"""
-    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        out[i] = _activate(x[i], 1)
-
-
-@cuda.jit(cache=True)
-def add_kernel(x, y, out):
-    """out = x + y over flat arrays of one size. Launch as quick_gelu_kernel; no shared memory; two reads
-    and a write per element. (The model fuses the residual add into linear's epilogue instead.)"""
-    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        out[i] = x[i] + y[i]
-
-
-@cuda.jit(cache=True)
-def embedding_kernel(ids, positions, wte, wpe, out):
-    """out[r] = wte[ids[r]] + wpe[positions[r]] for rows r = b * T + t of out [rows, C]. Launch as
-    quick_gelu_kernel, over rows * C; no shared memory; two table rows read per output row written."""
-    C = out.shape[1]
-    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        r, c = i // C, i % C
-        out[r, c] = wte[ids[r], c] + wpe[positions[r], c]
-
-
-def _elementwise_grid(n, threads):
-    return min(_blocks(n, threads), ELEMENTWISE_MAX_BLOCKS), threads  # grid-stride loops cover the rest
-
-
-def quick_gelu(x, out=None, threads=None):
-    """layers.quick_gelu: x * sigmoid(1.702 x), computed as x / (1 + exp(-1.702 x))."""
-    require_cuda()
-    on_device = is_device_array(x)
-    x = _device_float32(x, "x")
-    out = _check_out(out, tuple(x.shape))
-    if x.size:
-        quick_gelu_kernel[_elementwise_grid(x.size, threads or ELEMENTWISE_THREADS)](_flat(x, "x"), _flat(out, "out"))
-    return _finish(out, on_device)
-
-
-def add(x, y, out=None, threads=None):
-    """x + y for two arrays of the same shape (the residual connection)."""
-    require_cuda()
-    on_device = any(is_device_array(t) for t in (x, y))
-    x, y = _device_float32(x, "x"), _device_float32(y, "y")
-    if tuple(x.shape) != tuple(y.shape):
-        raise ValueError(f"add: shapes {tuple(x.shape)} and {tuple(y.shape)} differ (no broadcasting on the device)")
-    out = _check_out(out, tuple(x.shape))
-    if x.size:
-        add_kernel[_elementwise_grid(x.size, threads or ELEMENTWISE_THREADS)](_flat(x, "x"), _flat(y, "y"),
-                                                                              _flat(out, "out"))
-    return _finish(out, on_device)
-
-
-def launch_embedding(ids, positions, wte, wpe, out, threads=None):
-    """Device arrays ids, positions [rows] int, wte [vocab, C], wpe [n_positions, C], out [rows, C]."""
-    embedding_kernel[_elementwise_grid(out.size, threads or ELEMENTWISE_THREADS)](ids, positions, wte, wpe, out)
-    return out
-
-
-def _check_index_array(name, ids, upper, shape=None):
-    arr = np.asarray(ids)
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
-    if shape is not None:
-        try:
-            arr = np.broadcast_to(arr, shape)
-        except ValueError:
-            raise ValueError(f"{name} has shape {arr.shape}, which does not broadcast to {shape}") from None
-    if arr.size and (arr.min() < 0 or arr.max() >= upper):  # the kernel would read outside the table
-        raise ValueError(f"{name} must be in [0, {upper}), got values in [{arr.min()}, {arr.max()}]")
-    return arr
-
-
-def embedding(input_ids, wte, wpe, position_ids, threads=None):
-    """layers.embedding without token_type_ids: wte[input_ids] + wpe[position_ids], ids [B, T] -> [B, T, C]."""
-    require_cuda()
-    on_device = any(is_device_array(t) for t in (wte, wpe))
-    wte, wpe = _device_float32(wte, "wte"), _device_float32(wpe, "wpe")
-    if wte.ndim != 2 or wpe.ndim != 2 or wte.shape[1] != wpe.shape[1]:
-        raise ValueError(f"embedding: wte {tuple(wte.shape)} and wpe {tuple(wpe.shape)} must be [*, C] tables")
-    ids = _check_index_array("input_ids", input_ids, wte.shape[0])
-    positions = _check_index_array("position_ids", position_ids, wpe.shape[0], ids.shape)
-    out = device_empty(ids.shape + (wte.shape[1],))
-    if ids.size:
-        launch_embedding(to_device(ids.reshape(-1), np.int32), to_device(positions.reshape(-1), np.int32),
-                         wte, wpe, out.reshape(ids.size, wte.shape[1]), threads)
-    return _finish(out, on_device)
-
-
-# ---- the KV cache append (used by cuda_model.py) -----------------------------------------------------
-@cuda.jit(cache=True)
-def append_kv_kernel(k_new, v_new, k_cache, v_cache, k_stage, v_stage, start):
-    """k_cache[:, :, start + t] = k_stage[:, :, t] = k_new[:, :, t] (and the same for v), all [B, H, *, D]
-    with any strides. Launch: 1-D grid-stride over B * H * T * D; no shared memory. Traffic: one read,
-    two writes per element. The stage is what gets copied back to the host cache."""
-    B, H, T, D = k_new.shape
-    for i in range(cuda.grid(1), B * H * T * D, cuda.gridsize(1)):
-        d = i % D
-        t = (i // D) % T
-        h = (i // (D * T)) % H
-        b = i // (D * T * H)
-        kv, vv = k_new[b, h, t, d], v_new[b, h, t, d]
-        k_cache[b, h, start + t, d] = kv
-        v_cache[b, h, start + t, d] = vv
-        k_stage[b, h, t, d] = kv
-        v_stage[b, h, t, d] = vv
-
-
-def launch_append_kv(k_new, v_new, k_cache, v_cache, k_stage, v_stage, start, threads=None):
-    threads = threads or ELEMENTWISE_THREADS
-    append_kv_kernel[_elementwise_grid(k_new.size, threads)](k_new, v_new, k_cache, v_cache, k_stage, v_stage,
-                                                             int(start))
+    return finish(out, on_device)

@@ -13,7 +13,7 @@ consecutive floats of a 2-D array's row) and vfma (a * b + c, rounded once, as B
 it); vprefetch is a hint to the cache. On x86 with AVX2 each is one instruction; elsewhere LLVM
 lowers them to what the CPU has. None checks bounds: the kernels' callers check shapes first.
 
-Float32 only, as in kernels/cpu.py; results agree with `a @ w` to float32 rounding. K is cut into
+Float32 only, as in kernels/cpu_loops.py; results agree with `a @ w` to float32 rounding. K is cut into
 `parts` blocks; the additions run in the plain order, k = 0, 1, 2, ..., within each block, and the
 blocks' partial sums are then added in block order. So a result depends on `parts`, never on how many
 threads run the blocks, nor on timing.
