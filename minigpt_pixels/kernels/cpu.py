@@ -10,7 +10,7 @@ result); decode_layers is its fused decode step (every block of a batch's step i
     decode steps      (T <= SMALL_T new positions, usually 1) one Numba loop per query row over the KV
                       cache: scores, softmax and the weighted sum of values in one pass over the cache;
                       for a batch (2 to SMALL_ROWS rows) the matmuls are simd.small_matmul and the
-                      (row, head) pairs are shared out, both on Numba's threads (see decode_threads),
+                      (row, head) pairs are shared out, both on Numba's threads (threads.decode_threads),
                       and the model runs all its blocks in one compiled call (decode_layers)
     elementwise       Numba kernels: layer norm (fused with the residual add before ln_2), bias +
                       quick_gelu in place on the fc output, the masked softmax of each score block

@@ -10,7 +10,8 @@ pool they run on, and the clock that decides from timings whether a second threa
     StepClock                           1 thread or all, chosen by timing the steps themselves (decode steps
                                         in cpu.py, training steps in cpu_train.py)
 
-cpu.py reads every threshold here by name; nothing here changes a result, only where it is computed.
+Nothing here changes a result, only how many threads compute it. The thresholds are constants: cpu.py
+imports SMALL_ROWS and ROW_SPLIT_MIN, and the functions here read the rest from this module.
 """
 
 from __future__ import annotations
