@@ -209,6 +209,44 @@ def test_compare_probes_gives_three_curves_on_the_same_folds():
     np.testing.assert_array_equal(given["untrained"].scores, given["trained"].scores)
 
 
+def test_both_recipes_come_from_one_forward_pass_and_worker_processes_change_no_number(monkeypatch):
+    from minigpt_pixels.probe import cache_sized_batch
+
+    cfg = ImageGPTConfig(vocab_size=9, n_positions=10, n_embd=16, n_layer=2, n_head=2)
+    model = ImageGPTForCausalImageModeling(cfg, seed=1)
+    ids, y = small_task()
+    calls = []
+    forward = type(model).transformer
+    monkeypatch.setattr(type(model), "transformer", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    both = extract_features(model, ids, [0, 2], add_sos=True, features=("paper", "mean"), batch_size=60)
+    assert len(calls) == 2  # 120 images in batches of 60: one pass for both recipes
+    for recipe in ("paper", "mean"):
+        np.testing.assert_array_equal(both[recipe], extract_features(model, ids, [0, 2], add_sos=True,
+                                                                     features=recipe, batch_size=60))
+    assert set(extract_features(model, ids, 1, features=["mean"])) == {"mean"}  # a list is a tuple of recipes
+    curves = compare_probes(model, ids, y, raw_pixels=ids / 8, n_folds=3, features=("paper", "mean"))
+    alone = compare_probes(model, ids, y, raw_pixels=ids / 8, n_folds=3, features="mean", n_jobs=2)
+    assert list(curves) == ["paper", "mean"] and list(curves["mean"]) == ["trained", "untrained", "raw pixels"]
+    for name in alone:  # the same numbers, serial or on 2 worker processes
+        np.testing.assert_array_equal(curves["mean"][name].scores, alone[name].scores)
+    assert curves["paper"]["raw pixels"] is curves["mean"]["raw pixels"]  # no recipe touches the pixels
+    # the default batch keeps one layer's attention weights [b, H, T, T] near 2 MiB, at most 256 images
+    assert cache_sized_batch(cfg, 10) == 256 and cache_sized_batch(ImageGPTConfig(n_head=4), 101) == 12
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(features=("paper", "paper")), "tuple of distinct ones"), (dict(features=()), "features must be one of"),
+    (dict(features=("paper", "raw")), "features must be one of"), (dict(n_jobs=0), "n_jobs must be"),
+    (dict(n_jobs=10 ** 9), "n_jobs must be"), (dict(n_jobs=2.0), "n_jobs must be"),
+])
+def test_bad_recipes_and_job_counts_are_refused_before_any_forward_pass(kwargs, match, monkeypatch):
+    cfg = ImageGPTConfig(vocab_size=9, n_positions=10, n_embd=16, n_layer=2, n_head=2)
+    model = ImageGPTForCausalImageModeling(cfg, seed=1)
+    monkeypatch.setattr(type(model), "transformer", lambda *a, **k: pytest.fail("a forward pass ran"))
+    with pytest.raises(ValueError, match=match):
+        compare_probes(model, *small_task(), n_folds=3, **kwargs)
+
+
 def test_plot_draws_error_bars_and_the_raw_pixel_band():
     import matplotlib
 
@@ -259,7 +297,7 @@ def test_default_model_probe_reads_the_digits():
     processor = ImageGPTImageProcessor.from_pretrained(minigpt_pixels.DEFAULT_MODEL)
     data = load_digits_data()
     ids = processor(data.images)["input_ids"]
-    trained = compare_probes(model, ids, data.labels, untrained=False)["trained"]
+    trained = compare_probes(model, ids, data.labels, untrained=False, n_jobs=-1)["trained"]
     untrained = compare_probes(untrained_like(model), ids, data.labels, untrained=False, layers=[-1])["trained"]
     print("probe accuracy by layer:", np.round(trained.mean, 3), "untrained, last layer:", untrained.mean.round(3))
     assert len(trained.layers) == model.config.n_layer + 1
@@ -283,7 +321,7 @@ def test_shifted_digits_model_probe_is_the_readmes():
     processor = ImageGPTImageProcessor.from_pretrained(SHIFTED_DIGITS_MODEL)
     images, labels = shifted_digits(canvas=10, copies=1, seed=1)
     curves = compare_probes(model, processor(list(images))["input_ids"], labels, raw_pixels=images / 255.0,
-                            untrained=False)
+                            untrained=False, n_jobs=-1)
     trained, pixels = curves["trained"], curves["raw pixels"]
     print("shifted digits, probe accuracy by layer:", np.round(trained.mean, 3), "raw pixels", pixels.mean.round(3))
     assert trained.mean[1:].min() > pixels.mean[0]  # every block beats raw pixels on this task

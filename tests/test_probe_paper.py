@@ -135,7 +135,7 @@ def tiny(tmp_path_factory):
 
 def test_cli_prints_the_table_and_writes_json_and_plot(tiny, capsys):
     out_json, out_png = tiny / "probe.json", tiny / "probe.png"
-    assert main(["--model", str(tiny / "model"), "--data", str(tiny / "data"), "--folds", "3",
+    assert main(["--model", str(tiny / "model"), "--data", str(tiny / "data"), "--folds", "3", "--jobs", "2",
                  "--json", str(out_json), "--plot", str(out_png)]) == 0
     text = capsys.readouterr().out
     assert "2 blocks of width 16; 30 images" in text and "paper features" in text
@@ -156,6 +156,9 @@ def test_cli_prints_the_table_and_writes_json_and_plot(tiny, capsys):
     (["--data", "/no/such/folder"], "no such directory"),
     (["--json", "EXISTING"], "exists; pass --force"),
     (["--plot", "/no/such/dir/p.png"], "--plot /no/such/dir/p.png: no such directory"),
+    (["--jobs", "0"], "--jobs: expected a number of processes from 1 to this machine's"),
+    (["--jobs", "1000000000"], "--jobs: expected a number of processes from 1 to this machine's"),
+    (["--jobs", "two"], "--jobs: expected a number of processes"),
 ])
 def test_cli_bad_arguments_are_one_line_errors(tiny, capsys, argv, match):
     existing = tiny / "existing.json"

@@ -38,6 +38,7 @@ the gap above it is what pre-training learned.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -83,7 +84,7 @@ def paper_features(hidden, params, prefix, config, layer, pool_from=0):
     return layer_norm(hidden[:, pool_from:], weight, config.layer_norm_epsilon).mean(axis=1)  # [B, C]
 
 
-def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256, features="mean", pool_from=0):
+def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=None, features="mean", pool_from=0):
     """One pooled feature vector per image from the hidden state of `layer` -> float32 [N, C].
 
     `features` picks the recipe:
@@ -93,16 +94,19 @@ def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256, 
               weight, the layer-normed input of block l (`paper_features`); for l = n_layer, the state
               after ln_f, as the paper's last-layer features. Every layer is then on the same scale.
 
+    `features` may also be a tuple of recipes, e.g. ("paper", "mean"): then -> {recipe: features}, all
+    from the same forward passes.
+
     `model` is any of the three model classes (only the transformer body runs); `input_ids` [N, T] is
     fed as given unless `add_sos`, which prepends the SOS token as the causal model was trained (see
     `with_sos`). `layer` is an int in [-(n_layer + 1), n_layer], or a list of them, which returns
-    [len(layer), N, C] from the same forward passes. Images go through `batch_size` at a time.
+    [len(layer), N, C] from the same forward passes. Images go through `batch_size` at a time (default
+    `cache_sized_batch`: a bigger batch is slower, not faster).
     `pool_from` > 0 averages only the positions from there on (later positions have seen more of the
     image; the paper and transformers' classifier pool them all).
     """
     cfg = model.config
-    if features not in FEATURES:
-        raise ValueError(f"features must be one of {', '.join(map(repr, FEATURES))}, got {features!r}")
+    recipes = _recipes(features)
     many = isinstance(layer, (list, tuple, range, np.ndarray))
     wanted = list(layer) if many else [layer]
     n_states = cfg.n_layer + 1
@@ -118,21 +122,54 @@ def extract_features(model, input_ids, layer, *, add_sos=False, batch_size=256, 
     if isinstance(pool_from, bool) or not isinstance(pool_from, (int, np.integer)) or not 0 <= pool_from < ids.shape[1]:
         raise ValueError(f"pool_from must be an integer in [0, {ids.shape[1] - 1}] (the sequence has {ids.shape[1]} "
                          f"positions), got {pool_from!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out = np.empty((len(wanted), ids.shape[0], cfg.n_embd), np.float32)  # [layers, N, C]
+    if batch_size is None:
+        batch_size = cache_sized_batch(cfg, ids.shape[1])
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    out = {r: np.empty((len(wanted), ids.shape[0], cfg.n_embd), np.float32) for r in recipes}  # [layers, N, C]
+    # "numpy" is the device "auto" gives small models, whose matmuls are too small for BLAS's threads to pay:
+    # on the middle-peak model 2 BLAS threads took 15-35 s where one took 5.5 s (2 cores, one busy).
+    # The Numba device keeps its own thread policy.
+    with one_thread() if model.device == "numpy" else contextlib.nullcontext():
+        _extract(model, ids, wanted, recipes, batch_size, pool_from, out)
+    out = {r: f if many else f[0] for r, f in out.items()}
+    return out if isinstance(features, (tuple, list)) else out[features]
+
+
+def _extract(model, ids, wanted, recipes, batch_size, pool_from, out):
+    """extract_features' loop: forward `batch_size` images at a time, pool each wanted layer by each recipe
+    into out[recipe][layer index, images]."""
+    cfg, n_states = model.config, model.config.n_layer + 1
     for start in range(0, ids.shape[0], batch_size):
         hidden = model.transformer(ids[start:start + batch_size], output_hidden_states=True).hidden_states
         if hidden is None:  # a backend that skips hidden states
             raise ValueError(f"the model on device {model.device!r} returned no hidden states; use "
                              f"model.to('cpu') or model.to('numpy') to extract features")
         for i, w in enumerate(wanted):
-            if features == "paper":
-                pooled = paper_features(hidden[w], model.params, model.prefix, cfg, w % n_states, pool_from)  # [b, C]
-            else:
-                pooled = hidden[w][:, pool_from:].mean(axis=1)  # [b, T, C] -> [b, C]
-            out[i, start:start + batch_size] = pooled
-    return out if many else out[0]
+            for recipe in recipes:
+                if recipe == "paper":
+                    pooled = paper_features(hidden[w], model.params, model.prefix, cfg, w % n_states, pool_from)
+                else:
+                    pooled = hidden[w][:, pool_from:].mean(axis=1)  # [b, T, C] -> [b, C]
+                out[recipe][i, start:start + batch_size] = pooled  # [b, C]
+
+
+def _recipes(features):
+    """features: a recipe of FEATURES, or a non-empty tuple/list of them -> tuple of recipes."""
+    recipes = tuple(features) if isinstance(features, (tuple, list)) else (features,)
+    if not recipes or any(r not in FEATURES for r in recipes) or len(set(recipes)) < len(recipes):
+        several = " (or a tuple of distinct ones)" if isinstance(features, (tuple, list)) else ""
+        raise ValueError(f"features must be one of {', '.join(map(repr, FEATURES))}{several}, got {features!r}")
+    return recipes
+
+
+def cache_sized_batch(config, T, budget=1 << 21):
+    """Images per forward pass when extracting features: enough that one layer's attention weights
+    [b, n_head, T, T] in float32 stay within `budget` bytes (2 MiB, about an L2 cache), at most 256. The
+    reference attention makes several passes over that tensor, and once it spills from the cache each
+    pass goes to memory: on the shifted-digits model (T = 101) a batch of 16 ran twice as fast as 256."""
+    per_image = config.n_head * T * T * 4  # bytes of one image's attention weights in one layer
+    return int(max(1, min(256, budget // per_image)))
 
 
 # ---- the probe -----------------------------------------------------------------------------------
@@ -161,11 +198,7 @@ def linear_probe(features, labels, test_features=None, test_labels=None, *, test
     zero mean, unit variance on the training images), which keeps L-BFGS well conditioned; `C` is
     the inverse L2 strength. -> ProbeResult.
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
 
     x, y = _features(features, "features"), np.asarray(labels)
     if y.shape != (len(x),):
@@ -182,15 +215,29 @@ def linear_probe(features, labels, test_features=None, test_labels=None, *, test
                              f"features' width {x.shape[1]}")
     if len(np.unique(y)) < 2:
         raise ValueError("the training labels hold a single class: nothing to separate")
+    with one_thread():
+        return _fit_probe(x, y, x_test, y_test, C, max_iter, standardize)
+
+
+def one_thread():
+    """scikit-learn's and BLAS's thread pools limited to one thread, for a block of probe fits: these
+    problems are tiny, and scikit-learn's OpenMP threads spin-wait for each other (measured 20x slower
+    on 2 shared cores). Entering it costs about 3 ms, so a curve of hundreds of fits enters it once."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
+def _fit_probe(x, y, x_test, y_test, C, max_iter=2000, standardize=True):
+    """The probe itself, on checked arrays: standardise, LogisticRegression, score. -> ProbeResult."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     steps = [StandardScaler()] if standardize else []
-    clf = make_pipeline(*steps, LogisticRegression(C=C, max_iter=max_iter))
-    # One thread: these problems are tiny, and scikit-learn's OpenMP threads spin-wait for each other
-    # (measured 20x slower on 2 shared cores).
-    with threadpool_limits(limits=1):
-        clf.fit(x, y)
-        accuracy, train_accuracy = float(clf.score(x_test, y_test)), float(clf.score(x, y))
-    return ProbeResult(accuracy=accuracy, train_accuracy=train_accuracy, n_train=len(x), n_test=len(x_test),
-                       classifier=clf)
+    clf = make_pipeline(*steps, LogisticRegression(C=C, max_iter=max_iter)).fit(x, y)
+    return ProbeResult(accuracy=float(clf.score(x_test, y_test)), train_accuracy=float(clf.score(x, y)),
+                       n_train=len(x), n_test=len(x_test), classifier=clf)
 
 
 def _check_split(y, test_size):
@@ -219,7 +266,7 @@ def _features(x, name):
 
 
 def probe_by_layer(model, input_ids, labels, *, layers=None, add_sos=False, test_size=0.2, seed=0,
-                   test_input_ids=None, test_labels=None, C=1.0, batch_size=256, features="mean"):
+                   test_input_ids=None, test_labels=None, C=1.0, batch_size=None, features="mean"):
     """`linear_probe` on the pooled features (`features`: "mean" or "paper", see `extract_features`) of
     every layer (or `layers`), all judged on the same held-out images. `C="tuned"` (or a list) chooses
     each layer's C on an inner split of its training images (`choose_C`). -> {layer: ProbeResult},
@@ -295,7 +342,13 @@ def choose_C(features, labels, grid=C_GRID, *, seed=0, inner_size=0.2):
     the images it is given (a stratified `inner_size` of them held out, by `seed`), the C of `grid` with
     the best accuracy (the smallest C on a tie: the simpler probe). The caller then refits on all of them,
     so the choice never sees the outer fold's test images. -> float."""
-    scores = [linear_probe(features, labels, test_size=inner_size, seed=seed, C=c).accuracy for c in grid]
+    from sklearn.model_selection import train_test_split
+
+    x, y = _features(features, "features"), np.asarray(labels)
+    _check_split(y, inner_size)
+    x, x_test, y, y_test = train_test_split(x, y, test_size=inner_size, random_state=seed, stratify=y)
+    with one_thread():
+        scores = [_fit_probe(x, y, x_test, y_test, C=c).accuracy for c in grid]
     return float(grid[int(np.argmax(scores))])
 
 
@@ -312,7 +365,7 @@ def _C_grid(C):
     return grid
 
 
-def cross_validated_probe(features, labels, *, n_folds=5, seed=0, layers=None, name="features", C=1.0):
+def cross_validated_probe(features, labels, *, n_folds=5, seed=0, layers=None, name="features", C=1.0, n_jobs=None):
     """`linear_probe` on every layer of `features`, scored by stratified k-fold cross-validation.
 
     `features` is [n_layers, N, C] (as `extract_features` returns for a list of layers) or [N, F] (one
@@ -320,8 +373,11 @@ def cross_validated_probe(features, labels, *, n_folds=5, seed=0, layers=None, n
     scikit-learn's StratifiedKFold shuffled by `seed`: each image is tested exactly once. `C` is the
     inverse L2 strength, or "tuned" (or a list of candidates): then each layer's C is chosen on every
     training fold by `choose_C`, on an inner split of that fold only (the chosen values are in
-    `ProbeCurve.C`). -> ProbeCurve.
+    `ProbeCurve.C`). `n_jobs` runs that many (layer, fold) fits at once in worker processes (joblib's
+    convention: None is 1, -1 every core); each is the same computation, so the numbers do not change.
+    -> ProbeCurve.
     """
+    from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
     x = np.asarray(features)
@@ -343,15 +399,30 @@ def cross_validated_probe(features, labels, *, n_folds=5, seed=0, layers=None, n
         raise ValueError(f"layers names {len(layers)} rows, features have {len(x)}")
     grid = _C_grid(C)
     folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
-    scores = np.empty((len(x), n_folds))
-    train_scores = np.empty((len(x), n_folds))
-    chosen = np.empty((len(x), n_folds))
-    for i, feats in enumerate(x):
-        for f, (fit, test) in enumerate(folds):
-            chosen[i, f] = grid[0] if len(grid) == 1 else choose_C(feats[fit], y[fit], grid, seed=seed)
-            r = linear_probe(feats[fit], y[fit], feats[test], y[test], C=chosen[i, f])
-            scores[i, f], train_scores[i, f] = r.accuracy, r.train_accuracy
+    _check_jobs(n_jobs)
+    feats = [_features(f, f"{name} (layer {k})") for f, k in zip(x, layers)]  # [N, C] float64, finite, each
+    cells = Parallel(n_jobs=n_jobs)(delayed(_fold_score)(f, y, fit, test, grid, seed)
+                                    for f in feats for fit, test in folds)  # [n_layers * n_folds][3]
+    scores, train_scores, chosen = np.array(cells).reshape(len(x), n_folds, 3).transpose(2, 0, 1)  # [L, folds] each
     return ProbeCurve(name, layers, scores, train_scores, chosen)
+
+
+def _check_jobs(n_jobs):
+    """n_jobs: None or 1 (no worker processes), -1 (one per core) or a count up to the machine's cores."""
+    cores = os.cpu_count() or 1
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer))
+                               or not (n_jobs == -1 or 1 <= n_jobs <= cores)):
+        raise ValueError(f"n_jobs must be None, -1 (every core) or a count of processes from 1 to this machine's "
+                         f"{cores} cores, got {n_jobs!r}")
+
+
+def _fold_score(x, y, fit, test, grid, seed):
+    """One layer, one fold: C chosen from `grid` on the training fold when it has several, then the probe.
+    -> (test accuracy, train accuracy, C)."""
+    with one_thread():
+        c = grid[0] if len(grid) == 1 else choose_C(x[fit], y[fit], grid, seed=seed)
+        r = _fit_probe(x[fit], y[fit], x[test], y[test], C=c)
+    return r.accuracy, r.train_accuracy, c
 
 
 def untrained_like(model, seed=0):
@@ -375,8 +446,8 @@ def colour_histogram(input_ids, n_colors):
 
 
 def compare_probes(model, input_ids, labels, *, raw_pixels=None, untrained=None, init_seed=0, layers=None,
-                   add_sos=True, n_folds=5, seed=0, C=1.0, batch_size=256, features="mean", pooled_pixels=False,
-                   pool_from=0):
+                   add_sos=True, n_folds=5, seed=0, C=1.0, batch_size=None, features="mean", pooled_pixels=False,
+                   pool_from=0, n_jobs=None):
     """The probe curves a paper shows, every layer scored on the same folds:
     -> {"trained": ProbeCurve, "untrained": ProbeCurve, "raw pixels": ProbeCurve}.
 
@@ -385,29 +456,36 @@ def compare_probes(model, input_ids, labels, *, raw_pixels=None, untrained=None,
     the grey levels, scaled to [0, 1]); "raw pixels, pooled" (the `colour_histogram` of `input_ids`)
     when `pooled_pixels`. `layers` defaults to all of them, 0 .. n_layer. `add_sos` defaults to True:
     these are causal models, trained on SOS + pixels. `features` ("mean" or "paper") is the pooling
-    recipe of `extract_features`; `C` a number or "tuned" (`cross_validated_probe`).
+    recipe of `extract_features`; a tuple of both gives {recipe: curves} from one forward pass per model
+    (the pixel curves, which no recipe touches, are shared). `C` a number or "tuned"
+    (`cross_validated_probe`, which `n_jobs` is passed to).
     """
     wanted = list(range(model.config.n_layer + 1)) if layers is None else list(layers)
-    _C_grid(C)  # a bad C is an error before the forward passes
-    if features not in FEATURES:
-        raise ValueError(f"features must be one of {', '.join(map(repr, FEATURES))}, got {features!r}")
-    curves = {}
+    _C_grid(C)  # a bad C or n_jobs is an error before the forward passes
+    _check_jobs(n_jobs)
+    recipes = _recipes(features)
+    by_recipe = {r: {} for r in recipes}
     models = {"trained": model}
     if untrained is not False:
         models["untrained"] = untrained_like(model, init_seed) if untrained is None else untrained
     for name, m in models.items():
         feats = extract_features(m, input_ids, wanted, add_sos=add_sos, batch_size=batch_size,
-                                 features=features, pool_from=pool_from)  # [L, N, C]
-        curves[name] = cross_validated_probe(feats, labels, n_folds=n_folds, seed=seed, layers=wanted, name=name, C=C)
+                                 features=recipes, pool_from=pool_from)  # {recipe: [L, N, C]}
+        for r in recipes:
+            by_recipe[r][name] = cross_validated_probe(feats[r], labels, n_folds=n_folds, seed=seed, layers=wanted,
+                                                       name=name, C=C, n_jobs=n_jobs)
+    baselines = {}
     if raw_pixels is not None:
         raw = np.asarray(raw_pixels)
         raw = raw.reshape(len(raw), -1)  # [N, P]: images of any shape, flattened
-        curves["raw pixels"] = cross_validated_probe(raw, labels, n_folds=n_folds, seed=seed, name="raw pixels", C=C)
+        baselines["raw pixels"] = cross_validated_probe(raw, labels, n_folds=n_folds, seed=seed, name="raw pixels",
+                                                        C=C, n_jobs=n_jobs)
     if pooled_pixels:
         hist = colour_histogram(input_ids, model.config.vocab_size - 1)  # [N, n_colors]
-        curves["raw pixels, pooled"] = cross_validated_probe(hist, labels, n_folds=n_folds, seed=seed,
-                                                             name="raw pixels, pooled", C=C)
-    return curves
+        baselines["raw pixels, pooled"] = cross_validated_probe(hist, labels, n_folds=n_folds, seed=seed,
+                                                                name="raw pixels, pooled", C=C, n_jobs=n_jobs)
+    by_recipe = {r: {**curves, **baselines} for r, curves in by_recipe.items()}
+    return by_recipe if isinstance(features, (tuple, list)) else by_recipe[features]
 
 
 def plot_probe_curves(curves, ax=None, title=None):

@@ -140,6 +140,19 @@ def _C_arg(text):
     return value
 
 
+def _jobs_arg(text):
+    """--jobs: a count of worker processes up to the machine's cores, or -1 for one per core."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    cores = os.cpu_count() or 1
+    if not (value == -1 or 1 <= value <= cores):
+        raise argparse.ArgumentTypeError(f"expected a number of processes from 1 to this machine's {cores} cores, "
+                                         f"or -1 (every core), got {text!r}")
+    return value
+
+
 def build_parser():
     ap = argparse.ArgumentParser(
         prog="python -m minigpt_pixels.probe",
@@ -161,6 +174,8 @@ def build_parser():
                                                               f"from {list(C_GRID)} on an inner split of each fold")
     ap.add_argument("--seed", type=int, default=0, help="the folds' shuffle")
     ap.add_argument("--init-seed", type=int, default=0, help="the untrained model's initialisation (train --seed)")
+    ap.add_argument("--jobs", type=_jobs_arg, default=1, help="probe fits run at once in worker processes (-1: "
+                                                           "one per core); the numbers do not change")
     ap.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     ap.add_argument("--plot", metavar="FILE", help="also draw the curves to FILE (PNG)")
     ap.add_argument("--markdown", action="store_true", help="also print the table as the README's markdown")
@@ -191,7 +206,7 @@ def main(argv=None):
         with threadpool_limits(limits=1):  # tiny matrices: one BLAS thread is fastest, and polite on shared CPUs
             curves = compare_probes(model, ids, labels, raw_pixels=_grey_or_rgb(images), init_seed=args.init_seed,
                                     n_folds=args.folds, seed=args.seed, C=args.C, features=args.features,
-                                    pooled_pixels=True, pool_from=args.pool_from)
+                                    pooled_pixels=True, pool_from=args.pool_from, n_jobs=args.jobs)
     except (OSError, ValueError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     print(format_table(curves))

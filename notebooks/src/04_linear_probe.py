@@ -73,8 +73,8 @@ labels = data.labels
 # %%
 layer_ids = list(range(cfg.n_layer + 1))
 start = time.perf_counter()
-mean_features = extract_features(model, ids, layer_ids, add_sos=True, features="mean")  # [n_layer + 1, 1797, n_embd]
-paper_features = extract_features(model, ids, layer_ids, add_sos=True, features="paper")  # the same shape
+both = extract_features(model, ids, layer_ids, add_sos=True, features=("mean", "paper"))  # one forward pass
+mean_features, paper_features = both["mean"], both["paper"]  # [n_layer + 1, 1797, n_embd] each
 print(mean_features.shape)
 print(f"both recipes in {time.perf_counter() - start:.1f} s ({TIMED_ON})")
 for k in layer_ids:
@@ -88,13 +88,16 @@ for k in layer_ids:
 # a training fold, then scores the held-out fold. `compare_probes` does that for every layer of the
 # trained model, of `untrained_like(model)` and for the raw pixels, on the same 5 stratified folds
 # (every image is tested once; the model saw most of them during pre-training, but never their labels).
-# First transformers' recipe, the raw residual stream mean-pooled:
+# `features=("mean", "paper")` scores both recipes from one forward pass of each model. First
+# transformers' recipe, the raw residual stream mean-pooled:
 
 # %%
 names = ["embeddings"] + [f"block {i}" for i in range(cfg.n_layer - 1)] + [f"block {cfg.n_layer - 1} + ln_f"]
 raw = np.stack(data.images).reshape(len(data.images), -1) / 255.0  # [1797, 64] grey levels
 start = time.perf_counter()
-curves = compare_probes(model, ids, labels, raw_pixels=raw, n_folds=5, seed=0, features="mean", pooled_pixels=True)
+by_recipe = compare_probes(model, ids, labels, raw_pixels=raw, n_folds=5, seed=0, features=("mean", "paper"),
+                           pooled_pixels=True)
+curves, paper_curves = by_recipe["mean"], by_recipe["paper"]
 trained, untrained, pixels = curves["trained"], curves["untrained"], curves["raw pixels"]
 for k in layer_ids:
     print(f"layer {k} ({names[k]:>16s}): held-out accuracy {trained.mean[k]:.3f} ± {trained.std[k]:.3f}   "
@@ -107,8 +110,6 @@ print(f"({time.perf_counter() - start:.0f} s, {TIMED_ON})")
 # Then the paper's recipe, on the same folds:
 
 # %%
-paper_curves = compare_probes(model, ids, labels, raw_pixels=raw, n_folds=5, seed=0, features="paper",
-                              pooled_pixels=True)
 p_trained, p_untrained = paper_curves["trained"], paper_curves["untrained"]
 print("layer  paper recipe     untrained (paper)   mean recipe")
 for k in layer_ids:
@@ -162,9 +163,8 @@ images, shifted_labels, offsets = shifted_digits(canvas=10, copies=1, seed=1, re
 shifted_ids = deep_processor(list(images))["input_ids"]  # [1797, 100]
 d_last = deep.config.n_layer
 start = time.perf_counter()
-deep_curves = {recipe: compare_probes(deep, shifted_ids, shifted_labels, raw_pixels=images / 255.0, n_folds=5, seed=0,
-                                      features=recipe, pooled_pixels=True, untrained=None if recipe == "paper" else False)
-               for recipe in ("paper", "mean")}
+deep_curves = compare_probes(deep, shifted_ids, shifted_labels, raw_pixels=images / 255.0, n_folds=5, seed=0,
+                             features=("paper", "mean"), pooled_pixels=True, n_jobs=-1)  # n_jobs: fits on every core
 d_paper, d_mean = deep_curves["paper"]["trained"], deep_curves["mean"]["trained"]
 d_untrained, d_pixels = deep_curves["paper"]["untrained"], deep_curves["paper"]["raw pixels"]
 d_pooled = deep_curves["paper"]["raw pixels, pooled"]
@@ -239,7 +239,7 @@ peak_images, peak_labels = middle_peak_probe_data()  # [896, 10, 10] uint8, digi
 start = time.perf_counter()
 peak_curves = compare_probes(peak_model, peak_processor(list(peak_images))["input_ids"], peak_labels,
                              raw_pixels=peak_images / 255.0, n_folds=5, seed=0, features="paper", C="tuned",
-                             pooled_pixels=True)
+                             pooled_pixels=True, n_jobs=-1)
 m_trained, m_untrained = peak_curves["trained"], peak_curves["untrained"]
 m_last = peak_model.config.n_layer
 m_gap = m_trained.difference(m_trained.best_layer, m_last)  # [5 folds]
