@@ -73,7 +73,7 @@ def main(argv=None):
     from minigpt_pixels.generation import complete_images
     from minigpt_pixels.model import ImageGPTForCausalImageModeling
     from minigpt_pixels.processor import ImageGPTImageProcessor
-    from minigpt_pixels.sample import image_grid, save_png
+    from minigpt_pixels.sample import image_grid, save_grid
     from minigpt_pixels.train import set_threads
 
     model = ImageGPTForCausalImageModeling.from_pretrained(args.model)
@@ -94,8 +94,8 @@ def main(argv=None):
     originals = processor.decode(ids)
     kept = originals.copy()
     kept[:, rows_kept:] = 128  # grey where the model fills in, as the sample CLI draws it
-    save_png(image_grid([[o, k, *c] for o, k, c in zip(originals, kept, completions)]),
-             str(args.out / "completions.png"), scale)
+    save_grid(image_grid([[o, k, *c] for o, k, c in zip(originals, kept, completions)]),
+              str(args.out / "completions.png"), scale, replace=True)
 
     # the probe: the default model on the plain digits, the deeper one on the shifted digits
     from minigpt_pixels.probe import SHIFTED_DIGITS_MODEL, shifted_digits

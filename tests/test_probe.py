@@ -3,6 +3,7 @@ logistic regression scored on held-out data, and on the default model it reads t
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -287,6 +288,24 @@ def test_shifted_digits_paste_each_digit_whole_at_a_random_place():
 # ---- the shipped models (the numbers of notebook 4 and the README) -------------------------------
 def stored_curve(setting, name):
     return np.array(json.loads(PROBE_JSON.read_text())[setting]["curves"][name]["mean"])
+
+
+@pytest.mark.parametrize("setting,header", [
+    ("digits", "| layer | 0 (embeddings) | 1 | 2 | 3 | 4 (+ ln_f) | raw pixels |"),
+    ("shifted_digits", "| layer | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 (+ ln_f) |"),
+])
+def test_the_readme_s_mean_recipe_tables_are_probe_json_s(setting, header):
+    """The README's two tables of transformers' recipe are docs/images/probe.json's numbers (which the two
+    tests below check a fresh probe against), each cell mean ± std to 3 decimals."""
+    lines = [line.strip() for line in (PROBE_JSON.parents[2] / "README.md").read_text().splitlines()]
+    curves = json.loads(PROBE_JSON.read_text())[setting]["curves"]
+    at = lines.index(header)
+    for row, name in zip(lines[at + 2:at + 4], ("trained", "untrained")):
+        cells = re.findall(r"(\d\.\d{3}) ± (\d\.\d{3})", row)
+        expected = [(f"{m:.3f}", f"{s:.3f}") for m, s in zip(curves[name]["mean"], curves[name]["std"])]
+        if name == "trained" and "raw pixels" in header:
+            expected.append(tuple(f"{curves['raw pixels'][k][0]:.3f}" for k in ("mean", "std")))
+        assert row.startswith(f"| {name} |") and cells == expected, f"README's {setting} {name} row: {row}"
 
 
 def test_default_model_probe_reads_the_digits():
