@@ -21,7 +21,7 @@ regularisation can be chosen per layer on an inner split of each training fold (
 paper tuned its probe. From the command line (`cli.py`, this package's `__main__`):
 
     python -m minigpt_pixels.probe --model DIR --data digits|shifted-digits|middle-peak|FOLDER \
-        [--features paper|mean] [--folds 5] [--json FILE] [--plot FILE] [--markdown]
+        [--features paper|mean] [--folds 5] [--jobs N] [--json FILE] [--plot FILE] [--markdown]
 
 Layers are numbered as `hidden_states` numbers them: 0 is the embeddings, i (0 < i < n_layer) the
 output of the i-th block, and n_layer (or -1) the last block's output after the final layer norm `ln_f`. Pooling averages every
