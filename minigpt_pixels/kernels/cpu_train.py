@@ -35,6 +35,7 @@ cache it made, so every option gives the reference's gradients.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import NamedTuple
 
@@ -59,6 +60,50 @@ classification_head_forward = layers.classification_head_forward
 classification_head_backward = layers.classification_head_backward
 classification_loss_forward = layers.classification_loss_forward
 classification_loss_backward = layers.classification_loss_backward
+
+
+# ---- the step's buffers ----------------------------------------------------------------------------
+# Why: a step at classroom widths makes some 100 MB of activations and temporaries. Fresh from the system
+# every step (glibc maps large blocks and unmaps them when freed), each 4 KB page costs a fault and a
+# zeroing on first touch: 10,500 faults a step at 4 x 96, a fifth of the step. The blocks' forwards take
+# their activations from a pool and their backwards give them back, so the next step finds them mapped.
+# Only arrays that never leave this module go back (not a block's input or output, not a gradient); a
+# block's cache is spent by its backward (a second backward through it raises, as torch's does).
+POOL_MAX_BYTES = 1 << 30  # what a pool keeps at most; more is left to the garbage collector
+
+
+class StepBuffers:
+    """Float32 arrays by shape, reused from one step to the next. One per Python thread (step_buffers())."""
+
+    def __init__(self, max_bytes=POOL_MAX_BYTES):
+        self.free, self.held, self.max_bytes = {}, 0, max_bytes  # shape -> arrays; their bytes
+
+    def take(self, *shape):
+        """An uninitialised float32 array of `shape`: a pooled one when there is one."""
+        stack = self.free.get(shape)
+        if stack:
+            a = stack.pop()
+            self.held -= a.nbytes
+            return a
+        return np.empty(shape, F32)
+
+    def give(self, arrays):
+        """Back to the pool: arrays nobody else holds (the caller's promise)."""
+        for a in arrays:
+            if self.held + a.nbytes <= self.max_bytes:
+                self.free.setdefault(a.shape, []).append(a)
+                self.held += a.nbytes
+
+
+_LOCAL = threading.local()
+
+
+def step_buffers():
+    """This thread's StepBuffers (a pool shared by threads would hand one array to two steps)."""
+    pool = getattr(_LOCAL, "pool", None)
+    if pool is None:
+        pool = _LOCAL.pool = StepBuffers()
+    return pool
 
 
 # ---- embedding -------------------------------------------------------------------------------------
@@ -122,6 +167,7 @@ class BlockCache(NamedTuple):
     fc: np.ndarray  # [N, F] c_fc output with its bias: quick_gelu's input
     act: np.ndarray  # [N, F] quick_gelu(fc): the MLP's c_proj input
     mlp_resid_drop: np.ndarray  # [N, C] or [0, 0]
+    lent: list  # the pool's arrays among these, given back (and the list emptied) by the backward
 
 
 def fast_path_keep(x, mask, config, encoder_hidden_states):
@@ -153,29 +199,31 @@ def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encode
     eps, H = F32(config.layer_norm_epsilon), config.n_head
     pa, pr = (config.attn_pdrop, config.resid_pdrop) if rng is not None else (0.0, 0.0)
     B, T, C = x.shape
-    N = B * T
+    N, F, pool = B * T, w.w_fc.shape[1], step_buffers()
     x = np.ascontiguousarray(x).reshape(N, C)
     # x_1 = x + attn(ln_1(x))
-    h_1, rms_1 = np.empty_like(x), np.empty(N, F32)
+    h_1, rms_1 = pool.take(N, C), np.empty(N, F32)
     layer_norm_forward_kernel(x, w.ln_1, eps, h_1, rms_1)
-    qkv = h_1 @ w.w_attn  # [N, C] @ [C, 3C] -> [N, 3C]
+    qkv = np.matmul(h_1, w.w_attn, out=pool.take(N, 3 * C))  # [N, C] @ [C, 3C] -> [N, 3C]
     qkv += w.b_attn
     attn_drop = _drop_mask((B, H, T, T), pa, rng)  # drawn where attention_forward draws it
-    merged, stats = np.empty((N, C), F32), np.empty((B, H, T, 2), F32)
+    merged, stats = pool.take(N, C), np.empty((B, H, T, 2), F32)
     causal_attention_kernel(qkv, T, H, w.scale, keep, attn_drop, merged, stats)
-    a = merged @ w.w_attn_proj  # [N, C]
+    a = np.matmul(merged, w.w_attn_proj, out=pool.take(N, C))  # [N, C]
     attn_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
-    x_1, h_2, rms_2 = np.empty_like(x), np.empty_like(x), np.empty(N, F32)
+    x_1, h_2, rms_2 = pool.take(N, C), pool.take(N, C), np.empty(N, F32)
     residual_layer_norm_kernel(x, a, w.b_attn_proj, attn_resid_drop, w.ln_2, eps, x_1, h_2, rms_2)
+    pool.give([a])
     # out = x_1 + mlp(ln_2(x_1))
-    fc = h_2 @ w.w_fc  # [N, C] @ [C, F] -> [N, F]
-    act = np.empty_like(fc)
+    fc = np.matmul(h_2, w.w_fc, out=pool.take(N, F))  # [N, C] @ [C, F] -> [N, F]
+    act = pool.take(N, F)
     bias_quick_gelu_forward_kernel(fc, w.b_fc, act)  # fc += b_fc in place; act = quick_gelu(fc)
-    m = act @ w.w_mlp_proj  # [N, F] @ [F, C] -> [N, C]
+    m = act @ w.w_mlp_proj  # [N, F] @ [F, C] -> [N, C]: the block's output, the caller's to keep
     mlp_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
     bias_dropout_residual_kernel(m, w.b_mlp_proj, mlp_resid_drop, x_1)  # m = x_1 + dropout(m + b), in place
     return m.reshape(B, T, C), BlockCache(prefix, w, x, rms_1, h_1, qkv, keep, stats, attn_drop, merged,
-                                          attn_resid_drop, x_1, rms_2, h_2, fc, act, mlp_resid_drop)
+                                          attn_resid_drop, x_1, rms_2, h_2, fc, act, mlp_resid_drop,
+                                          [h_1, qkv, merged, x_1, h_2, fc, act])
 
 
 def transformer_block_backward(dout, cache):
@@ -183,35 +231,41 @@ def transformer_block_backward(dout, cache):
     -> dx [B, T, C], the weights' gradients keyed by HF name, denc (None: no cross-attention here)."""
     if isinstance(cache, layers.BlockCache):  # the forward took the reference's path
         return layers.transformer_block_backward(dout, cache)
-    c, w = cache, cache.w
+    c, w, pool = cache, cache.w, step_buffers()
+    if not c.lent:
+        raise RuntimeError(f"the cache of block {c.prefix!r} was spent by a backward pass already (its buffers "
+                           "are reused): run the forward again")
     B, H, T, _ = c.stats.shape
     N, C = c.x.shape
+    F = c.fc.shape[1]
     d = np.ascontiguousarray(dout, dtype=F32).reshape(N, C)
     g = {}
     # out = x_1 + dropout(act @ w_mlp_proj + b)
-    dm, g["mlp.c_proj.bias"] = np.empty_like(d), np.empty(C, F32)
+    dm, g["mlp.c_proj.bias"] = pool.take(N, C), np.empty(C, F32)
     dropout_bias_backward_kernel(d, c.mlp_resid_drop, dm, g["mlp.c_proj.bias"])
     g["mlp.c_proj.weight"] = c.act.T @ dm  # [F, N] @ [N, C] -> [F, C]
-    dfc = dm @ w.w_mlp_proj.T  # [N, C] @ [C, F] -> [N, F]
-    g["mlp.c_fc.bias"] = np.empty(dfc.shape[1], F32)
+    dfc = np.matmul(dm, w.w_mlp_proj.T, out=c.act)  # [N, C] @ [C, F] -> [N, F] (act is spent)
+    g["mlp.c_fc.bias"] = np.empty(F, F32)
     quick_gelu_backward_kernel(dfc, c.fc, g["mlp.c_fc.bias"])  # in place: d act -> d fc; and its bias gradient
     g["mlp.c_fc.weight"] = c.h_2.T @ dfc  # [C, N] @ [N, F] -> [C, F]
-    dh = dfc @ w.w_fc.T  # [N, F] @ [F, C] -> [N, C]
-    dx_1, g["ln_2.weight"] = d.copy(), np.empty(C, F32)  # the skip's gradient, plus ln_2's below
-    layer_norm_backward_kernel(dh, c.x_1, c.rms_2, w.ln_2, dx_1, g["ln_2.weight"])
+    dh = np.matmul(dfc, w.w_fc.T, out=c.h_2)  # [N, F] @ [F, C] -> [N, C] (h_2 is spent)
+    dx, g["ln_2.weight"] = d.copy(), np.empty(C, F32)  # the skip's gradient, plus ln_2's below (the caller's)
+    layer_norm_backward_kernel(dh, c.x_1, c.rms_2, w.ln_2, dx, g["ln_2.weight"])
     # x_1 = x + dropout(merged @ w_attn_proj + b)
-    da, g["attn.c_proj.bias"] = np.empty_like(d), np.empty(C, F32)
-    dropout_bias_backward_kernel(dx_1, c.attn_resid_drop, da, g["attn.c_proj.bias"])
+    da, g["attn.c_proj.bias"] = dm, np.empty(C, F32)  # dm is spent
+    dropout_bias_backward_kernel(dx, c.attn_resid_drop, da, g["attn.c_proj.bias"])
     g["attn.c_proj.weight"] = c.merged.T @ da  # [C, N] @ [N, C] -> [C, C]
-    dmerged = da @ w.w_attn_proj.T  # [N, C]
-    dqkv = np.empty((N, 3 * C), F32)
+    dmerged = np.matmul(da, w.w_attn_proj.T, out=c.x_1)  # [N, C] (x_1 is spent)
+    dqkv = pool.take(N, 3 * C)
     causal_attention_backward_kernel(dmerged, c.qkv, T, H, c.stats, c.keep, c.attn_drop, w.scale, dqkv)
     g["attn.c_attn.bias"] = np.empty(3 * C, F32)
     column_sum_kernel(dqkv, g["attn.c_attn.bias"])
     g["attn.c_attn.weight"] = c.h_1.T @ dqkv  # [C, N] @ [N, 3C] -> [C, 3C]
-    dh = dqkv @ w.w_attn.T  # [N, 3C] @ [3C, C] -> [N, C]
-    dx, g["ln_1.weight"] = dx_1, np.empty(C, F32)  # x_1's gradient flows on through the skip
+    dh = np.matmul(dqkv, w.w_attn.T, out=c.merged)  # [N, 3C] @ [3C, C] -> [N, C] (merged is spent)
+    g["ln_1.weight"] = np.empty(C, F32)  # x_1's gradient flows on through the skip into dx
     layer_norm_backward_kernel(dh, c.x, c.rms_1, w.ln_1, dx, g["ln_1.weight"])
+    pool.give(c.lent + [dm, dqkv])
+    c.lent.clear()
     return dx.reshape(B, T, C), {c.prefix + k: v for k, v in g.items()}, None
 
 
