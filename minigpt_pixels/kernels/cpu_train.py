@@ -41,11 +41,13 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
 
 from .. import layers
 from . import cpu, simd
-from .compile_cache import njit
+from .compile_cache import intrinsic, njit
 from .threads import StepClock
 
 F32 = np.float32
@@ -533,6 +535,173 @@ def _accumulate4(s, n, vecs, i0, Dp, acc):
             simd.vstore(acc, j, dd, a)
 
 
+# ---- eight-lane operations for the softmax rows ------------------------------------------------------
+# Why: a query row's softmax is over n <= T keys (T = 64-100 here), too short for LLVM's loop vectoriser,
+# which takes 32 values a turn and leaves the rest (up to 31) to a scalar loop: the softmax took 60% of the
+# attention at 16 x 32. These extend simd.py's <8 x float> with what a softmax needs, so a row is
+# ceil(n / 8) vector steps. Each is one or a few instructions; vexp is cpu._exp's operations, lane by lane,
+# in its order (the same bits). Horizontal sums and maxima run in one fixed order.
+_I32 = ir.IntType(32)
+_IVEC = ir.VectorType(_I32, simd.LANES)
+V8 = simd.f32x8
+
+
+def _vec(context, builder, x):
+    """A float32 scalar in every lane (LLVM IR)."""
+    one = builder.insert_element(ir.Constant(simd._VEC, ir.Undefined), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(simd._VEC, ir.Undefined), ir.Constant(_IVEC, [0] * simd.LANES))
+
+
+def _fconst(value):
+    return ir.Constant(simd._VEC, [float(F32(value))] * simd.LANES)
+
+
+@intrinsic(python=lambda a, b: (a * b).astype(F32))
+def vmul(typingctx, a, b):
+    """a * b in each lane."""
+    return V8(V8, V8), lambda context, builder, sig, args: builder.fmul(*args)
+
+
+@intrinsic(python=lambda a, b: (a - b).astype(F32))
+def vsub(typingctx, a, b):
+    """a - b in each lane."""
+    return V8(V8, V8), lambda context, builder, sig, args: builder.fsub(*args)
+
+
+@intrinsic(python=lambda a, b: (a + b).astype(F32))
+def vadd(typingctx, a, b):
+    """a + b in each lane."""
+    return V8(V8, V8), lambda context, builder, sig, args: builder.fadd(*args)
+
+
+@intrinsic(python=lambda a, b: (a / b).astype(F32))
+def vdiv(typingctx, a, b):
+    """a / b in each lane."""
+    return V8(V8, V8), lambda context, builder, sig, args: builder.fdiv(*args)
+
+
+@intrinsic(python=lambda a, b: np.where(a < b, b, a).astype(F32))
+def vmax(typingctx, a, b):
+    """max(a, b) in each lane (as Python's max: a unless a < b)."""
+    def codegen(context, builder, sig, args):
+        return builder.select(builder.fcmp_ordered("<", *args), args[1], args[0])
+    return V8(V8, V8), codegen
+
+
+@intrinsic(python=lambda v, count, fill: np.where(np.arange(simd.LANES) < count, v, F32(fill)).astype(F32))
+def vhead(typingctx, v, count, fill):
+    """v in lanes l < count, fill (a float32) in the rest."""
+    def codegen(context, builder, sig, args):
+        n = builder.trunc(args[1], _I32) if args[1].type.width > 32 else args[1]
+        n = builder.insert_element(ir.Constant(_IVEC, ir.Undefined), n, ir.Constant(_I32, 0))
+        n = builder.shuffle_vector(n, ir.Constant(_IVEC, ir.Undefined), ir.Constant(_IVEC, [0] * simd.LANES))
+        below = builder.icmp_signed("<", ir.Constant(_IVEC, list(range(simd.LANES))), n)
+        return builder.select(below, args[0], _vec(context, builder, args[2]))
+    return V8(V8, types.intp, types.float32), codegen
+
+
+def _lanes_python(v, op):
+    a = [F32(x) for x in v]
+    return op(op(op(a[0], a[1]), op(a[2], a[3])), op(op(a[4], a[5]), op(a[6], a[7])))
+
+
+@intrinsic(python=lambda v: F32(_lanes_python(v, lambda a, b: F32(a + b))))
+def vhsum(typingctx, v):
+    """((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)): the lanes' sum in one fixed order."""
+    def codegen(context, builder, sig, args):
+        lanes = [builder.extract_element(args[0], ir.Constant(_I32, i)) for i in range(simd.LANES)]
+        while len(lanes) > 1:
+            lanes = [builder.fadd(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
+        return lanes[0]
+    return types.float32(V8), codegen
+
+
+@intrinsic(python=lambda v: F32(_lanes_python(v, lambda a, b: b if a < b else a)))
+def vhmax(typingctx, v):
+    """The largest lane (-inf when every lane is -inf)."""
+    def codegen(context, builder, sig, args):
+        lanes = [builder.extract_element(args[0], ir.Constant(_I32, i)) for i in range(simd.LANES)]
+        while len(lanes) > 1:
+            lanes = [builder.select(builder.fcmp_ordered("<", lanes[i], lanes[i + 1]), lanes[i + 1], lanes[i])
+                     for i in range(0, len(lanes), 2)]
+        return lanes[0]
+    return types.float32(V8), codegen
+
+
+@intrinsic(python=lambda x: np.array([_exp(F32(v)) for v in x], F32))
+def vexp(typingctx, x):
+    """cpu._exp in each lane: the same operations in the same order, so the same bits."""
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        lo, hi = _fconst(-87.3), _fconst(88.3)
+        x = builder.select(builder.fcmp_ordered("<", lo, x), x, lo)  # max(x, -87.3)
+        x = builder.select(builder.fcmp_ordered("<", hi, x), hi, x)  # min(that, 88.3)
+        floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(simd._VEC, [simd._VEC]),
+                                               "llvm.floor.v8f32")
+        n = builder.call(floor, [builder.fadd(builder.fmul(x, _fconst(1.44269504088896341)), _fconst(0.5))])
+        r = builder.fsub(builder.fsub(x, builder.fmul(n, _fconst(0.693359375))),
+                         builder.fmul(n, _fconst(-2.12194440e-4)))
+        p = _fconst(1.9875691500e-4)
+        for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+            p = builder.fadd(builder.fmul(p, r), _fconst(c))
+        p = builder.fadd(builder.fadd(builder.fmul(builder.fmul(p, r), r), r), _fconst(1.0))
+        bits = builder.shl(builder.add(builder.fptosi(n, _IVEC), ir.Constant(_IVEC, [127] * simd.LANES)),
+                           ir.Constant(_IVEC, [23] * simd.LANES))
+        return builder.fmul(p, builder.bitcast(bits, simd._VEC))
+    return V8(V8), codegen
+
+
+@njit(**JIT)
+def _key_masks(keep_row, T, masks):
+    """masks[0, j] = 0 for a kept key j < T, -inf otherwise (added to scaled scores before the max);
+    masks[1, j] = 1 or 0 likewise (multiplied into the exps). masks [2, Tp]."""
+    for j in range(masks.shape[1]):
+        kept = j < T and keep_row[j] != 0
+        masks[0, j] = F32(0) if kept else F32(-np.inf)
+        masks[1, j] = F32(1) if kept else F32(0)
+
+
+@njit(**JIT)
+def _softmax_row_stats(s, r, n, scale, masks):
+    """In place on s[r, :n] (and to the next multiple of 8), the raw scores of a query row that sees keys
+    j < n: e_j = exp(s_j scale - m) for kept keys, 0 for masked ones and j >= n; m the max of the kept
+    scaled scores. -> (m, sum_j e_j). As _softmax_stats, on whole vectors."""
+    vs, top = simd.vsplat(scale), simd.vsplat(F32(-np.inf))
+    for jb in range(0, n, simd.LANES):  # scale and mask, and the running max
+        x = vhead(vadd(vmul(simd.vload(s, r, jb), vs), simd.vload(masks, 0, jb)), n - jb, F32(-np.inf))
+        simd.vstore(s, r, jb, x)
+        top = vmax(top, x)
+    m = vhmax(top)
+    vm, acc = simd.vsplat(m), simd.vzero()
+    for jb in range(0, n, simd.LANES):
+        e = vhead(vmul(vexp(vsub(simd.vload(s, r, jb), vm)), simd.vload(masks, 1, jb)), n - jb, F32(0))
+        simd.vstore(s, r, jb, e)
+        acc = vadd(acc, e)
+    return m, vhsum(acc)
+
+
+@njit(**JIT)
+def _softmax_row_weights(s, r, n, scale, m, total, masks):
+    """In place on s[r]: the recomputed scores s_j -> the weights exp(s_j scale - m) / total for kept keys
+    j < n, 0 for the rest of the row's vectors (_softmax_row_stats's exps, the same bits)."""
+    vs, vm, vt = simd.vsplat(scale), simd.vsplat(m), simd.vsplat(total)
+    for jb in range(0, n, simd.LANES):
+        e = vexp(vsub(vmul(simd.vload(s, r, jb), vs), vm))
+        simd.vstore(s, r, jb, vhead(vmul(vdiv(e, vt), simd.vload(masks, 1, jb)), n - jb, F32(0)))
+
+
+@njit(**JIT)
+def _softmax_row_backward(g, w, r, n, scale):
+    """In place on g[r]: (g_j - sum_k g_k w_k) w_j scale over the row's vectors j < ceil(n / 8) * 8 (the
+    softmax backward in attention_backward's order; w is 0 past n, so those lanes become 0)."""
+    acc = simd.vzero()
+    for jb in range(0, n, simd.LANES):
+        acc = vadd(acc, vmul(vhead(simd.vload(g, r, jb), n - jb, F32(0)), simd.vload(w, r, jb)))
+    t, vs = simd.vsplat(vhsum(acc)), simd.vsplat(scale)
+    for jb in range(0, n, simd.LANES):
+        simd.vstore(g, r, jb, vmul(vmul(vsub(simd.vload(g, r, jb), t), simd.vload(w, r, jb)), vs))
+
+
 @njit(**REDUCE)
 def _softmax_stats(row, n, scale, keep):
     """In place on row[:n], the raw scores of a query row: e_j = exp(s_j scale - m) for kept keys (0 for
@@ -562,14 +731,15 @@ def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, v
         for d in range(D):
             kt[d, j] = qkv[b * T + j, C + h * D + d]
     dropped = drop.shape[0] > 0
-    kb = keep[b]
+    masks = np.empty((2, kt.shape[1]), F32)
+    _key_masks(keep[b], T, masks)
     for i0 in range(0, T, ROWS):
         n_max = min(i0 + ROWS, T)  # keys the block's last row may see (causal)
         _scores4(qc, i0, kt, n_max, D, s)
         for r in range(min(ROWS, T - i0)):
             i, row = i0 + r, s[r]
             n = i + 1
-            m, total = _softmax_stats(row, n, scale, kb)  # row[:n] = exp(scaled score - m)
+            m, total = _softmax_row_stats(s, r, n, scale, masks)  # row[:n] = exp(scaled score - m)
             stats[b, h, i, 0], stats[b, h, i, 1] = m, total
             for j in range(n, n_max):  # keys this row may not see: weight 0
                 row[j] = F32(0)
@@ -619,7 +789,8 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
             kt[d, j] = kc[j, d]
             vt[d, j] = qkv[b * T + j, 2 * C + h * D + d]
     dropped = drop.shape[0] > 0
-    kb = keep[b]
+    masks = np.empty((2, kt.shape[1]), F32)
+    _key_masks(keep[b], T, masks)
     for i0 in range(0, T, ROWS):
         n_max = min(i0 + ROWS, T)
         rows = min(ROWS, T - i0)
@@ -629,8 +800,7 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
             i, w, g = i0 + r, s[r], dp[r]
             n = i + 1 if r < rows else 0  # rows past T (padding) take no part
             m, total = (stats[b, h, i, 0], stats[b, h, i, 1]) if r < rows else (F32(0), F32(1))
-            for j in range(n):  # the weights, from the forward's exps (_softmax_stats)
-                w[j] = _exp(w[j] * scale - m) / total if kb[j] else F32(0)
+            _softmax_row_weights(s, r, n, scale, m, total, masks)  # the weights, from the forward's exps
             for j in range(n, n_max):
                 w[j] = F32(0)
                 g[j] = F32(0)
@@ -644,11 +814,8 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
             _accumulate4(pm, n_max, doc, i0, Dp, dv)
         else:
             _accumulate4(s, n_max, doc, i0, Dp, dv)
-        for r in range(rows):
-            n, w, g = i0 + r + 1, s[r], dp[r]
-            t = cpu._dot(g, w, n)
-            for j in range(n):  # the softmax backward, in attention_backward's order: ((dw - t) w) scale
-                g[j] = (g[j] - t) * w[j] * scale
+        for r in range(rows):  # the softmax backward, in attention_backward's order: ((dw - t) w) scale
+            _softmax_row_backward(dp, s, r, i0 + r + 1, scale)
         _accumulate4(dp, n_max, qc, i0, Dp, dk)  # dk_j += ds_ij q_i
         _weighted4(dp, n_max, kc, Dp, o)  # dq_i = sum_j ds_ij k_j
         for r in range(rows):
