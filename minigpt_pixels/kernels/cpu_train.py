@@ -167,6 +167,7 @@ class BlockCache(NamedTuple):
     rms_2: np.ndarray  # [N]
     h_2: np.ndarray  # [N, C] ln_2(x_1): c_fc's input
     fc: np.ndarray  # [N, F] c_fc output with its bias: quick_gelu's input
+    gelu_e: np.ndarray  # [N, F] 1 + exp(-1.702 fc): quick_gelu's denominator
     act: np.ndarray  # [N, F] quick_gelu(fc): the MLP's c_proj input
     mlp_resid_drop: np.ndarray  # [N, C] or [0, 0]
     lent: list  # the pool's arrays among these, given back (and the list emptied) by the backward
@@ -182,9 +183,14 @@ def fast_path_keep(x, mask, config, encoder_hidden_states):
     return cpu.padding_keep(mask, B, T, 0)
 
 
+_NO_DROP = {n: np.zeros((0,) * n, F32) for n in (2, 3, 4)}  # "no dropout": size 0, nothing to write into
+
+
 def _drop_mask(shape, p, rng):
     """The dropout mask layers.dropout_forward would draw for an array of `shape` (the same draws from
     rng, in the same order), or an empty one when nothing is dropped."""
+    if rng is None or p == 0:  # dropout_forward draws nothing then either
+        return _NO_DROP[len(shape)]
     _, mask = layers.dropout_forward(np.broadcast_to(F32(1), shape), p, rng)
     return np.zeros((0,) * len(shape), F32) if mask is None else mask
 
@@ -218,14 +224,14 @@ def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encode
     pool.give([a])
     # out = x_1 + mlp(ln_2(x_1))
     fc = np.matmul(h_2, w.w_fc, out=pool.take(N, F))  # [N, C] @ [C, F] -> [N, F]
-    act = pool.take(N, F)
-    bias_quick_gelu_forward_kernel(fc, w.b_fc, act)  # fc += b_fc in place; act = quick_gelu(fc)
+    act, gelu_e = pool.take(N, F), pool.take(N, F)
+    bias_quick_gelu_forward_kernel(fc, w.b_fc, act, gelu_e)  # fc += b_fc in place; act = quick_gelu(fc)
     m = act @ w.w_mlp_proj  # [N, F] @ [F, C] -> [N, C]: the block's output, the caller's to keep
     mlp_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
     bias_dropout_residual_kernel(m, w.b_mlp_proj, mlp_resid_drop, x_1)  # m = x_1 + dropout(m + b), in place
     return m.reshape(B, T, C), BlockCache(prefix, w, x, rms_1, h_1, qkv, keep, stats, attn_drop, merged,
-                                          attn_resid_drop, x_1, rms_2, h_2, fc, act, mlp_resid_drop,
-                                          [h_1, qkv, merged, x_1, h_2, fc, act])
+                                          attn_resid_drop, x_1, rms_2, h_2, fc, gelu_e, act, mlp_resid_drop,
+                                          [h_1, qkv, merged, x_1, h_2, fc, gelu_e, act])
 
 
 def transformer_block_backward(dout, cache):
@@ -248,7 +254,7 @@ def transformer_block_backward(dout, cache):
     g["mlp.c_proj.weight"] = c.act.T @ dm  # [F, N] @ [N, C] -> [F, C]
     dfc = np.matmul(dm, w.w_mlp_proj.T, out=c.act)  # [N, C] @ [C, F] -> [N, F] (act is spent)
     g["mlp.c_fc.bias"] = np.empty(F, F32)
-    quick_gelu_backward_kernel(dfc, c.fc, g["mlp.c_fc.bias"])  # in place: d act -> d fc; and its bias gradient
+    quick_gelu_backward_kernel(dfc, c.fc, c.gelu_e, g["mlp.c_fc.bias"])  # in place: d act -> d fc; and its bias gradient
     g["mlp.c_fc.weight"] = c.h_2.T @ dfc  # [C, N] @ [N, F] -> [C, F]
     dh = np.matmul(dfc, w.w_fc.T, out=c.h_2)  # [N, F] @ [F, C] -> [N, C] (h_2 is spent)
     dx, g["ln_2.weight"] = d.copy(), np.empty(C, F32)  # the skip's gradient, plus ln_2's below (the caller's)
@@ -410,29 +416,31 @@ def bias_dropout_residual_kernel(m, b, drop, x):
 
 
 @njit(**JIT)
-def bias_quick_gelu_forward_kernel(f, b, out):
-    """f += b in place (kept: the backward's input); out = f / (1 + exp(-1.702 f)), as
-    layers.quick_gelu_forward. f, out [N, F]; b [F]."""
+def bias_quick_gelu_forward_kernel(f, b, out, e):
+    """f += b in place (kept: the backward's input); e = 1 + exp(-1.702 f) (kept too, as
+    activations.quick_gelu_forward keeps it: the backward then needs no exp); out = f / e. f, out, e [N, F];
+    b [F]."""
     N, F = f.shape
     for i in range(N):
         for j in range(F):
             y = f[i, j] + b[j]
             f[i, j] = y
-            out[i, j] = y / (F32(1.0) + _exp(F32(-1.702) * y))
+            den = F32(1.0) + _exp(F32(-1.702) * y)
+            e[i, j] = den
+            out[i, j] = y / den
 
 
 @njit(**JIT)
-def quick_gelu_backward_kernel(d, f, db):
-    """In place: d = d * s (1 + 1.702 f (1 - s)), s = sigmoid(1.702 f) (layers.quick_gelu_backward's
-    operations, in its order); db = column sums of the result, row by row. d, f [N, F]; db [F]."""
+def quick_gelu_backward_kernel(d, f, e, db):
+    """In place: d = d * s (1 + 1.702 f (1 - s)), s = 1 / e (activations.quick_gelu_backward's operations,
+    in its order); db = column sums of the result, row by row. d, f, e [N, F]; db [F]."""
     N, F = d.shape
     for j in range(F):
         db[j] = F32(0)
     for i in range(N):
         for j in range(F):
-            x = f[i, j]
-            s = F32(1.0) / (F32(1.0) + _exp(F32(-1.702) * x))
-            t = ((F32(1.0) - s) * x * F32(1.702) + F32(1.0)) * s * d[i, j]
+            s = F32(1.0) / e[i, j]
+            t = ((F32(1.0) - s) * f[i, j] * F32(1.702) + F32(1.0)) * s * d[i, j]
             d[i, j] = t
             db[j] += t
 
