@@ -10,7 +10,9 @@ backprop.training_path for which).
                                       8-lane vectors: q, k, v read from the fused qkv rows, only each row's
                                       softmax max and sum kept (the backward computes the scores again
                                       rather than keep [B, H, T, T] weights); the backward writes dq, dk, dv
-                                      straight into the qkv gradient
+                                      straight into the qkv gradient; each row's softmax on whole 8-lane
+                                      vectors (vexp and friends, below: rows of 64-100 keys are too short
+                                      for LLVM's vectoriser)
     mlp (in the block)                BLAS matmuls; the fc bias + quick_gelu in one kernel, and its backward
                                       with the fc bias gradient in one more
     transformer_block_forward / _backward   the block wired with them: bias + dropout + residual + ln_2 in one
@@ -18,6 +20,8 @@ backprop.training_path for which).
     lm_loss_forward / _backward       the softmax cross-entropy: the forward keeps each row's log-sum-exp,
                                       the backward writes (softmax - onehot) / n in one pass
     embedding_backward                one sequential scatter-add (np.add.at is a slow generic loop)
+    StepBuffers                       the blocks' activations and temporaries, kept from one step to the
+                                      next (fresh memory costs a page fault per 4 KB: a fifth of a step)
 
 Why: at classroom widths (C = 32-128) a NumPy training step is some 1,600 calls over activations that
 fit in L2, each costing more in dispatch and memory traffic than in arithmetic.
@@ -673,7 +677,8 @@ def _key_masks(keep_row, T, masks):
 def _softmax_row_stats(s, r, n, scale, masks):
     """In place on s[r, :n] (and to the next multiple of 8), the raw scores of a query row that sees keys
     j < n: e_j = exp(s_j scale - m) for kept keys, 0 for masked ones and j >= n; m the max of the kept
-    scaled scores. -> (m, sum_j e_j). As _softmax_stats, on whole vectors."""
+    scaled scores. -> (m, sum_j e_j): the weights are e_j / sum, left to the caller, which divides once
+    per output instead of once per key. Two passes over whole vectors (scale, mask and max; exp and sum)."""
     vs, top = simd.vsplat(scale), simd.vsplat(F32(-np.inf))
     for jb in range(0, n, simd.LANES):  # scale and mask, and the running max
         x = vhead(vadd(vmul(simd.vload(s, r, jb), vs), simd.vload(masks, 0, jb)), n - jb, F32(-np.inf))
@@ -708,23 +713,6 @@ def _softmax_row_backward(g, w, r, n, scale):
     t, vs = simd.vsplat(vhsum(acc)), simd.vsplat(scale)
     for jb in range(0, n, simd.LANES):
         simd.vstore(g, r, jb, vmul(vmul(vsub(simd.vload(g, r, jb), t), simd.vload(w, r, jb)), vs))
-
-
-@njit(**REDUCE)
-def _softmax_stats(row, n, scale, keep):
-    """In place on row[:n], the raw scores of a query row: e_j = exp(s_j scale - m) for kept keys (0 for
-    masked ones), m the max of the kept scaled scores; returns (m, sum_j e_j). The weights are e_j / sum:
-    left to the caller, which divides once per output instead of once per key. Three passes (scale, max,
-    exp and sum), the exp and sum vectorised together (REDUCE)."""
-    for j in range(n):
-        row[j] = row[j] * scale if keep[j] else F32(-np.inf)
-    m = cpu._max(row, n)
-    total = F32(0)
-    for j in range(n):
-        e = _exp(row[j] - m) if keep[j] else F32(0)
-        row[j] = e
-        total += e
-    return m, total
 
 
 @njit(**JIT)
