@@ -258,7 +258,8 @@ def transformer_block_backward(dout, cache):
     g["mlp.c_proj.weight"] = c.act.T @ dm  # [F, N] @ [N, C] -> [F, C]
     dfc = np.matmul(dm, w.w_mlp_proj.T, out=c.act)  # [N, C] @ [C, F] -> [N, F] (act is spent)
     g["mlp.c_fc.bias"] = np.empty(F, F32)
-    quick_gelu_backward_kernel(dfc, c.fc, c.gelu_e, g["mlp.c_fc.bias"])  # in place: d act -> d fc; and its bias gradient
+    # in place: d act -> d fc; and c_fc's bias gradient
+    quick_gelu_backward_kernel(dfc, c.fc, c.gelu_e, g["mlp.c_fc.bias"])
     g["mlp.c_fc.weight"] = c.h_2.T @ dfc  # [C, N] @ [N, F] -> [C, F]
     dh = np.matmul(dfc, w.w_fc.T, out=c.h_2)  # [N, F] @ [F, C] -> [N, C] (h_2 is spent)
     dx, g["ln_2.weight"] = d.copy(), np.empty(C, F32)  # the skip's gradient, plus ln_2's below (the caller's)
