@@ -14,7 +14,7 @@ import pytest
 
 from minigpt_pixels import backprop, layers, optim
 from minigpt_pixels.config import ImageGPTConfig
-from minigpt_pixels.kernels import cpu_train
+from minigpt_pixels.kernels import cpu_train, simd
 from minigpt_pixels.model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
 
 from .compiled_code import FLOAT64_OP, assembly
@@ -192,6 +192,60 @@ def test_value_and_grad_kernels_match_numpy(rng, kind):
     assert list(kgrads) == list(grads) == list(model.params)
     for k in grads:
         check(k, kgrads[k], grads[k])
+
+
+def test_steps_reuse_the_pools_buffers_and_give_the_same_bits(rng):
+    """The blocks' activations come back to the pool after the backward and the next step takes them, as
+    they are (not zeroed): the second step uses the first's arrays and still gives the same bits."""
+    cfg = config()
+    model = ImageGPTForCausalImageModeling(cfg, seed=0)
+    ids, labels = batch(rng, cfg)
+    pool = cpu_train.step_buffers()
+    loss_1, grads_1 = backprop.causal_lm_value_and_grad(model, ids, labels, path="kernels")
+    pooled = {id(a) for stack in pool.free.values() for a in stack}
+    assert pooled, "the backward gave the blocks' buffers back"
+    loss_2, grads_2 = backprop.causal_lm_value_and_grad(model, ids, labels, path="kernels")
+    assert {id(a) for stack in pool.free.values() for a in stack} == pooled, "the second step took the same ones"
+    assert loss_1 == loss_2
+    for k in grads_1:
+        np.testing.assert_array_equal(grads_1[k], grads_2[k], err_msg=k)
+        assert all(grads_1[k] is not a for stack in pool.free.values() for a in stack), f"{k} is the caller's"
+
+
+def test_a_blocks_cache_is_spent_by_its_backward(rng):
+    """Its buffers go back to the pool, so a second backward through the same cache raises, naming the block."""
+    cfg = config(resid_pdrop=0.0, attn_pdrop=0.0, embd_pdrop=0.0)
+    p, x, dout = block_inputs(rng, cfg)
+    _, c = cpu_train.transformer_block_forward(x, p, "transformer.h.1.", cfg, 1)
+    cpu_train.transformer_block_backward(dout, c)
+    with pytest.raises(RuntimeError, match="transformer.h.1.*spent"):
+        cpu_train.transformer_block_backward(dout, c)
+
+
+def test_vector_softmax_operations_match_the_scalar_ones():
+    """vexp is cpu._exp lane by lane (the same bits, clamped ends included); vhead, vhsum and vhmax as
+    their docstrings say."""
+    x = np.concatenate([np.linspace(-100, 100, 797, dtype=F32), [0, -0.0, 88.3, -87.3, 1e-8, np.inf, -np.inf]])
+    x = np.concatenate([x, np.zeros(-len(x) % 8, F32)]).astype(F32).reshape(-1, 8)
+    out = np.empty((len(x), 11), F32)
+    vector_ops(x, out)
+    scalar = np.array([cpu_train._exp(v) for v in x.ravel()], F32).reshape(x.shape)
+    np.testing.assert_array_equal(out[:, :8], scalar)
+    with np.errstate(invalid="ignore"):  # the row holding inf and -inf sums to NaN, on both sides
+        pairs = x[:, ::2] + x[:, 1::2]  # [rows, 4] in float32
+        np.testing.assert_array_equal(out[:, 9], (pairs[:, 0] + pairs[:, 1]) + (pairs[:, 2] + pairs[:, 3]))
+        np.testing.assert_array_equal(out[:, 8], (x[:, 0] + x[:, 1]) + x[:, 2])  # lanes 3..7 are 0
+    np.testing.assert_array_equal(out[:, 10], x.max(axis=1))
+
+
+@numba.njit
+def vector_ops(x, out):
+    for i in range(x.shape[0]):
+        v = simd.vload(x, i, 0)
+        simd.vstore(out, i, 0, cpu_train.vexp(v))
+        out[i, 8] = cpu_train.vhsum(cpu_train.vhead(v, 3, F32(0)))
+        out[i, 9] = cpu_train.vhsum(v)
+        out[i, 10] = cpu_train.vhmax(v)
 
 
 def test_kernels_give_the_same_bits_on_1_and_2_threads(rng, monkeypatch):

@@ -10,7 +10,9 @@ backprop.training_path for which).
                                       8-lane vectors: q, k, v read from the fused qkv rows, only each row's
                                       softmax max and sum kept (the backward computes the scores again
                                       rather than keep [B, H, T, T] weights); the backward writes dq, dk, dv
-                                      straight into the qkv gradient
+                                      straight into the qkv gradient; each row's softmax on whole 8-lane
+                                      vectors (vexp and friends, below: rows of 64-100 keys are too short
+                                      for LLVM's vectoriser)
     mlp (in the block)                BLAS matmuls; the fc bias + quick_gelu in one kernel, and its backward
                                       with the fc bias gradient in one more
     transformer_block_forward / _backward   the block wired with them: bias + dropout + residual + ln_2 in one
@@ -18,6 +20,8 @@ backprop.training_path for which).
     lm_loss_forward / _backward       the softmax cross-entropy: the forward keeps each row's log-sum-exp,
                                       the backward writes (softmax - onehot) / n in one pass
     embedding_backward                one sequential scatter-add (np.add.at is a slow generic loop)
+    StepBuffers                       the blocks' activations and temporaries, kept from one step to the
+                                      next (fresh memory costs a page fault per 4 KB: a fifth of a step)
 
 Why: at classroom widths (C = 32-128) a NumPy training step is some 1,600 calls over activations that
 fit in L2, each costing more in dispatch and memory traffic than in arithmetic.
@@ -35,16 +39,19 @@ cache it made, so every option gives the reference's gradients.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
 
 from .. import layers
 from . import cpu, simd
-from .compile_cache import njit
+from .compile_cache import intrinsic, njit
 from .threads import StepClock
 
 F32 = np.float32
@@ -59,6 +66,50 @@ classification_head_forward = layers.classification_head_forward
 classification_head_backward = layers.classification_head_backward
 classification_loss_forward = layers.classification_loss_forward
 classification_loss_backward = layers.classification_loss_backward
+
+
+# ---- the step's buffers ----------------------------------------------------------------------------
+# Why: a step at classroom widths makes some 100 MB of activations and temporaries. Fresh from the system
+# every step (glibc maps large blocks and unmaps them when freed), each 4 KB page costs a fault and a
+# zeroing on first touch: 10,500 faults a step at 4 x 96, a fifth of the step. The blocks' forwards take
+# their activations from a pool and their backwards give them back, so the next step finds them mapped.
+# Only arrays that never leave this module go back (not a block's input or output, not a gradient); a
+# block's cache is spent by its backward (a second backward through it raises, as torch's does).
+POOL_MAX_BYTES = 1 << 30  # what a pool keeps at most; more is left to the garbage collector
+
+
+class StepBuffers:
+    """Float32 arrays by shape, reused from one step to the next. One per Python thread (step_buffers())."""
+
+    def __init__(self, max_bytes=POOL_MAX_BYTES):
+        self.free, self.held, self.max_bytes = {}, 0, max_bytes  # shape -> arrays; their bytes
+
+    def take(self, *shape):
+        """An uninitialised float32 array of `shape`: a pooled one when there is one."""
+        stack = self.free.get(shape)
+        if stack:
+            a = stack.pop()
+            self.held -= a.nbytes
+            return a
+        return np.empty(shape, F32)
+
+    def give(self, arrays):
+        """Back to the pool: arrays nobody else holds (the caller's promise)."""
+        for a in arrays:
+            if self.held + a.nbytes <= self.max_bytes:
+                self.free.setdefault(a.shape, []).append(a)
+                self.held += a.nbytes
+
+
+_LOCAL = threading.local()
+
+
+def step_buffers():
+    """This thread's StepBuffers (a pool shared by threads would hand one array to two steps)."""
+    pool = getattr(_LOCAL, "pool", None)
+    if pool is None:
+        pool = _LOCAL.pool = StepBuffers()
+    return pool
 
 
 # ---- embedding -------------------------------------------------------------------------------------
@@ -120,8 +171,10 @@ class BlockCache(NamedTuple):
     rms_2: np.ndarray  # [N]
     h_2: np.ndarray  # [N, C] ln_2(x_1): c_fc's input
     fc: np.ndarray  # [N, F] c_fc output with its bias: quick_gelu's input
+    gelu_e: np.ndarray  # [N, F] 1 + exp(-1.702 fc): quick_gelu's denominator
     act: np.ndarray  # [N, F] quick_gelu(fc): the MLP's c_proj input
     mlp_resid_drop: np.ndarray  # [N, C] or [0, 0]
+    lent: list  # the pool's arrays among these, given back (and the list emptied) by the backward
 
 
 def fast_path_keep(x, mask, config, encoder_hidden_states):
@@ -134,9 +187,14 @@ def fast_path_keep(x, mask, config, encoder_hidden_states):
     return cpu.padding_keep(mask, B, T, 0)
 
 
+_NO_DROP = {n: np.zeros((0,) * n, F32) for n in (2, 3, 4)}  # "no dropout": size 0, nothing to write into
+
+
 def _drop_mask(shape, p, rng):
     """The dropout mask layers.dropout_forward would draw for an array of `shape` (the same draws from
     rng, in the same order), or an empty one when nothing is dropped."""
+    if rng is None or p == 0:  # dropout_forward draws nothing then either
+        return _NO_DROP[len(shape)]
     _, mask = layers.dropout_forward(np.broadcast_to(F32(1), shape), p, rng)
     return np.zeros((0,) * len(shape), F32) if mask is None else mask
 
@@ -153,29 +211,31 @@ def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encode
     eps, H = F32(config.layer_norm_epsilon), config.n_head
     pa, pr = (config.attn_pdrop, config.resid_pdrop) if rng is not None else (0.0, 0.0)
     B, T, C = x.shape
-    N = B * T
+    N, F, pool = B * T, w.w_fc.shape[1], step_buffers()
     x = np.ascontiguousarray(x).reshape(N, C)
     # x_1 = x + attn(ln_1(x))
-    h_1, rms_1 = np.empty_like(x), np.empty(N, F32)
+    h_1, rms_1 = pool.take(N, C), np.empty(N, F32)
     layer_norm_forward_kernel(x, w.ln_1, eps, h_1, rms_1)
-    qkv = h_1 @ w.w_attn  # [N, C] @ [C, 3C] -> [N, 3C]
+    qkv = np.matmul(h_1, w.w_attn, out=pool.take(N, 3 * C))  # [N, C] @ [C, 3C] -> [N, 3C]
     qkv += w.b_attn
     attn_drop = _drop_mask((B, H, T, T), pa, rng)  # drawn where attention_forward draws it
-    merged, stats = np.empty((N, C), F32), np.empty((B, H, T, 2), F32)
+    merged, stats = pool.take(N, C), np.empty((B, H, T, 2), F32)
     causal_attention_kernel(qkv, T, H, w.scale, keep, attn_drop, merged, stats)
-    a = merged @ w.w_attn_proj  # [N, C]
+    a = np.matmul(merged, w.w_attn_proj, out=pool.take(N, C))  # [N, C]
     attn_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
-    x_1, h_2, rms_2 = np.empty_like(x), np.empty_like(x), np.empty(N, F32)
+    x_1, h_2, rms_2 = pool.take(N, C), pool.take(N, C), np.empty(N, F32)
     residual_layer_norm_kernel(x, a, w.b_attn_proj, attn_resid_drop, w.ln_2, eps, x_1, h_2, rms_2)
+    pool.give([a])
     # out = x_1 + mlp(ln_2(x_1))
-    fc = h_2 @ w.w_fc  # [N, C] @ [C, F] -> [N, F]
-    act = np.empty_like(fc)
-    bias_quick_gelu_forward_kernel(fc, w.b_fc, act)  # fc += b_fc in place; act = quick_gelu(fc)
-    m = act @ w.w_mlp_proj  # [N, F] @ [F, C] -> [N, C]
+    fc = np.matmul(h_2, w.w_fc, out=pool.take(N, F))  # [N, C] @ [C, F] -> [N, F]
+    act, gelu_e = pool.take(N, F), pool.take(N, F)
+    bias_quick_gelu_forward_kernel(fc, w.b_fc, act, gelu_e)  # fc += b_fc in place; act = quick_gelu(fc)
+    m = act @ w.w_mlp_proj  # [N, F] @ [F, C] -> [N, C]: the block's output, the caller's to keep
     mlp_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
     bias_dropout_residual_kernel(m, w.b_mlp_proj, mlp_resid_drop, x_1)  # m = x_1 + dropout(m + b), in place
     return m.reshape(B, T, C), BlockCache(prefix, w, x, rms_1, h_1, qkv, keep, stats, attn_drop, merged,
-                                          attn_resid_drop, x_1, rms_2, h_2, fc, act, mlp_resid_drop)
+                                          attn_resid_drop, x_1, rms_2, h_2, fc, gelu_e, act, mlp_resid_drop,
+                                          [h_1, qkv, merged, x_1, h_2, fc, gelu_e, act])
 
 
 def transformer_block_backward(dout, cache):
@@ -183,35 +243,42 @@ def transformer_block_backward(dout, cache):
     -> dx [B, T, C], the weights' gradients keyed by HF name, denc (None: no cross-attention here)."""
     if isinstance(cache, layers.BlockCache):  # the forward took the reference's path
         return layers.transformer_block_backward(dout, cache)
-    c, w = cache, cache.w
+    c, w, pool = cache, cache.w, step_buffers()
+    if not c.lent:
+        raise RuntimeError(f"the cache of block {c.prefix!r} was spent by a backward pass already (its buffers "
+                           "are reused): run the forward again")
     B, H, T, _ = c.stats.shape
     N, C = c.x.shape
+    F = c.fc.shape[1]
     d = np.ascontiguousarray(dout, dtype=F32).reshape(N, C)
     g = {}
     # out = x_1 + dropout(act @ w_mlp_proj + b)
-    dm, g["mlp.c_proj.bias"] = np.empty_like(d), np.empty(C, F32)
+    dm, g["mlp.c_proj.bias"] = pool.take(N, C), np.empty(C, F32)
     dropout_bias_backward_kernel(d, c.mlp_resid_drop, dm, g["mlp.c_proj.bias"])
     g["mlp.c_proj.weight"] = c.act.T @ dm  # [F, N] @ [N, C] -> [F, C]
-    dfc = dm @ w.w_mlp_proj.T  # [N, C] @ [C, F] -> [N, F]
-    g["mlp.c_fc.bias"] = np.empty(dfc.shape[1], F32)
-    quick_gelu_backward_kernel(dfc, c.fc, g["mlp.c_fc.bias"])  # in place: d act -> d fc; and its bias gradient
+    dfc = np.matmul(dm, w.w_mlp_proj.T, out=c.act)  # [N, C] @ [C, F] -> [N, F] (act is spent)
+    g["mlp.c_fc.bias"] = np.empty(F, F32)
+    # in place: d act -> d fc; and c_fc's bias gradient
+    quick_gelu_backward_kernel(dfc, c.fc, c.gelu_e, g["mlp.c_fc.bias"])
     g["mlp.c_fc.weight"] = c.h_2.T @ dfc  # [C, N] @ [N, F] -> [C, F]
-    dh = dfc @ w.w_fc.T  # [N, F] @ [F, C] -> [N, C]
-    dx_1, g["ln_2.weight"] = d.copy(), np.empty(C, F32)  # the skip's gradient, plus ln_2's below
-    layer_norm_backward_kernel(dh, c.x_1, c.rms_2, w.ln_2, dx_1, g["ln_2.weight"])
+    dh = np.matmul(dfc, w.w_fc.T, out=c.h_2)  # [N, F] @ [F, C] -> [N, C] (h_2 is spent)
+    dx, g["ln_2.weight"] = d.copy(), np.empty(C, F32)  # the skip's gradient, plus ln_2's below (the caller's)
+    layer_norm_backward_kernel(dh, c.x_1, c.rms_2, w.ln_2, dx, g["ln_2.weight"])
     # x_1 = x + dropout(merged @ w_attn_proj + b)
-    da, g["attn.c_proj.bias"] = np.empty_like(d), np.empty(C, F32)
-    dropout_bias_backward_kernel(dx_1, c.attn_resid_drop, da, g["attn.c_proj.bias"])
+    da, g["attn.c_proj.bias"] = dm, np.empty(C, F32)  # dm is spent
+    dropout_bias_backward_kernel(dx, c.attn_resid_drop, da, g["attn.c_proj.bias"])
     g["attn.c_proj.weight"] = c.merged.T @ da  # [C, N] @ [N, C] -> [C, C]
-    dmerged = da @ w.w_attn_proj.T  # [N, C]
-    dqkv = np.empty((N, 3 * C), F32)
+    dmerged = np.matmul(da, w.w_attn_proj.T, out=c.x_1)  # [N, C] (x_1 is spent)
+    dqkv = pool.take(N, 3 * C)
     causal_attention_backward_kernel(dmerged, c.qkv, T, H, c.stats, c.keep, c.attn_drop, w.scale, dqkv)
     g["attn.c_attn.bias"] = np.empty(3 * C, F32)
     column_sum_kernel(dqkv, g["attn.c_attn.bias"])
     g["attn.c_attn.weight"] = c.h_1.T @ dqkv  # [C, N] @ [N, 3C] -> [C, 3C]
-    dh = dqkv @ w.w_attn.T  # [N, 3C] @ [3C, C] -> [N, C]
-    dx, g["ln_1.weight"] = dx_1, np.empty(C, F32)  # x_1's gradient flows on through the skip
+    dh = np.matmul(dqkv, w.w_attn.T, out=c.merged)  # [N, 3C] @ [3C, C] -> [N, C] (merged is spent)
+    g["ln_1.weight"] = np.empty(C, F32)  # x_1's gradient flows on through the skip into dx
     layer_norm_backward_kernel(dh, c.x, c.rms_1, w.ln_1, dx, g["ln_1.weight"])
+    pool.give(c.lent + [dm, dqkv])
+    c.lent.clear()
     return dx.reshape(B, T, C), {c.prefix + k: v for k, v in g.items()}, None
 
 
@@ -354,29 +421,31 @@ def bias_dropout_residual_kernel(m, b, drop, x):
 
 
 @njit(**JIT)
-def bias_quick_gelu_forward_kernel(f, b, out):
-    """f += b in place (kept: the backward's input); out = f / (1 + exp(-1.702 f)), as
-    layers.quick_gelu_forward. f, out [N, F]; b [F]."""
+def bias_quick_gelu_forward_kernel(f, b, out, e):
+    """f += b in place (kept: the backward's input); e = 1 + exp(-1.702 f) (kept too, as
+    activations.quick_gelu_forward keeps it: the backward then needs no exp); out = f / e. f, out, e [N, F];
+    b [F]."""
     N, F = f.shape
     for i in range(N):
         for j in range(F):
             y = f[i, j] + b[j]
             f[i, j] = y
-            out[i, j] = y / (F32(1.0) + _exp(F32(-1.702) * y))
+            den = F32(1.0) + _exp(F32(-1.702) * y)
+            e[i, j] = den
+            out[i, j] = y / den
 
 
 @njit(**JIT)
-def quick_gelu_backward_kernel(d, f, db):
-    """In place: d = d * s (1 + 1.702 f (1 - s)), s = sigmoid(1.702 f) (layers.quick_gelu_backward's
-    operations, in its order); db = column sums of the result, row by row. d, f [N, F]; db [F]."""
+def quick_gelu_backward_kernel(d, f, e, db):
+    """In place: d = d * s (1 + 1.702 f (1 - s)), s = 1 / e (activations.quick_gelu_backward's operations,
+    in its order); db = column sums of the result, row by row. d, f, e [N, F]; db [F]."""
     N, F = d.shape
     for j in range(F):
         db[j] = F32(0)
     for i in range(N):
         for j in range(F):
-            x = f[i, j]
-            s = F32(1.0) / (F32(1.0) + _exp(F32(-1.702) * x))
-            t = ((F32(1.0) - s) * x * F32(1.702) + F32(1.0)) * s * d[i, j]
+            s = F32(1.0) / e[i, j]
+            t = ((F32(1.0) - s) * f[i, j] * F32(1.702) + F32(1.0)) * s * d[i, j]
             d[i, j] = t
             db[j] += t
 
@@ -479,21 +548,172 @@ def _accumulate4(s, n, vecs, i0, Dp, acc):
             simd.vstore(acc, j, dd, a)
 
 
-@njit(**REDUCE)
-def _softmax_stats(row, n, scale, keep):
-    """In place on row[:n], the raw scores of a query row: e_j = exp(s_j scale - m) for kept keys (0 for
-    masked ones), m the max of the kept scaled scores; returns (m, sum_j e_j). The weights are e_j / sum:
-    left to the caller, which divides once per output instead of once per key. Three passes (scale, max,
-    exp and sum), the exp and sum vectorised together (REDUCE)."""
-    for j in range(n):
-        row[j] = row[j] * scale if keep[j] else F32(-np.inf)
-    m = cpu._max(row, n)
-    total = F32(0)
-    for j in range(n):
-        e = _exp(row[j] - m) if keep[j] else F32(0)
-        row[j] = e
-        total += e
-    return m, total
+# ---- eight-lane operations for the softmax rows ------------------------------------------------------
+# Why: a query row's softmax is over n <= T keys (T = 64-100 here), too short for LLVM's loop vectoriser,
+# which takes 32 values a turn and leaves the rest (up to 31) to a scalar loop: the softmax took 60% of the
+# attention at 16 x 32. These extend simd.py's <8 x float> with what a softmax needs, so a row is
+# ceil(n / 8) vector steps. Each is one or a few instructions; vexp is cpu._exp's operations, lane by lane,
+# in its order (the same bits). Horizontal sums and maxima run in one fixed order.
+_I32 = ir.IntType(32)
+_IVEC = ir.VectorType(_I32, simd.LANES)
+V8 = simd.f32x8
+
+
+def _vec(context, builder, x):
+    """A float32 scalar in every lane (LLVM IR)."""
+    one = builder.insert_element(ir.Constant(simd._VEC, ir.Undefined), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(simd._VEC, ir.Undefined), ir.Constant(_IVEC, [0] * simd.LANES))
+
+
+def _fconst(value):
+    return ir.Constant(simd._VEC, [float(F32(value))] * simd.LANES)
+
+
+@intrinsic(python=lambda a, b: (a * b).astype(F32))
+def vmul(typingctx, a, b):
+    """a * b in each lane."""
+    return V8(V8, V8), lambda context, builder, sig, args: builder.fmul(*args)
+
+
+@intrinsic(python=lambda a, b: (a - b).astype(F32))
+def vsub(typingctx, a, b):
+    """a - b in each lane."""
+    return V8(V8, V8), lambda context, builder, sig, args: builder.fsub(*args)
+
+
+@intrinsic(python=lambda a, b: (a + b).astype(F32))
+def vadd(typingctx, a, b):
+    """a + b in each lane."""
+    return V8(V8, V8), lambda context, builder, sig, args: builder.fadd(*args)
+
+
+@intrinsic(python=lambda a, b: (a / b).astype(F32))
+def vdiv(typingctx, a, b):
+    """a / b in each lane."""
+    return V8(V8, V8), lambda context, builder, sig, args: builder.fdiv(*args)
+
+
+@intrinsic(python=lambda a, b: np.where(a < b, b, a).astype(F32))
+def vmax(typingctx, a, b):
+    """max(a, b) in each lane (as Python's max: a unless a < b)."""
+    def codegen(context, builder, sig, args):
+        return builder.select(builder.fcmp_ordered("<", *args), args[1], args[0])
+    return V8(V8, V8), codegen
+
+
+@intrinsic(python=lambda v, count, fill: np.where(np.arange(simd.LANES) < count, v, F32(fill)).astype(F32))
+def vhead(typingctx, v, count, fill):
+    """v in lanes l < count, fill (a float32) in the rest."""
+    def codegen(context, builder, sig, args):
+        n = builder.trunc(args[1], _I32) if args[1].type.width > 32 else args[1]
+        n = builder.insert_element(ir.Constant(_IVEC, ir.Undefined), n, ir.Constant(_I32, 0))
+        n = builder.shuffle_vector(n, ir.Constant(_IVEC, ir.Undefined), ir.Constant(_IVEC, [0] * simd.LANES))
+        below = builder.icmp_signed("<", ir.Constant(_IVEC, list(range(simd.LANES))), n)
+        return builder.select(below, args[0], _vec(context, builder, args[2]))
+    return V8(V8, types.intp, types.float32), codegen
+
+
+def _lanes_python(v, op):
+    a = [F32(x) for x in v]
+    return op(op(op(a[0], a[1]), op(a[2], a[3])), op(op(a[4], a[5]), op(a[6], a[7])))
+
+
+@intrinsic(python=lambda v: F32(_lanes_python(v, lambda a, b: F32(a + b))))
+def vhsum(typingctx, v):
+    """((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)): the lanes' sum in one fixed order."""
+    def codegen(context, builder, sig, args):
+        lanes = [builder.extract_element(args[0], ir.Constant(_I32, i)) for i in range(simd.LANES)]
+        while len(lanes) > 1:
+            lanes = [builder.fadd(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
+        return lanes[0]
+    return types.float32(V8), codegen
+
+
+@intrinsic(python=lambda v: F32(_lanes_python(v, lambda a, b: b if a < b else a)))
+def vhmax(typingctx, v):
+    """The largest lane (-inf when every lane is -inf)."""
+    def codegen(context, builder, sig, args):
+        lanes = [builder.extract_element(args[0], ir.Constant(_I32, i)) for i in range(simd.LANES)]
+        while len(lanes) > 1:
+            lanes = [builder.select(builder.fcmp_ordered("<", lanes[i], lanes[i + 1]), lanes[i + 1], lanes[i])
+                     for i in range(0, len(lanes), 2)]
+        return lanes[0]
+    return types.float32(V8), codegen
+
+
+@intrinsic(python=lambda x: np.array([_exp(F32(v)) for v in x], F32))
+def vexp(typingctx, x):
+    """cpu._exp in each lane: the same operations in the same order, so the same bits."""
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        lo, hi = _fconst(-87.3), _fconst(88.3)
+        x = builder.select(builder.fcmp_ordered("<", lo, x), x, lo)  # max(x, -87.3)
+        x = builder.select(builder.fcmp_ordered("<", hi, x), hi, x)  # min(that, 88.3)
+        floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(simd._VEC, [simd._VEC]),
+                                               "llvm.floor.v8f32")
+        n = builder.call(floor, [builder.fadd(builder.fmul(x, _fconst(1.44269504088896341)), _fconst(0.5))])
+        r = builder.fsub(builder.fsub(x, builder.fmul(n, _fconst(0.693359375))),
+                         builder.fmul(n, _fconst(-2.12194440e-4)))
+        p = _fconst(1.9875691500e-4)
+        for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+            p = builder.fadd(builder.fmul(p, r), _fconst(c))
+        p = builder.fadd(builder.fadd(builder.fmul(builder.fmul(p, r), r), r), _fconst(1.0))
+        bits = builder.shl(builder.add(builder.fptosi(n, _IVEC), ir.Constant(_IVEC, [127] * simd.LANES)),
+                           ir.Constant(_IVEC, [23] * simd.LANES))
+        return builder.fmul(p, builder.bitcast(bits, simd._VEC))
+    return V8(V8), codegen
+
+
+@njit(**JIT)
+def _key_masks(keep_row, T, masks):
+    """masks[0, j] = 0 for a kept key j < T, -inf otherwise (added to scaled scores before the max);
+    masks[1, j] = 1 or 0 likewise (multiplied into the exps). masks [2, Tp]."""
+    for j in range(masks.shape[1]):
+        kept = j < T and keep_row[j] != 0
+        masks[0, j] = F32(0) if kept else F32(-np.inf)
+        masks[1, j] = F32(1) if kept else F32(0)
+
+
+@njit(**JIT)
+def _softmax_row_stats(s, r, n, scale, masks):
+    """In place on s[r, :n] (and to the next multiple of 8), the raw scores of a query row that sees keys
+    j < n: e_j = exp(s_j scale - m) for kept keys, 0 for masked ones and j >= n; m the max of the kept
+    scaled scores. -> (m, sum_j e_j): the weights are e_j / sum, left to the caller, which divides once
+    per output instead of once per key. Two passes over whole vectors (scale, mask and max; exp and sum)."""
+    vs, top = simd.vsplat(scale), simd.vsplat(F32(-np.inf))
+    for jb in range(0, n, simd.LANES):  # scale and mask, and the running max
+        x = vhead(vadd(vmul(simd.vload(s, r, jb), vs), simd.vload(masks, 0, jb)), n - jb, F32(-np.inf))
+        simd.vstore(s, r, jb, x)
+        top = vmax(top, x)
+    m = vhmax(top)
+    vm, acc = simd.vsplat(m), simd.vzero()
+    for jb in range(0, n, simd.LANES):
+        e = vhead(vmul(vexp(vsub(simd.vload(s, r, jb), vm)), simd.vload(masks, 1, jb)), n - jb, F32(0))
+        simd.vstore(s, r, jb, e)
+        acc = vadd(acc, e)
+    return m, vhsum(acc)
+
+
+@njit(**JIT)
+def _softmax_row_weights(s, r, n, scale, m, total, masks):
+    """In place on s[r]: the recomputed scores s_j -> the weights exp(s_j scale - m) / total for kept keys
+    j < n, 0 for the rest of the row's vectors (_softmax_row_stats's exps, the same bits)."""
+    vs, vm, vt = simd.vsplat(scale), simd.vsplat(m), simd.vsplat(total)
+    for jb in range(0, n, simd.LANES):
+        e = vexp(vsub(vmul(simd.vload(s, r, jb), vs), vm))
+        simd.vstore(s, r, jb, vhead(vmul(vdiv(e, vt), simd.vload(masks, 1, jb)), n - jb, F32(0)))
+
+
+@njit(**JIT)
+def _softmax_row_backward(g, w, r, n, scale):
+    """In place on g[r]: (g_j - sum_k g_k w_k) w_j scale over the row's vectors j < ceil(n / 8) * 8 (the
+    softmax backward in attention_backward's order; w is 0 past n, so those lanes become 0)."""
+    acc = simd.vzero()
+    for jb in range(0, n, simd.LANES):
+        acc = vadd(acc, vmul(vhead(simd.vload(g, r, jb), n - jb, F32(0)), simd.vload(w, r, jb)))
+    t, vs = simd.vsplat(vhsum(acc)), simd.vsplat(scale)
+    for jb in range(0, n, simd.LANES):
+        simd.vstore(g, r, jb, vmul(vmul(vsub(simd.vload(g, r, jb), t), simd.vload(w, r, jb)), vs))
 
 
 @njit(**JIT)
@@ -508,14 +728,15 @@ def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, v
         for d in range(D):
             kt[d, j] = qkv[b * T + j, C + h * D + d]
     dropped = drop.shape[0] > 0
-    kb = keep[b]
+    masks = np.empty((2, kt.shape[1]), F32)
+    _key_masks(keep[b], T, masks)
     for i0 in range(0, T, ROWS):
         n_max = min(i0 + ROWS, T)  # keys the block's last row may see (causal)
         _scores4(qc, i0, kt, n_max, D, s)
         for r in range(min(ROWS, T - i0)):
             i, row = i0 + r, s[r]
             n = i + 1
-            m, total = _softmax_stats(row, n, scale, kb)  # row[:n] = exp(scaled score - m)
+            m, total = _softmax_row_stats(s, r, n, scale, masks)  # row[:n] = exp(scaled score - m)
             stats[b, h, i, 0], stats[b, h, i, 1] = m, total
             for j in range(n, n_max):  # keys this row may not see: weight 0
                 row[j] = F32(0)
@@ -565,7 +786,8 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
             kt[d, j] = kc[j, d]
             vt[d, j] = qkv[b * T + j, 2 * C + h * D + d]
     dropped = drop.shape[0] > 0
-    kb = keep[b]
+    masks = np.empty((2, kt.shape[1]), F32)
+    _key_masks(keep[b], T, masks)
     for i0 in range(0, T, ROWS):
         n_max = min(i0 + ROWS, T)
         rows = min(ROWS, T - i0)
@@ -575,8 +797,7 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
             i, w, g = i0 + r, s[r], dp[r]
             n = i + 1 if r < rows else 0  # rows past T (padding) take no part
             m, total = (stats[b, h, i, 0], stats[b, h, i, 1]) if r < rows else (F32(0), F32(1))
-            for j in range(n):  # the weights, from the forward's exps (_softmax_stats)
-                w[j] = _exp(w[j] * scale - m) / total if kb[j] else F32(0)
+            _softmax_row_weights(s, r, n, scale, m, total, masks)  # the weights, from the forward's exps
             for j in range(n, n_max):
                 w[j] = F32(0)
                 g[j] = F32(0)
@@ -590,11 +811,8 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
             _accumulate4(pm, n_max, doc, i0, Dp, dv)
         else:
             _accumulate4(s, n_max, doc, i0, Dp, dv)
-        for r in range(rows):
-            n, w, g = i0 + r + 1, s[r], dp[r]
-            t = cpu._dot(g, w, n)
-            for j in range(n):  # the softmax backward, in attention_backward's order: ((dw - t) w) scale
-                g[j] = (g[j] - t) * w[j] * scale
+        for r in range(rows):  # the softmax backward, in attention_backward's order: ((dw - t) w) scale
+            _softmax_row_backward(dp, s, r, i0 + r + 1, scale)
         _accumulate4(dp, n_max, qc, i0, Dp, dk)  # dk_j += ds_ij q_i
         _weighted4(dp, n_max, kc, Dp, o)  # dq_i = sum_j ds_ij k_j
         for r in range(rows):
