@@ -11,7 +11,6 @@ import pathlib
 import re
 import shutil
 import sys
-import time
 
 import pytest
 
@@ -41,6 +40,10 @@ EXPECTED = {  # a line each walkthrough must print: its point, made
     "07_likelihood.ipynb": "bits per token",
     "08_fine_tuning.ipynb": "fine-tuned - last-layer probe",
 }
+
+
+SOLO = {"04_linear_probe.ipynb"}  # spreads its probe fits over every core itself, so it runs on its own
+WORKERS = 2  # every kernel gets run_notebooks.THREADS = 1 thread: two of them at once on a 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -164,11 +167,54 @@ def test_walkthroughs_are_stored_with_their_pictures(path):
     assert images and not errors, f"{path}: run python scripts/run_notebooks.py"
 
 
+def selected(session):
+    """The notebooks this run's selected tests execute: walkthroughs and exercises by path, teachers' by name."""
+    here = [item for item in session.items if item.module.__name__ == __name__ and hasattr(item, "callspec")]
+    return ([item.callspec.params["path"] for item in here if item.originalname == "test_notebook_runs_top_to_bottom"],
+            [item.callspec.params["name"] for item in here
+             if item.originalname == "test_the_teacher_s_notebook_passes_every_check"])
+
+
+@pytest.fixture(scope="module")
+def executed(workdir, request):
+    """Each selected notebook run once in a fresh kernel: SOLO ones alone, then the rest WORKERS at a time in
+    worker processes (each kernel single-threaded, so two share a 2-core machine without slowing each
+    other). -> {path or teacher name: (executed notebook, seconds) or the NotebookError it raised}."""
+    import concurrent.futures
+    import multiprocessing
+
+    paths, names = selected(request.session)
+    jobs = {p: workdir / p for p in paths}
+    for name in names:  # the teacher's version beside the students' (solutions in), removed once it ran
+        jobs[name] = workdir / "notebooks" / "exercises" / f"{name}.teacher.ipynb"
+        nbformat.write(TEACHER[name], jobs[name])
+    results = {}
+    with concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for batch in ([k for k in jobs if getattr(k, "name", None) in SOLO],
+                      [k for k in jobs if getattr(k, "name", None) not in SOLO]):
+            futures = {k: pool.submit(run_notebooks.execute, jobs[k], TIMEOUT_S) for k in batch}
+            for k, future in futures.items():
+                try:
+                    results[k] = future.result()
+                except run_notebooks.NotebookError as e:
+                    results[k] = e
+    for name in names:
+        jobs[name].unlink()
+    return results
+
+
+def ran(executed, key):
+    """The executed notebook and its seconds, or the error its run raised, raised here."""
+    result = executed[key]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
 @pytest.mark.parametrize("path", PATHS, ids=["/".join(p.parts[1:]) for p in PATHS])
-def test_notebook_runs_top_to_bottom(path, workdir):
-    start = time.perf_counter()
-    nb, seconds = run_notebooks.execute(workdir / path, timeout=TIMEOUT_S)  # raises NotebookError on a failing cell
-    DURATIONS["/".join(path.parts[1:])] = time.perf_counter() - start
+def test_notebook_runs_top_to_bottom(path, workdir, executed):
+    nb, seconds = ran(executed, path)  # a NotebookError names the cell that failed
+    DURATIONS["/".join(path.parts[1:])] = seconds
     assert seconds < TIMEOUT_S
     text = outputs_text(nb)
     assert "Traceback" not in text
@@ -188,12 +234,9 @@ def test_notebook_runs_top_to_bottom(path, workdir):
 
 
 @pytest.mark.parametrize("name", sorted(TEACHER))
-def test_the_teacher_s_notebook_passes_every_check(name, workdir):
+def test_the_teacher_s_notebook_passes_every_check(name, executed):
     """The solutions in notebooks/src/exercises/ pass, hidden tests (nbgrader's autograde asserts) included."""
-    path = workdir / "notebooks" / "exercises" / f"{name}.teacher.ipynb"
-    nbformat.write(TEACHER[name], path)
-    nb, seconds = run_notebooks.execute(path, timeout=TIMEOUT_S)
-    path.unlink()
+    nb, seconds = ran(executed, name)
     results = run_notebooks.check_results(nb)
     assert results and all(r.startswith("\u2705") for r in results), results
     assert "Traceback" not in outputs_text(nb)
