@@ -96,7 +96,7 @@ names = ["embeddings"] + [f"block {i}" for i in range(cfg.n_layer - 1)] + [f"blo
 raw = np.stack(data.images).reshape(len(data.images), -1) / 255.0  # [1797, 64] grey levels
 start = time.perf_counter()
 by_recipe = compare_probes(model, ids, labels, raw_pixels=raw, n_folds=5, seed=0, features=("mean", "paper"),
-                           pooled_pixels=True)
+                           pooled_pixels=True, n_jobs=-1)  # n_jobs=-1: the fits on every core, the same numbers
 curves, paper_curves = by_recipe["mean"], by_recipe["paper"]
 trained, untrained, pixels = curves["trained"], curves["untrained"], curves["raw pixels"]
 for k in layer_ids:
@@ -164,7 +164,7 @@ shifted_ids = deep_processor(list(images))["input_ids"]  # [1797, 100]
 d_last = deep.config.n_layer
 start = time.perf_counter()
 deep_curves = compare_probes(deep, shifted_ids, shifted_labels, raw_pixels=images / 255.0, n_folds=5, seed=0,
-                             features=("paper", "mean"), pooled_pixels=True, n_jobs=-1)  # n_jobs: fits on every core
+                             features=("paper", "mean"), pooled_pixels=True, n_jobs=-1)
 d_paper, d_mean = deep_curves["paper"]["trained"], deep_curves["mean"]["trained"]
 d_untrained, d_pixels = deep_curves["paper"]["untrained"], deep_curves["paper"]["raw pixels"]
 d_pooled = deep_curves["paper"]["raw pixels, pooled"]
