@@ -266,6 +266,27 @@ def test_plot_draws_error_bars_and_the_raw_pixel_band():
     plt.close(ax.figure)
 
 
+def test_margin_plot_draws_each_layer_s_folds_against_the_last():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minigpt_pixels.probe import plot_layer_margins
+
+    x, y = blobs(n=150)
+    noise = np.random.default_rng(2).normal(size=x.shape)
+    curve = cross_validated_probe(np.stack([noise, x, noise]), y, n_folds=3, name="trained")
+    ax = plot_layer_margins(curve, title="margins")
+    from matplotlib.collections import PathCollection
+
+    dots = [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)]  # a scatter a layer, not the last
+    assert len(dots) == 2 and [d[:, 0].tolist() for d in dots] == [[0] * 3, [1] * 3]
+    np.testing.assert_allclose(dots[1][:, 1], curve.difference(1, 2))  # the separable layer beats the noise
+    assert (dots[1][:, 1] > 0).all() and ax.get_title() == "margins"
+    plt.close(ax.figure)
+
+
 def test_shifted_digits_paste_each_digit_whole_at_a_random_place():
     from minigpt_pixels.datasets import load_digits_data
 

@@ -520,6 +520,27 @@ def plot_probe_curves(curves, ax=None, title=None):
     return ax
 
 
+def plot_layer_margins(curve, ax=None, title=None):
+    """Each layer's margin over the last layer of one ProbeCurve, fold by fold (dots) with its mean and
+    standard deviation (bars): the folds are shared, so a layer that truly beats the last has its dots
+    above the red zero line. -> the Axes."""
+    import matplotlib.pyplot as plt
+
+    ax = ax if ax is not None else plt.subplots(figsize=(6, 3.9))[1]
+    last = curve.layers[-1]
+    for k in curve.layers[:-1]:
+        margins = curve.difference(k, last)  # [n_folds]
+        ax.scatter(np.full(len(margins), k), margins, s=12, color="C0")
+        ax.errorbar(k, margins.mean(), yerr=margins.std(ddof=1), fmt="_", color="black", capsize=4, ms=12)
+    ax.axhline(0, color="C3", lw=1)
+    ax.set_xlabel("layer l")
+    ax.set_ylabel("accuracy(l) - accuracy(last)\nper fold (dots), mean ± std (bars)")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
 # ---- a harder task -------------------------------------------------------------------------------
 def shifted_digits(canvas=10, copies=1, seed=0, *, return_offsets=False):
     """scikit-learn's digits, each pasted at a random place on a blank `canvas` x `canvas` image:

@@ -46,7 +46,8 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notic
 from minigpt_pixels import DEFAULT_MODEL
 from minigpt_pixels.model import ImageGPTForCausalImageModeling
 from minigpt_pixels.probe import (MIDDLE_PEAK_MODEL, SHIFTED_DIGITS_MODEL, compare_probes, extract_features,
-                                  middle_peak_probe_data, plot_probe_curves, shifted_digits)
+                                  middle_peak_probe_data, plot_layer_margins, plot_probe_curves,
+                                  shifted_digits)
 from minigpt_pixels.processor import ImageGPTImageProcessor
 from minigpt_pixels.datasets import load_digits_data
 THREADS = os.cpu_count() or 1  # the machine's threads these timings ran beside
@@ -190,14 +191,7 @@ fig, axes = plt.subplots(1, 3, figsize=(17, 3.9), gridspec_kw={"width_ratios": [
 plot_probe_curves(deep_curves["paper"], ax=axes[0], title=f"shifted digits 10 x 10, {d_last} blocks: paper's features")
 plot_probe_curves({"trained (mean recipe)": d_mean, "raw pixels": d_pixels}, ax=axes[1],
                   title="the same model, transformers' recipe")
-ax = axes[2]
-for k in d_paper.layers[:-1]:
-    margins = d_paper.difference(k, d_last)  # [5 folds]
-    ax.scatter(np.full(5, k), margins, s=12, color="C0")
-    ax.errorbar(k, margins.mean(), yerr=margins.std(ddof=1), fmt="_", color="black", capsize=4, ms=12)
-ax.axhline(0, color="C3", lw=1)
-ax.set_xlabel("layer l"); ax.set_ylabel("accuracy(l) - accuracy(last)\nper fold (dots), mean ± std (bars)")
-ax.set_title("paper's features: each layer's margin over the last", fontsize=10); ax.grid(alpha=0.3)
+plot_layer_margins(d_paper, ax=axes[2], title="paper's features: each layer's margin over the last")
 fig.tight_layout()
 
 # %%
@@ -252,14 +246,7 @@ print(f"untrained at layer {m_trained.best_layer}: {m_untrained.mean[m_trained.b
 
 fig, axes = plt.subplots(1, 2, figsize=(14, 3.9), gridspec_kw={"width_ratios": [3, 2]})
 plot_probe_curves(peak_curves, ax=axes[0], title=f"pre-trained on digits 0-4, probed on 5-9: {m_last} blocks")
-ax = axes[1]
-for k in m_trained.layers[:-1]:
-    margins = m_trained.difference(k, m_last)
-    ax.scatter(np.full(5, k), margins, s=12, color="C0")
-    ax.errorbar(k, margins.mean(), yerr=margins.std(ddof=1), fmt="_", color="black", capsize=4, ms=12)
-ax.axhline(0, color="C3", lw=1)
-ax.set_xlabel("layer l"); ax.set_ylabel("accuracy(l) - accuracy(last)\nper fold (dots), mean ± std (bars)")
-ax.set_title("each layer's margin over the last, fold by fold", fontsize=10); ax.grid(alpha=0.3)
+plot_layer_margins(m_trained, ax=axes[1], title="each layer's margin over the last, fold by fold")
 fig.tight_layout()
 
 # %%
