@@ -220,7 +220,7 @@ def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encode
     qkv += w.b_attn
     attn_drop = _drop_mask((B, H, T, T), pa, rng)  # drawn where attention_forward draws it
     merged, stats = pool.take(N, C), np.empty((B, H, T, 2), F32)
-    causal_attention_kernel(qkv, T, H, w.scale, keep, attn_drop, merged, stats)
+    causal_attention_kernel(qkv, T, H, w.scale, keep, attn_drop, merged, stats, numba.get_num_threads())
     a = np.matmul(merged, w.w_attn_proj, out=pool.take(N, C))  # [N, C]
     attn_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
     x_1, h_2, rms_2 = pool.take(N, C), pool.take(N, C), np.empty(N, F32)
@@ -270,7 +270,8 @@ def transformer_block_backward(dout, cache):
     g["attn.c_proj.weight"] = c.merged.T @ da  # [C, N] @ [N, C] -> [C, C]
     dmerged = np.matmul(da, w.w_attn_proj.T, out=c.x_1)  # [N, C] (x_1 is spent)
     dqkv = pool.take(N, 3 * C)
-    causal_attention_backward_kernel(dmerged, c.qkv, T, H, c.stats, c.keep, c.attn_drop, w.scale, dqkv)
+    causal_attention_backward_kernel(dmerged, c.qkv, T, H, c.stats, c.keep, c.attn_drop, w.scale, dqkv,
+                                     numba.get_num_threads())
     g["attn.c_attn.bias"] = np.empty(3 * C, F32)
     column_sum_kernel(dqkv, g["attn.c_attn.bias"])
     g["attn.c_attn.weight"] = c.h_1.T @ dqkv  # [C, N] @ [N, 3C] -> [C, 3C]
@@ -489,11 +490,29 @@ ROWS = 4  # query rows per block: 4 accumulators per product (a vfma's latency i
 
 @njit(**JIT)
 def _head_rows(src, b, T, col, rows):
-    """rows[j, :D] = src[b*T + j, col:col + D] for j < T (the rest of rows stays as it was: zero padding)."""
+    """rows[j, :Dp] = src[b*T + j, col:col + Dp] for j < T, as far as src's rows reach (the rest of rows
+    stays as it was: the padding rows zero; padding columns, where written, hold the next head's values,
+    which only lanes never stored meet). Whole 8-lane vectors where the row has them: a scalar loop here
+    took half the forward's time at D = 24."""
     D = min(rows.shape[1], src.shape[1] - col)
+    whole = D - D % simd.LANES
     for j in range(T):
-        for d in range(D):
-            rows[j, d] = src[b * T + j, col + d]
+        r = b * T + j
+        for d in range(0, whole, simd.LANES):
+            simd.vstore(rows, j, d, simd.vload(src, r, col + d))
+        for d in range(whole, D):
+            rows[j, d] = src[r, col + d]
+
+
+@njit(**JIT)
+def _put_row(src, r, D, dst, row, col):
+    """dst[row, col:col + D] = src[r, :D]: whole 8-lane vectors, then the rest one by one (never past D: the
+    next columns are another pair's, perhaps another thread's)."""
+    whole = D - D % simd.LANES
+    for d in range(0, whole, simd.LANES):
+        simd.vstore(dst, row, col + d, simd.vload(src, r, d))
+    for d in range(whole, D):
+        dst[row, col + d] = src[r, d]
 
 
 @njit(**JIT)
@@ -667,41 +686,70 @@ def vexp(typingctx, x):
 @njit(**JIT)
 def _key_masks(keep_row, T, masks):
     """masks[0, j] = 0 for a kept key j < T, -inf otherwise (added to scaled scores before the max);
-    masks[1, j] = 1 or 0 likewise (multiplied into the exps). masks [2, Tp]."""
+    masks[1, j] = 1 or 0 likewise (multiplied into the exps). masks [2, Tp]. -> whether any key j < T is
+    padded (if none, the rows skip the masks: adding 0 and multiplying by 1 change no value)."""
+    padded = False
     for j in range(masks.shape[1]):
         kept = j < T and keep_row[j] != 0
         masks[0, j] = F32(0) if kept else F32(-np.inf)
         masks[1, j] = F32(1) if kept else F32(0)
+        padded = padded or (j < T and not kept)
+    return padded
+
+
+# The row functions below take a row's whole vectors (keys jb..jb+7 all < n) in one loop and its last,
+# partial vector apart, where vhead clears the lanes past n: the same values as clearing every vector.
+@njit(**JIT)
+def _scaled_masked(s, r, jb, vs, masks, padded):
+    """s[r, jb:jb+8] * scale, plus the padding mask's 0 / -inf where keys are padded."""
+    x = vmul(simd.vload(s, r, jb), vs)
+    return vadd(x, simd.vload(masks, 0, jb)) if padded else x
 
 
 @njit(**JIT)
-def _softmax_row_stats(s, r, n, scale, masks):
+def _softmax_row_stats(s, r, n, scale, masks, padded):
     """In place on s[r, :n] (and to the next multiple of 8), the raw scores of a query row that sees keys
     j < n: e_j = exp(s_j scale - m) for kept keys, 0 for masked ones and j >= n; m the max of the kept
     scaled scores. -> (m, sum_j e_j): the weights are e_j / sum, left to the caller, which divides once
     per output instead of once per key. Two passes over whole vectors (scale, mask and max; exp and sum)."""
     vs, top = simd.vsplat(scale), simd.vsplat(F32(-np.inf))
-    for jb in range(0, n, simd.LANES):  # scale and mask, and the running max
-        x = vhead(vadd(vmul(simd.vload(s, r, jb), vs), simd.vload(masks, 0, jb)), n - jb, F32(-np.inf))
+    whole = n - n % simd.LANES
+    for jb in range(0, whole, simd.LANES):  # scale and mask, and the running max
+        x = _scaled_masked(s, r, jb, vs, masks, padded)
         simd.vstore(s, r, jb, x)
+        top = vmax(top, x)
+    if whole < n:
+        x = vhead(_scaled_masked(s, r, whole, vs, masks, padded), n - whole, F32(-np.inf))
+        simd.vstore(s, r, whole, x)
         top = vmax(top, x)
     m = vhmax(top)
     vm, acc = simd.vsplat(m), simd.vzero()
-    for jb in range(0, n, simd.LANES):
-        e = vhead(vmul(vexp(vsub(simd.vload(s, r, jb), vm)), simd.vload(masks, 1, jb)), n - jb, F32(0))
+    for jb in range(0, whole, simd.LANES):
+        e = vexp(vsub(simd.vload(s, r, jb), vm))
+        if padded:
+            e = vmul(e, simd.vload(masks, 1, jb))
         simd.vstore(s, r, jb, e)
+        acc = vadd(acc, e)
+    if whole < n:
+        e = vmul(vexp(vsub(simd.vload(s, r, whole), vm)), simd.vload(masks, 1, whole))
+        e = vhead(e, n - whole, F32(0))
+        simd.vstore(s, r, whole, e)
         acc = vadd(acc, e)
     return m, vhsum(acc)
 
 
 @njit(**JIT)
-def _softmax_row_weights(s, r, n, scale, m, total, masks):
+def _softmax_row_weights(s, r, n, scale, m, total, masks, padded):
     """In place on s[r]: the recomputed scores s_j -> the weights exp(s_j scale - m) / total for kept keys
     j < n, 0 for the rest of the row's vectors (_softmax_row_stats's exps, the same bits)."""
     vs, vm, vt = simd.vsplat(scale), simd.vsplat(m), simd.vsplat(total)
-    for jb in range(0, n, simd.LANES):
-        e = vexp(vsub(vmul(simd.vload(s, r, jb), vs), vm))
-        simd.vstore(s, r, jb, vhead(vmul(vdiv(e, vt), simd.vload(masks, 1, jb)), n - jb, F32(0)))
+    whole = n - n % simd.LANES
+    for jb in range(0, whole, simd.LANES):
+        w = vdiv(vexp(vsub(vmul(simd.vload(s, r, jb), vs), vm)), vt)
+        simd.vstore(s, r, jb, vmul(w, simd.vload(masks, 1, jb)) if padded else w)
+    if whole < n:
+        w = vdiv(vexp(vsub(vmul(simd.vload(s, r, whole), vs), vm)), vt)
+        simd.vstore(s, r, whole, vhead(vmul(w, simd.vload(masks, 1, whole)), n - whole, F32(0)))
 
 
 @njit(**JIT)
@@ -709,8 +757,11 @@ def _softmax_row_backward(g, w, r, n, scale):
     """In place on g[r]: (g_j - sum_k g_k w_k) w_j scale over the row's vectors j < ceil(n / 8) * 8 (the
     softmax backward in attention_backward's order; w is 0 past n, so those lanes become 0)."""
     acc = simd.vzero()
-    for jb in range(0, n, simd.LANES):
-        acc = vadd(acc, vmul(vhead(simd.vload(g, r, jb), n - jb, F32(0)), simd.vload(w, r, jb)))
+    whole = n - n % simd.LANES
+    for jb in range(0, whole, simd.LANES):
+        acc = vadd(acc, vmul(simd.vload(g, r, jb), simd.vload(w, r, jb)))
+    if whole < n:
+        acc = vadd(acc, vmul(vhead(simd.vload(g, r, whole), n - whole, F32(0)), simd.vload(w, r, whole)))
     t, vs = simd.vsplat(vhsum(acc)), simd.vsplat(scale)
     for jb in range(0, n, simd.LANES):
         simd.vstore(g, r, jb, vmul(vmul(vsub(simd.vload(g, r, jb), t), simd.vload(w, r, jb)), vs))
@@ -719,7 +770,8 @@ def _softmax_row_backward(g, w, r, n, scale):
 @njit(**JIT)
 def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, vc, s, o):
     """causal_attention_kernel's work for one (batch row b, head h); qc, vc [Tp, Dp], kt [Dp, Tp], s [4, Tp],
-    o [4, Dp]: zeroed scratch (Tp, Dp: T and D rounded up to multiples of 8)."""
+    o [4, Dp]: scratch, zeroed before the share's first pair (Tp, Dp: T and D rounded up to multiples of 8;
+    the padding rows of qc, vc and columns of kt are never written, so they stay zero)."""
     C = qkv.shape[1] // 3
     Dp = qc.shape[1]
     _head_rows(qkv, b, T, h * D, qc)
@@ -729,14 +781,14 @@ def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, v
             kt[d, j] = qkv[b * T + j, C + h * D + d]
     dropped = drop.shape[0] > 0
     masks = np.empty((2, kt.shape[1]), F32)
-    _key_masks(keep[b], T, masks)
+    padded = _key_masks(keep[b], T, masks)
     for i0 in range(0, T, ROWS):
         n_max = min(i0 + ROWS, T)  # keys the block's last row may see (causal)
         _scores4(qc, i0, kt, n_max, D, s)
         for r in range(min(ROWS, T - i0)):
             i, row = i0 + r, s[r]
             n = i + 1
-            m, total = _softmax_row_stats(s, r, n, scale, masks)  # row[:n] = exp(scaled score - m)
+            m, total = _softmax_row_stats(s, r, n, scale, masks, padded)  # row[:n] = exp(scaled score - m)
             stats[b, h, i, 0], stats[b, h, i, 1] = m, total
             for j in range(n, n_max):  # keys this row may not see: weight 0
                 row[j] = F32(0)
@@ -747,12 +799,14 @@ def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, v
         for r in range(min(ROWS, T - i0)):
             i = i0 + r
             total = stats[b, h, i, 1]
-            for d in range(D):
-                merged[b * T + i, h * D + d] = o[r, d] / total
+            vt = simd.vsplat(total)
+            for dd in range(0, Dp, simd.LANES):
+                simd.vstore(o, r, dd, vdiv(simd.vload(o, r, dd), vt))
+            _put_row(o, r, D, merged, b * T + i, h * D)
 
 
 @njit(parallel=True, **JIT)
-def causal_attention_kernel(qkv, T, H, scale, keep, drop, merged, stats):
+def causal_attention_kernel(qkv, T, H, scale, keep, drop, merged, stats, shares):
     """Mirrors layers.attention_forward (causal, a padding mask, dropout on the weights) for every (batch
     row, head), reading q, k, v from the fused qkv rows.
 
@@ -760,24 +814,31 @@ def causal_attention_kernel(qkv, T, H, scale, keep, drop, merged, stats):
     every row sees a kept key); drop [B, H, T, T] dropout mask or [0, 0, 0, 0]; merged [B*T, C] gets the
     output with heads merged; stats [B, H, T, 2] each row's max scaled score and sum of exps.
     Per (b, h): T^2 D / 2 multiply-adds twice and T^2 / 2 exps; q, k, v read once into scratch. The
-    B * H pairs are shared among Numba's threads, each pair one thread's whole, so the result does not
-    depend on the thread count (one compiled body for every count)."""
+    B * H pairs are cut into `shares` runs of consecutive pairs (numba.get_num_threads(): one per thread),
+    each run with its scratch zeroed once, each pair one run's whole, so the result depends on neither the
+    thread count nor `shares` (one compiled body for every count)."""
     B = keep.shape[0]
     D = qkv.shape[1] // 3 // H
     Tp, Dp = -(-T // 8) * 8, -(-D // 8) * 8
-    for bh in prange(B * H):
-        _attend_head(qkv, bh // H, bh % H, H, T, scale, keep, drop, merged, stats, D, np.zeros((Tp, Dp), F32),
-                     np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32), np.zeros((ROWS, Tp), F32),
-                     np.zeros((ROWS, Dp), F32))
+    n = max(1, min(shares, B * H))
+    for t in prange(n):  # each thread's share of the pairs, with its scratch zeroed once
+        qc, kt, vc = np.zeros((Tp, Dp), F32), np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32)
+        s, o = np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Dp), F32)
+        for bh in range(t * B * H // n, (t + 1) * B * H // n):
+            _attend_head(qkv, bh // H, bh % H, H, T, scale, keep, drop, merged, stats, D, qc, kt, vc, s, o)
 
 
 @njit(**REDUCE)
 def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H, T, D, qc, kc, kt, vt, doc, dk,
                           dv, s, dp, pm, o):
     """causal_attention_backward_kernel's work for one (b, h); qc, kc, doc, dk, dv [Tp, Dp], kt, vt [Dp, Tp],
-    s, dp, pm [4, Tp], o [4, Dp]: zeroed scratch."""
+    s, dp, pm [4, Tp], o [4, Dp]: scratch as _attend_head's (dk and dv zeroed here)."""
     C = qkv.shape[1] // 3
     Dp = qc.shape[1]
+    for j in range(dk.shape[0]):  # accumulated below, pair by pair
+        for dd in range(0, Dp, simd.LANES):
+            simd.vstore(dk, j, dd, simd.vzero())
+            simd.vstore(dv, j, dd, simd.vzero())
     _head_rows(qkv, b, T, h * D, qc)
     _head_rows(qkv, b, T, C + h * D, kc)
     _head_rows(dmerged, b, T, h * D, doc)
@@ -787,7 +848,7 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
             vt[d, j] = qkv[b * T + j, 2 * C + h * D + d]
     dropped = drop.shape[0] > 0
     masks = np.empty((2, kt.shape[1]), F32)
-    _key_masks(keep[b], T, masks)
+    padded = _key_masks(keep[b], T, masks)
     for i0 in range(0, T, ROWS):
         n_max = min(i0 + ROWS, T)
         rows = min(ROWS, T - i0)
@@ -797,7 +858,7 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
             i, w, g = i0 + r, s[r], dp[r]
             n = i + 1 if r < rows else 0  # rows past T (padding) take no part
             m, total = (stats[b, h, i, 0], stats[b, h, i, 1]) if r < rows else (F32(0), F32(1))
-            _softmax_row_weights(s, r, n, scale, m, total, masks)  # the weights, from the forward's exps
+            _softmax_row_weights(s, r, n, scale, m, total, masks, padded)  # the weights, from the forward's exps
             for j in range(n, n_max):
                 w[j] = F32(0)
                 g[j] = F32(0)
@@ -825,20 +886,24 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
 
 
 @njit(parallel=True, **JIT)
-def causal_attention_backward_kernel(dmerged, qkv, T, H, stats, keep, drop, scale, dqkv):
+def causal_attention_backward_kernel(dmerged, qkv, T, H, stats, keep, drop, scale, dqkv, shares):
     """Mirrors layers.attention_backward for causal_attention_kernel's forward: dmerged [B*T, C] (heads
     merged) -> dqkv [B*T, 3C] (dq, dk, dv side by side, as the qkv rows). Per (b, h) one pass over the
     rows, the weights rebuilt from stats; dk and dv accumulate in scratch in row order. Masked keys have
-    weight 0: no gradient. The (b, h) pairs are shared among Numba's threads, one thread a pair."""
+    weight 0: no gradient. The (b, h) pairs are shared among `shares` runs as in the forward."""
     B = keep.shape[0]
     D = qkv.shape[1] // 3 // H
     Tp, Dp = -(-T // 8) * 8, -(-D // 8) * 8
-    for bh in prange(B * H):
-        _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, bh // H, bh % H, H, T, D,
-                              np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32), np.zeros((Dp, Tp), F32),
-                              np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32),
-                              np.zeros((Tp, Dp), F32), np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Tp), F32),
-                              np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Dp), F32))
+    n = max(1, min(shares, B * H))
+    for t in prange(n):  # as the forward: scratch once per share (dk and dv are zeroed per pair)
+        qc, kc, kt, vt = np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32), np.zeros((Dp, Tp), F32), \
+            np.zeros((Dp, Tp), F32)
+        doc, dk, dv = np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32)
+        s, dp, pm, o = np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Tp), F32), \
+            np.zeros((ROWS, Dp), F32)
+        for bh in range(t * B * H // n, (t + 1) * B * H // n):
+            _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, bh // H, bh % H, H, T, D, qc, kc,
+                                  kt, vt, doc, dk, dv, s, dp, pm, o)
 
 
 # ---- the loss --------------------------------------------------------------------------------------
