@@ -488,7 +488,7 @@ def column_sum_kernel(d, out):
 ROWS = 4  # query rows per block: 4 accumulators per product (a vfma's latency is 4 cycles)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _head_rows(src, b, T, col, rows):
     """rows[j, :Dp] = src[b*T + j, col:col + Dp] for j < T, as far as src's rows reach (the rest of rows
     stays as it was: the padding rows zero; padding columns, where written, hold the next head's values,
@@ -504,7 +504,7 @@ def _head_rows(src, b, T, col, rows):
             rows[j, d] = src[r, col + d]
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _put_row(src, r, D, dst, row, col):
     """dst[row, col:col + D] = src[r, :D]: whole 8-lane vectors, then the rest one by one (never past D: the
     next columns are another pair's, perhaps another thread's)."""
@@ -515,7 +515,7 @@ def _put_row(src, r, D, dst, row, col):
         dst[row, col + d] = src[r, d]
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _scores4(qc, i0, kt, n, D, s):
     """s[r, :n] (and up to the next multiple of 8) = q_{i0+r} . k_j for the block's 4 rows, 8 keys per
     vector, the sum over d in order. qc [Tp, Dp] rows; kt [Dp, Tp] columns; s [4, Tp]."""
@@ -533,7 +533,7 @@ def _scores4(qc, i0, kt, n, D, s):
         simd.vstore(s, 3, jb, a3)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _weighted4(s, n, rows, Dp, out):
     """out[r, :Dp] = sum_{j < n} s[r, j] rows[j, :Dp] for the block's 4 rows, j in order; s [4, Tp],
     rows [Tp, Dp], out [4, Dp]."""
@@ -551,7 +551,7 @@ def _weighted4(s, n, rows, Dp, out):
         simd.vstore(out, 3, dd, a3)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _accumulate4(s, n, vecs, i0, Dp, acc):
     """acc[j, :Dp] += sum_r s[r, j] vecs[i0 + r, :Dp] for j < n, the rows r = 0..3 in order (dk and dv:
     each key gathers from the block's 4 rows); vecs [Tp, Dp], acc [Tp, Dp]."""
@@ -683,7 +683,7 @@ def vexp(typingctx, x):
     return V8(V8), codegen
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _key_masks(keep_row, T, masks):
     """masks[0, j] = 0 for a kept key j < T, -inf otherwise (added to scaled scores before the max);
     masks[1, j] = 1 or 0 likewise (multiplied into the exps). masks [2, Tp]. -> whether any key j < T is
@@ -699,14 +699,14 @@ def _key_masks(keep_row, T, masks):
 
 # The row functions below take a row's whole vectors (keys jb..jb+7 all < n) in one loop and its last,
 # partial vector apart, where vhead clears the lanes past n: the same values as clearing every vector.
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _scaled_masked(s, r, jb, vs, masks, padded):
     """s[r, jb:jb+8] * scale, plus the padding mask's 0 / -inf where keys are padded."""
     x = vmul(simd.vload(s, r, jb), vs)
     return vadd(x, simd.vload(masks, 0, jb)) if padded else x
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _softmax_row_stats(s, r, n, scale, masks, padded):
     """In place on s[r, :n] (and to the next multiple of 8), the raw scores of a query row that sees keys
     j < n: e_j = exp(s_j scale - m) for kept keys, 0 for masked ones and j >= n; m the max of the kept
@@ -738,7 +738,7 @@ def _softmax_row_stats(s, r, n, scale, masks, padded):
     return m, vhsum(acc)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _softmax_row_weights(s, r, n, scale, m, total, masks, padded):
     """In place on s[r]: the recomputed scores s_j -> the weights exp(s_j scale - m) / total for kept keys
     j < n, 0 for the rest of the row's vectors (_softmax_row_stats's exps, the same bits)."""
@@ -752,7 +752,7 @@ def _softmax_row_weights(s, r, n, scale, m, total, masks, padded):
         simd.vstore(s, r, whole, vhead(vmul(w, simd.vload(masks, 1, whole)), n - whole, F32(0)))
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _softmax_row_backward(g, w, r, n, scale):
     """In place on g[r]: (g_j - sum_k g_k w_k) w_j scale over the row's vectors j < ceil(n / 8) * 8 (the
     softmax backward in attention_backward's order; w is 0 past n, so those lanes become 0)."""
@@ -828,7 +828,7 @@ def causal_attention_kernel(qkv, T, H, scale, keep, drop, merged, stats, shares)
             _attend_head(qkv, bh // H, bh % H, H, T, scale, keep, drop, merged, stats, D, qc, kt, vc, s, o)
 
 
-@njit(**REDUCE)
+@njit(**JIT)
 def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H, T, D, qc, kc, kt, vt, doc, dk,
                           dv, s, dp, pm, o):
     """causal_attention_backward_kernel's work for one (b, h); qc, kc, doc, dk, dv [Tp, Dp], kt, vt [Dp, Tp],
