@@ -786,15 +786,15 @@ def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, v
         n_max = min(i0 + ROWS, T)  # keys the block's last row may see (causal)
         _scores4(qc, i0, kt, n_max, D, s)
         for r in range(min(ROWS, T - i0)):
-            i, row = i0 + r, s[r]
+            i = i0 + r  # (s[r, j], not a row view: a view costs two reference-count calls)
             n = i + 1
-            m, total = _softmax_row_stats(s, r, n, scale, masks, padded)  # row[:n] = exp(scaled score - m)
+            m, total = _softmax_row_stats(s, r, n, scale, masks, padded)  # s[r, :n] = exp(scaled score - m)
             stats[b, h, i, 0], stats[b, h, i, 1] = m, total
             for j in range(n, n_max):  # keys this row may not see: weight 0
-                row[j] = F32(0)
+                s[r, j] = F32(0)
             if dropped:  # the weights after dropout
                 for j in range(n):
-                    row[j] *= drop[b, h, i, j]
+                    s[r, j] *= drop[b, h, i, j]
         _weighted4(s, n_max, vc, Dp, o)  # sum_j e_ij v_j
         for r in range(min(ROWS, T - i0)):
             i = i0 + r
@@ -855,16 +855,16 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
         _scores4(qc, i0, kt, n_max, D, s)  # the forward's scores, the same bits
         _scores4(doc, i0, vt, n_max, D, dp)  # d(dropped weights)_ij = dout_i . v_j
         for r in range(ROWS):
-            i, w, g = i0 + r, s[r], dp[r]
+            i = i0 + r  # w_j = s[r, j], g_j = dp[r, j]
             n = i + 1 if r < rows else 0  # rows past T (padding) take no part
             m, total = (stats[b, h, i, 0], stats[b, h, i, 1]) if r < rows else (F32(0), F32(1))
             _softmax_row_weights(s, r, n, scale, m, total, masks, padded)  # the weights, from the forward's exps
             for j in range(n, n_max):
-                w[j] = F32(0)
-                g[j] = F32(0)
+                s[r, j] = F32(0)
+                dp[r, j] = F32(0)
             if dropped:  # through the dropout: its factor on the gradient (the dropped weights come below)
                 for j in range(n):
-                    g[j] *= drop[b, h, i, j]
+                    dp[r, j] *= drop[b, h, i, j]
         if dropped:  # dv_j += (dropped w)_ij dout_i
             for r in range(ROWS):
                 for j in range(n_max):
