@@ -229,7 +229,7 @@ def transformer_block_forward(x, p, prefix, config, layer_idx, mask=None, encode
     # out = x_1 + mlp(ln_2(x_1))
     fc = np.matmul(h_2, w.w_fc, out=pool.take(N, F))  # [N, C] @ [C, F] -> [N, F]
     act, gelu_e = pool.take(N, F), pool.take(N, F)
-    bias_quick_gelu_forward_kernel(fc, w.b_fc, act, gelu_e)  # fc += b_fc in place; act = quick_gelu(fc)
+    bias_quick_gelu_forward_kernel(fc, w.b_fc.reshape(1, -1), act, gelu_e)  # fc += b_fc in place; act = quick_gelu(fc)
     m = act @ w.w_mlp_proj  # [N, F] @ [F, C] -> [N, C]: the block's output, the caller's to keep
     mlp_resid_drop = _drop_mask((B, T, C), pr, rng).reshape(-1, C)
     bias_dropout_residual_kernel(m, w.b_mlp_proj, mlp_resid_drop, x_1)  # m = x_1 + dropout(m + b), in place
@@ -425,11 +425,20 @@ def bias_dropout_residual_kernel(m, b, drop, x):
 def bias_quick_gelu_forward_kernel(f, b, out, e):
     """f += b in place (kept: the backward's input); e = 1 + exp(-1.702 f) (kept too, as
     activations.quick_gelu_forward keeps it: the backward then needs no exp); out = f / e. f, out, e [N, F];
-    b [F]."""
+    b [1, F]. Whole 8-lane vectors (vexp: cpu._exp's bits), the last F % 8 columns one by one: LLVM would
+    not vectorise the scalar loop (three arrays written), which took 1.3-1.7 ns a value instead of 0.3."""
     N, F = f.shape
+    whole = F - F % simd.LANES
+    one, k = simd.vsplat(F32(1.0)), simd.vsplat(F32(-1.702))
     for i in range(N):
-        for j in range(F):
-            y = f[i, j] + b[j]
+        for j in range(0, whole, simd.LANES):
+            y = vadd(simd.vload(f, i, j), simd.vload(b, 0, j))
+            den = vadd(one, vexp(vmul(k, y)))
+            simd.vstore(f, i, j, y)
+            simd.vstore(e, i, j, den)
+            simd.vstore(out, i, j, vdiv(y, den))
+        for j in range(whole, F):
+            y = f[i, j] + b[0, j]
             f[i, j] = y
             den = F32(1.0) + _exp(F32(-1.702) * y)
             e[i, j] = den
