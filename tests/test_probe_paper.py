@@ -3,6 +3,7 @@ output for the last layer), checked against transformers' own modules; the probe
 chosen per layer on an inner split; bad probe inputs are one-line errors; the command line prints the
 trained / untrained / raw-pixel table and writes what it is asked to, nothing else."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -201,3 +202,30 @@ def test_pool_from_averages_only_the_later_positions():
     np.testing.assert_allclose(late[1], hidden[2][:, 2:].mean(1), atol=1e-6)  # the last layer: ln_f's output
     with pytest.raises(ValueError, match="pool_from must be an integer in \\[0, "):
         extract_features(model, ids, 0, pool_from=ids.shape[1])
+
+
+def test_cli_keeps_the_user_s_files_when_a_write_fails(tiny, capsys, monkeypatch):
+    """--force replaces an existing --json / --plot file only with a whole new one: a write that fails half
+    way (here the PNG encoder, as a full disk would) is a one-line error naming the file, and the user's
+    old file is byte for byte as it was, with no temporary file left beside it."""
+    import matplotlib.figure
+
+    out_json, out_png = tiny / "kept.json", tiny / "kept.png"
+    out_json.write_text("the user's numbers")
+    out_png.write_bytes(b"the user's picture")
+
+    def half_written(self, f, **kw):  # what savefig does on a full disk, given a file or a path
+        with contextlib.nullcontext(f) if hasattr(f, "write") else open(f, "wb") as out:
+            out.write(b"\x89PNG half")
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_written)
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tiny / "model"), "--data", str(tiny / "data"), "--folds", "2", "--C", "1",
+              "--json", str(out_json), "--plot", str(out_png), "--force"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"error: {out_png}: No space left on device")
+    assert out_png.read_bytes() == b"the user's picture"
+    assert json.loads(out_json.read_text())["folds"] == 2  # --force: the finished json replaced the old one
+    assert not [p.name for p in tiny.iterdir() if p.name.endswith(".tmp")]

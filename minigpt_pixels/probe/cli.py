@@ -13,6 +13,7 @@ import numpy as np
 from ..datasets import DataError, load_digits_data, load_folder
 from ..model import ImageGPTForCausalImageModeling
 from ..processor import ImageGPTImageProcessor
+from ..weights import atomic_open
 from . import (C_GRID, FEATURES, compare_probes, middle_peak_probe_data, plot_probe_curves,  # noqa: F401
                shifted_digits)
 
@@ -183,6 +184,19 @@ def build_parser():
     return ap
 
 
+def _save(ap, path, force, write):
+    """write(f) into a file that takes the name `path` only once whole (weights.atomic_open): a crash or a
+    full disk leaves the user's old file as it was. Without --force a file that appeared meanwhile is kept.
+    Failures are one-line errors naming the file."""
+    try:
+        with atomic_open(path, replace=force) as f:
+            write(f)
+    except FileExistsError:
+        ap.exit(2, f"{ap.prog}: error: {path}: appeared while the probe ran; pass --force to overwrite it\n")
+    except OSError as e:
+        ap.exit(2, f"{ap.prog}: error: {path}: {e.strerror or e}\n")
+
+
 def main(argv=None):
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -215,9 +229,7 @@ def main(argv=None):
     if args.markdown:
         print(markdown_table(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        _save(ap, args.json, args.force, lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
     if args.plot:
         import matplotlib
 
@@ -227,7 +239,7 @@ def main(argv=None):
         ax = plot_probe_curves(curves, title=f"{os.path.basename(os.path.normpath(args.model))} on {args.data}, "
                                              f"{args.features} features")
         ax.figure.tight_layout()
-        ax.figure.savefig(args.plot, dpi=110)
+        _save(ap, args.plot, args.force, lambda f: ax.figure.savefig(f, dpi=110, format="png"))
         plt.close(ax.figure)
     return 0
 
