@@ -494,10 +494,12 @@ def column_sum_kernel(d, out):
 # and row), and w v, dq, dk, dv as 8 head dimensions at once (a vfma per key and row). The weights are
 # never kept: the forward keeps each row's max and sum of exps (stats [B, H, T, 2]), and the backward
 # computes the scores again and rebuilds the same weights from them, bit for bit.
-# The helpers below are inlined into each pair's loop (inline="always"): as separate functions each call
-# passed a dozen array structs and counted references to them (inlined, the forward at 16 x 32 took 10-15%
-# less time, the backward 5-10%). Each thread's share of pairs allocates and zeroes its scratch once, not
-# each pair; rows move between qkv and the scratch as whole vectors.
+# The helpers below, and each pair's function, are inlined into the loop over a share's pairs
+# (inline="always"): as separate functions each call passed a dozen array structs and counted references to
+# them (inlined, a 16 x 32 training step took 0.85 of the time; the cost is a longer first compile, about
+# 45 s for the pair of attention kernels, once: the cache keeps them). Each thread's share of pairs
+# allocates and zeroes its scratch once, not each pair; rows move between qkv and the scratch as whole
+# vectors.
 ROWS = 4  # query rows per block: 4 accumulators per product (a vfma's latency is 4 cycles)
 
 
@@ -780,7 +782,7 @@ def _softmax_row_backward(g, w, r, n, scale):
         simd.vstore(g, r, jb, vmul(vmul(vsub(simd.vload(g, r, jb), t), simd.vload(w, r, jb)), vs))
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, vc, s, o):
     """causal_attention_kernel's work for one (batch row b, head h); qc, vc [Tp, Dp], kt [Dp, Tp], s [4, Tp],
     o [4, Dp]: scratch, zeroed before the share's first pair (Tp, Dp: T and D rounded up to multiples of 8;
@@ -841,7 +843,7 @@ def causal_attention_kernel(qkv, T, H, scale, keep, drop, merged, stats, shares)
             _attend_head(qkv, bh // H, bh % H, H, T, scale, keep, drop, merged, stats, D, qc, kt, vc, s, o)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H, T, D, qc, kc, kt, vt, doc, dk,
                           dv, s, dp, pm, o):
     """causal_attention_backward_kernel's work for one (b, h); qc, kc, doc, dk, dv [Tp, Dp], kt, vt [Dp, Tp],
