@@ -508,8 +508,8 @@ ROWS = 4  # query rows per block: 4 accumulators per product (a vfma's latency i
 def _head_rows(src, b, T, col, rows):
     """rows[j, :Dp] = src[b*T + j, col:col + Dp] for j < T, as far as src's rows reach (the rest of rows
     stays as it was: the padding rows zero; padding columns, where written, hold the next head's values,
-    which only lanes never stored meet). Whole 8-lane vectors where the row has them: a scalar loop here
-    took half the forward's time at D = 24."""
+    which only lanes never stored meet). Whole 8-lane vectors where the row has them: as scalar loops, these
+    copies and k's transpose took half the forward's time at D = 24 (q and v's copies a third)."""
     D = min(rows.shape[1], src.shape[1] - col)
     whole = D - D % simd.LANES
     for j in range(T):
