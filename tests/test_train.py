@@ -242,10 +242,17 @@ def test_sigint_finishes_the_step_then_saves(tmp_path, folder, capsys, monkeypat
         return real(*a, **kw)
 
     monkeypatch.setattr(train, "train_step", with_ctrl_c)
-    code, err = run(["--data", folder, "--n-colors", 4, "--steps", 6, *TINY, "--out", tmp_path / "r"], capsys)
-    assert code == 130, err
-    assert len(calls) == 3 and os.path.basename(latest(tmp_path / "r")) == "checkpoint-000003"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    # Ctrl-C as a terminal delivers it: Python's own handler in place. A job started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and training then leaves it ignored, as nohup asks
+    # (test_train_safety.py covers that case for SIGHUP).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, err = run(["--data", folder, "--n-colors", 4, "--steps", 6, *TINY, "--out", tmp_path / "r"], capsys)
+        assert code == 130, err
+        assert len(calls) == 3 and os.path.basename(latest(tmp_path / "r")) == "checkpoint-000003"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_help_shows_defaults(capsys):
