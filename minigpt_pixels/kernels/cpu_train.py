@@ -500,7 +500,7 @@ def column_sum_kernel(d, out):
 # them (inlined, a 16 x 32 training step took 0.85 of the time; the cost is a longer first compile, about
 # 45 s for the pair of attention kernels, once: the cache keeps them). Each thread's share of pairs
 # allocates and zeroes its scratch once, not each pair; rows move between qkv and the scratch as whole
-# vectors.
+# vectors, and k (v too in the backward) is turned into columns 8 x 8 at a time (vtranspose8).
 ROWS = 4  # query rows per block: 4 accumulators per product (a vfma's latency is 4 cycles)
 
 
@@ -529,6 +529,15 @@ def _put_row(src, r, D, dst, row, col):
         simd.vstore(dst, row, col + d, simd.vload(src, r, d))
     for d in range(whole, D):
         dst[row, col + d] = src[r, d]
+
+
+@njit(inline="always", **JIT)
+def _transpose_rows(rows, T, cols):
+    """cols[:, j] = rows[j] for j < T (and on to the next multiple of 8), in 8 x 8 blocks (vtranspose8).
+    rows [Tp, Dp], cols [Dp, Tp]."""
+    for j in range(0, T, simd.LANES):
+        for d in range(0, rows.shape[1], simd.LANES):
+            vtranspose8(rows, j, d, cols, d, j)
 
 
 @njit(inline="always", **JIT)
@@ -699,6 +708,39 @@ def vexp(typingctx, x):
     return V8(V8), codegen
 
 
+def _transpose8_python(src, i, j, dst, k, l):
+    dst[k:k + simd.LANES, l:l + simd.LANES] = src[i:i + simd.LANES, j:j + simd.LANES].T
+
+
+@intrinsic(python=_transpose8_python)
+def vtranspose8(typingctx, src, i, j, dst, k, l):
+    """dst[k:k+8, l:l+8] = src[i:i+8, j:j+8].T: eight row loads, 24 shuffles in three stages (pairs of
+    rows interleaved, then pairs of pairs, then the 128-bit halves), eight row stores. Why: as a scalar
+    loop LLVM vectorises the transpose with AVX-512 gathers and scatters, which took an eighth of the
+    attention's time at 8-wide heads. Both C-contiguous 2-D float32; no bounds check (the block is inside both)."""
+    simd._check_row_array(src)
+    simd._check_row_array(dst)
+
+    def codegen(context, builder, sig, args):
+        rows = [builder.load(simd._row_pointer(context, builder, sig.args[0], args[0],
+                                               builder.add(args[1], ir.Constant(args[1].type, r)), args[2]),
+                             align=4) for r in range(simd.LANES)]
+
+        def shuffle(a, b, lanes):
+            return builder.shuffle_vector(a, b, ir.Constant(_IVEC, lanes))
+        lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]  # 2 x 2 blocks of rows a, b
+        t = [shuffle(rows[r], rows[r + 1], half) for r in range(0, 8, 2) for half in (lo, hi)]
+        lo, hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]  # 4 x 4 blocks of rows 0-3, 4-7
+        u = [shuffle(t[a], t[a + 2], half) for a in (0, 1, 4, 5) for half in (lo, hi)]
+        lo, hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]  # columns c and c + 4
+        cols = [shuffle(u[c], u[c + 4], lo) for c in range(4)] + [shuffle(u[c], u[c + 4], hi) for c in range(4)]
+        for c in range(simd.LANES):
+            row = builder.add(args[4], ir.Constant(args[4].type, c))
+            builder.store(cols[c], simd._row_pointer(context, builder, sig.args[3], args[3], row, args[5]), align=4)
+        return context.get_dummy_value()
+    return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
+
+
 @njit(inline="always", **JIT)
 def _key_masks(keep_row, T, masks):
     """masks[0, j] = 0 for a kept key j < T, -inf otherwise (added to scaled scores before the max);
@@ -784,17 +826,16 @@ def _softmax_row_backward(g, w, r, n, scale):
 
 
 @njit(inline="always", **JIT)
-def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kt, vc, s, o):
-    """causal_attention_kernel's work for one (batch row b, head h); qc, vc [Tp, Dp], kt [Dp, Tp], s [4, Tp],
+def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kc, kt, vc, s, o):
+    """causal_attention_kernel's work for one (batch row b, head h); qc, kc, vc [Tp, Dp], kt [Dp, Tp], s [4, Tp],
     o [4, Dp]: scratch, zeroed before the share's first pair (Tp, Dp: T and D rounded up to multiples of 8;
     the padding rows of qc, vc and columns of kt are never written, so they stay zero)."""
     C = qkv.shape[1] // 3
     Dp = qc.shape[1]
     _head_rows(qkv, b, T, h * D, qc)
+    _head_rows(qkv, b, T, C + h * D, kc)
     _head_rows(qkv, b, T, 2 * C + h * D, vc)
-    for j in range(T):
-        for d in range(D):
-            kt[d, j] = qkv[b * T + j, C + h * D + d]
+    _transpose_rows(kc, T, kt)  # (its rows past D hold the next head's columns: the scores read d < D)
     dropped = drop.shape[0] > 0
     masks = np.empty((2, kt.shape[1]), F32)
     padded = _key_masks(keep[b], T, masks)
@@ -838,16 +879,16 @@ def causal_attention_kernel(qkv, T, H, scale, keep, drop, merged, stats, shares)
     Tp, Dp = -(-T // 8) * 8, -(-D // 8) * 8
     n = max(1, min(shares, B * H))
     for t in prange(n):  # each thread's share of the pairs, with its scratch zeroed once
-        qc, kt, vc = np.zeros((Tp, Dp), F32), np.zeros((Dp, Tp), F32), np.zeros((Tp, Dp), F32)
-        s, o = np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Dp), F32)
+        qc, kc, vc = np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32)
+        kt, s, o = np.zeros((Dp, Tp), F32), np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Dp), F32)
         for bh in range(t * B * H // n, (t + 1) * B * H // n):
-            _attend_head(qkv, bh // H, bh % H, H, T, scale, keep, drop, merged, stats, D, qc, kt, vc, s, o)
+            _attend_head(qkv, bh // H, bh % H, H, T, scale, keep, drop, merged, stats, D, qc, kc, kt, vc, s, o)
 
 
 @njit(inline="always", **JIT)
-def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H, T, D, qc, kc, kt, vt, doc, dk,
-                          dv, s, dp, pm, o):
-    """causal_attention_backward_kernel's work for one (b, h); qc, kc, doc, dk, dv [Tp, Dp], kt, vt [Dp, Tp],
+def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H, T, D, qc, kc, vc, kt, vt, doc,
+                          dk, dv, s, dp, pm, o):
+    """causal_attention_backward_kernel's work for one (b, h); qc, kc, vc, doc, dk, dv [Tp, Dp], kt, vt [Dp, Tp],
     s, dp, pm [4, Tp], o [4, Dp]: scratch as _attend_head's (dk and dv zeroed here)."""
     C = qkv.shape[1] // 3
     Dp = qc.shape[1]
@@ -857,11 +898,10 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
             simd.vstore(dv, j, dd, simd.vzero())
     _head_rows(qkv, b, T, h * D, qc)
     _head_rows(qkv, b, T, C + h * D, kc)
+    _head_rows(qkv, b, T, 2 * C + h * D, vc)
     _head_rows(dmerged, b, T, h * D, doc)
-    for j in range(T):
-        for d in range(D):
-            kt[d, j] = kc[j, d]
-            vt[d, j] = qkv[b * T + j, 2 * C + h * D + d]
+    _transpose_rows(kc, T, kt)
+    _transpose_rows(vc, T, vt)
     dropped = drop.shape[0] > 0
     masks = np.empty((2, kt.shape[1]), F32)
     padded = _key_masks(keep[b], T, masks)
@@ -893,12 +933,10 @@ def _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, b, h, H,
         _accumulate4(dp, n_max, qc, i0, Dp, dk)  # dk_j += ds_ij q_i
         _weighted4(dp, n_max, kc, Dp, o)  # dq_i = sum_j ds_ij k_j
         for r in range(rows):
-            for d in range(D):
-                dqkv[b * T + i0 + r, h * D + d] = o[r, d]
+            _put_row(o, r, D, dqkv, b * T + i0 + r, h * D)
     for j in range(T):
-        for d in range(D):
-            dqkv[b * T + j, C + h * D + d] = dk[j, d]
-            dqkv[b * T + j, 2 * C + h * D + d] = dv[j, d]
+        _put_row(dk, j, D, dqkv, b * T + j, C + h * D)
+        _put_row(dv, j, D, dqkv, b * T + j, 2 * C + h * D)
 
 
 @njit(parallel=True, **JIT)
@@ -912,14 +950,14 @@ def causal_attention_backward_kernel(dmerged, qkv, T, H, stats, keep, drop, scal
     Tp, Dp = -(-T // 8) * 8, -(-D // 8) * 8
     n = max(1, min(shares, B * H))
     for t in prange(n):  # as the forward: scratch once per share (dk and dv are zeroed per pair)
-        qc, kc, kt, vt = np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32), np.zeros((Dp, Tp), F32), \
-            np.zeros((Dp, Tp), F32)
+        qc, kc, vc = np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32)
+        kt, vt = np.zeros((Dp, Tp), F32), np.zeros((Dp, Tp), F32)
         doc, dk, dv = np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32), np.zeros((Tp, Dp), F32)
         s, dp, pm, o = np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Tp), F32), np.zeros((ROWS, Tp), F32), \
             np.zeros((ROWS, Dp), F32)
         for bh in range(t * B * H // n, (t + 1) * B * H // n):
             _attend_head_backward(dmerged, qkv, stats, keep, drop, scale, dqkv, bh // H, bh % H, H, T, D, qc, kc,
-                                  kt, vt, doc, dk, dv, s, dp, pm, o)
+                                  vc, kt, vt, doc, dk, dv, s, dp, pm, o)
 
 
 # ---- the loss --------------------------------------------------------------------------------------
