@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 
 from . import simd
 from .compile_cache import intrinsic, njit  # numba's, cached on disk / with a Python twin for NUMBA_DISABLE_JIT
@@ -52,6 +53,17 @@ def _float32_from_bits(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+@intrinsic(python=lambda a, b, c: F32(np.float64(a) * np.float64(b) + np.float64(c)))
+def _fma(typingctx, a, b, c):
+    """a * b + c for float32s, rounded once (llvm.fma: one vfmadd with FMA3, and LLVM's vectoriser turns it
+    into the vector instruction). The Python twin rounds twice, through float64."""
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32] * 3), "llvm.fma.f32")
+        return builder.call(fn, args)
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
 @njit(**JIT)
 def _exp(x):
     """exp(x) for float32, branch-free so that loops calling it vectorise: libm's expf is a scalar call
@@ -61,21 +73,20 @@ def _exp(x):
     Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2^n built from
     its exponent bits. Relative error <= 2e-7 (libm: 6e-8). x is clamped to [-87.3, 88.3], so exp of
     anything below gives 1.2e-38 instead of 0 (callers that need an exact 0 select it themselves) and
-    anything above gives 2.2e38 instead of inf.
+    anything above gives 2.2e38 instead of inf. The multiply-adds are fused (_fma): 19 operations instead
+    of 27, and the exp bounds the attention's softmax and quick_gelu.
     """
     x = min(max(x, F32(-87.3)), F32(88.3))
-    n = np.floor(x * F32(1.44269504088896341) + F32(0.5))  # round(x / ln2)
-    r = x - n * F32(0.693359375) - n * F32(-2.12194440e-4)  # ln2 split in two for an exact product
+    n = np.floor(_fma(x, F32(1.44269504088896341), F32(0.5)))  # round(x / ln2)
+    r = _fma(n, F32(2.12194440e-4), _fma(n, F32(-0.693359375), x))  # x - n ln2, ln2 = 0.693359375 - 2.12194440e-4
     p = F32(1.9875691500e-4)
-    p = p * r + F32(1.3981999507e-3)
-    p = p * r + F32(8.3334519073e-3)
-    p = p * r + F32(4.1665795894e-2)
-    p = p * r + F32(1.6666665459e-1)
-    p = p * r + F32(5.0000001201e-1)
-    p = p * r * r + r + F32(1.0)
+    p = _fma(p, r, F32(1.3981999507e-3))
+    p = _fma(p, r, F32(8.3334519073e-3))
+    p = _fma(p, r, F32(4.1665795894e-2))
+    p = _fma(p, r, F32(1.6666665459e-1))
+    p = _fma(p, r, F32(5.0000001201e-1))
+    p = _fma(p * r, r, r) + F32(1.0)
     return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))  # p * 2^n
-
-
 
 
 @njit(**REDUCE)

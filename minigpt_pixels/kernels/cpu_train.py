@@ -695,13 +695,14 @@ def vexp(typingctx, x):
         x = builder.select(builder.fcmp_ordered("<", hi, x), hi, x)  # min(that, 88.3)
         floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(simd._VEC, [simd._VEC]),
                                                "llvm.floor.v8f32")
-        n = builder.call(floor, [builder.fadd(builder.fmul(x, _fconst(1.44269504088896341)), _fconst(0.5))])
-        r = builder.fsub(builder.fsub(x, builder.fmul(n, _fconst(0.693359375))),
-                         builder.fmul(n, _fconst(-2.12194440e-4)))
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(simd._VEC, [simd._VEC] * 3),
+                                             "llvm.fma.v8f32")
+        n = builder.call(floor, [builder.call(fma, [x, _fconst(1.44269504088896341), _fconst(0.5)])])
+        r = builder.call(fma, [n, _fconst(2.12194440e-4), builder.call(fma, [n, _fconst(-0.693359375), x])])
         p = _fconst(1.9875691500e-4)
         for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-            p = builder.fadd(builder.fmul(p, r), _fconst(c))
-        p = builder.fadd(builder.fadd(builder.fmul(builder.fmul(p, r), r), r), _fconst(1.0))
+            p = builder.call(fma, [p, r, _fconst(c)])
+        p = builder.fadd(builder.call(fma, [builder.fmul(p, r), r, r]), _fconst(1.0))
         bits = builder.shl(builder.add(builder.fptosi(n, _IVEC), ir.Constant(_IVEC, [127] * simd.LANES)),
                            ir.Constant(_IVEC, [23] * simd.LANES))
         return builder.fmul(p, builder.bitcast(bits, simd._VEC))
@@ -798,15 +799,16 @@ def _softmax_row_stats(s, r, n, scale, masks, padded):
 
 @njit(inline="always", **JIT)
 def _softmax_row_weights(s, r, n, scale, m, total, masks, padded):
-    """In place on s[r]: the recomputed scores s_j -> the weights exp(s_j scale - m) / total for kept keys
-    j < n, 0 for the rest of the row's vectors (_softmax_row_stats's exps, the same bits)."""
-    vs, vm, vt = simd.vsplat(scale), simd.vsplat(m), simd.vsplat(total)
+    """In place on s[r]: the recomputed scores s_j -> the weights exp(s_j scale - m) (1 / total) for kept
+    keys j < n, 0 for the rest of the row's vectors (_softmax_row_stats's exps, the same bits; one division
+    a row, not one a key: the divisions had taken a tenth of the backward)."""
+    vs, vm, vt = simd.vsplat(scale), simd.vsplat(m), simd.vsplat(F32(1) / total)
     whole = n - n % simd.LANES
     for jb in range(0, whole, simd.LANES):
-        w = vdiv(vexp(vsub(vmul(simd.vload(s, r, jb), vs), vm)), vt)
+        w = vmul(vexp(vsub(vmul(simd.vload(s, r, jb), vs), vm)), vt)
         simd.vstore(s, r, jb, vmul(w, simd.vload(masks, 1, jb)) if padded else w)
     if whole < n:
-        w = vdiv(vexp(vsub(vmul(simd.vload(s, r, whole), vs), vm)), vt)
+        w = vmul(vexp(vsub(vmul(simd.vload(s, r, whole), vs), vm)), vt)
         simd.vstore(s, r, whole, vhead(vmul(w, simd.vload(masks, 1, whole)), n - whole, F32(0)))
 
 
