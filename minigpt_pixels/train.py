@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
+import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
@@ -277,11 +278,21 @@ class Run:
     step: int
 
 
+@contextlib.contextmanager
 def set_threads(n):
-    """Limit BLAS to n threads (same count as torch.set_num_threads would use in a comparison)."""
+    """At most n threads compute, as torch.set_num_threads(n) would allow in a comparison: BLAS's, and the
+    `cpu` device's Numba kernels' (the training attention shares its (batch row, head) pairs among them,
+    whatever BLAS has). Both restored after. None: the libraries' own choice."""
     if n is None:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n)
+        yield
+        return
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        numba.set_num_threads(saved)
 
 
 def resolve(args):
@@ -546,7 +557,8 @@ def build_parser():
     g.add_argument("--decay-position-embeddings", action="store_true", help="also decay wpe")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
     g.add_argument("--seed", type=int, default=0, help="initialisation, palette, batches and dropout")
-    g.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's choice)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="threads that compute: BLAS's and the cpu device's kernels' (default: the libraries' choice)")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=os.path.join("runs", "digits"), help="checkpoint folder")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint --out/latest names")

@@ -322,3 +322,28 @@ def test_resume_from_nan_weights_is_refused(tmp_path, folder, capsys):
     w["transformer.wte.weight"][1, 2] = np.nan
     save_file(w, path, {"format": "pt"})
     one_line_error(*run([*common, "--steps", 4, "--resume"], capsys), "transformer.wte.weight", "NaN")
+
+
+def test_threads_holds_blas_and_the_kernels_to_that_many_and_restores(tmp_path, folder, monkeypatch):
+    """--threads N: every library that computes runs on at most N threads while training (BLAS, and Numba's
+    threads for the cpu device's training attention), and each gets its own setting back after."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here (NUMBA_NUM_THREADS=1): nothing to hold back")
+    seen = []
+
+    def fake_run(args, mode):
+        seen.append((numba.get_num_threads(), {p["num_threads"] for p in threadpool_info()}))
+        return 0
+    monkeypatch.setattr(train, "run", fake_run)
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        assert run(["--data", folder, "--out", tmp_path / "out"] + TINY) == (0, "")
+        assert seen == [(1, {1})] and numba.get_num_threads() == 2
+        assert run(["--data", folder, "--out", tmp_path / "out", "--threads", "2"] + TINY[:-2]) == (0, "")
+        assert seen[1][0] == 2 and numba.get_num_threads() == 2
+    finally:
+        numba.set_num_threads(saved)

@@ -248,6 +248,22 @@ def vector_ops(x, out):
         out[i, 10] = cpu_train.vhmax(v)
 
 
+def test_vtranspose8_turns_8_by_8_blocks_into_columns():
+    """Each 8 x 8 block lands transposed at the place asked, and nothing outside it is written."""
+    src = np.arange(16 * 24, dtype=F32).reshape(16, 24)
+    dst = np.full((32, 24), -1, F32)
+    transpose_blocks(src, dst)
+    np.testing.assert_array_equal(dst[8:32, 0:16], src.T)
+    assert (dst[:8] == -1).all() and (dst[8:, 16:] == -1).all()
+
+
+@numba.njit
+def transpose_blocks(src, dst):
+    for i in range(0, src.shape[0], 8):
+        for j in range(0, src.shape[1], 8):
+            cpu_train.vtranspose8(src, i, j, dst, 8 + j, i)
+
+
 def test_kernels_give_the_same_bits_on_1_and_2_threads(rng, monkeypatch):
     """Each (batch row, head) is one thread's whole and every sum has a fixed order: a resumed run is
     byte-identical whatever the thread count."""
