@@ -21,7 +21,7 @@ them) at this machine's single-thread sgemm rate (a 1024^3 product, measured her
 count: the fraction is floor / time. "floor/torch" is the floor over torch's wall time: the lowest
 kernels / torch ratio that any code doing these FLOPs could reach here, even at the full sgemm rate for
 the whole step (issue 26 asks 0.5 at the default config: on the issue's machine, torch's 103 ms against a
-60 ms floor, that is 0.58). The load average is printed with each row: on a shared machine
+58 ms floor, 6.06 GFLOP at 104 GFLOP/s, that is 0.57). The load average is printed with each row: on a shared machine
 timings are noisy.
 """
 
