@@ -323,8 +323,9 @@ def resolve(args):
     return mode
 
 
-AT_LEAST_ONE = ("steps", "batch-size", "eval-every", "save-every", "keep", "threads", "image-size", "n-embd",
-                "n-layer", "n-head")
+AT_LEAST_ONE = ("steps", "batch-size", "eval-every", "save-every", "keep", "image-size", "n-embd", "n-layer",
+                "n-head")
+MAX_THREADS = 4096  # --threads: more than any machine has (BLAS takes the count as a C int)
 NOT_NEGATIVE = ("warmup", "seed", "split-seed")  # a negative seed is refused by NumPy, after the data loads
 
 
@@ -333,6 +334,7 @@ def argument_checks(args):
     f32 = optim.finite_float32
     return [*((name, lambda v: v >= 1, "at least 1") for name in AT_LEAST_ONE),
             *((name, lambda v: v >= 0, "0 or more") for name in NOT_NEGATIVE),
+            ("threads", lambda v: 1 <= v <= MAX_THREADS, f"between 1 and {MAX_THREADS}"),
             ("lr", lambda v: v > 0 and f32(v), "a positive float32"), ("min-lr", f32, "a finite float32"),
             ("holdout", lambda v: 0 < v < 1, "between 0 and 1"), ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
             ("weight-decay", lambda v: v >= 0 and f32(v), "0 or more"), ("n-colors", lambda v: v >= 2, "at least 2"),

@@ -187,6 +187,8 @@ def test_finetune_needs_labels_and_keeps_the_architecture(tmp_path, capsys):
 def test_bad_numbers(tmp_path, capsys):
     one_line_error(*run(["--out", tmp_path / "r", "--holdout", 1.5], capsys), "--holdout")
     one_line_error(*run(["--out", tmp_path / "r", "--dropout", 1.0], capsys), "--dropout")
+    for threads in (0, 10 ** 20):  # (the second reached BLAS as a C int: a ctypes traceback)
+        one_line_error(*run(["--out", tmp_path / "r", "--threads", threads], capsys), "--threads", "between 1 and")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, folder, capsys, monkeypatch):
