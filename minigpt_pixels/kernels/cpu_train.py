@@ -831,7 +831,7 @@ def _softmax_row_backward(g, w, r, n, scale):
 def _attend_head(qkv, b, h, H, T, scale, keep, drop, merged, stats, D, qc, kc, kt, vc, s, o):
     """causal_attention_kernel's work for one (batch row b, head h); qc, kc, vc [Tp, Dp], kt [Dp, Tp], s [4, Tp],
     o [4, Dp]: scratch, zeroed before the share's first pair (Tp, Dp: T and D rounded up to multiples of 8;
-    the padding rows of qc, vc and columns of kt are never written, so they stay zero)."""
+    the padding rows of qc, kc and vc are never written, so they stay zero, and so do kt's padding columns)."""
     C = qkv.shape[1] // 3
     Dp = qc.shape[1]
     _head_rows(qkv, b, T, h * D, qc)
