@@ -28,15 +28,14 @@ import time
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
-import numba
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from . import backprop, checkpoints, layers, limits, optim
 from .checkpoints import CheckpointError
 from .config import ImageGPTConfig
 from .datasets import DataError, encode, fit_processor, load_data, split
+from .kernels import threads
 from .model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
 from .processor import ImageGPTImageProcessor
 from .weights import non_finite_names
@@ -276,23 +275,6 @@ class Run:
     resumed: bool  # --resume: continues a checkpoint's run
     start: int  # the step it started at
     step: int
-
-
-@contextlib.contextmanager
-def set_threads(n):
-    """At most n threads compute, as torch.set_num_threads(n) would allow in a comparison: BLAS's, and the
-    `cpu` device's Numba kernels' (the training attention shares its (batch row, head) pairs among them,
-    whatever BLAS has). Both restored after. None: the libraries' own choice."""
-    if n is None:
-        yield
-        return
-    saved = numba.get_num_threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        with threadpool_limits(limits=n):
-            yield
-    finally:
-        numba.set_num_threads(saved)
 
 
 def resolve(args):
@@ -584,7 +566,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         mode = resolve(args)
-        with set_threads(args.threads):
+        with threads.at_most(args.threads):
             return run(args, mode)
     except KeyboardInterrupt:  # during set-up (nothing written yet), or a third signal while saving
         print("interrupted; stopped without saving", file=sys.stderr)

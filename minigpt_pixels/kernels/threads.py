@@ -5,6 +5,7 @@ pool they run on, and the clock that decides from timings whether a second threa
                                         among Python threads that each call BLAS single-threaded
     blas_controller                     threadpoolctl's handle on NumPy's BLAS (None without threadpoolctl)
     blas_threads_for                    BLAS held to one thread around a pass where our threads share the work
+    at_most                             every library's threads held to n (train's --threads)
     decode_threads / fused_step_threads a decode step's sections, and a whole fused step, on Numba's threads
                                         or on one
     StepClock                           1 thread or all, chosen by timing the steps themselves (decode steps
@@ -89,6 +90,26 @@ def blas_controller():
     except ImportError:
         return None
     return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def at_most(n):
+    """At most n threads compute inside, as torch.set_num_threads(n) would allow: BLAS's and OpenMP's
+    (threadpoolctl), and Numba's, where the `cpu` device's kernels run their parallel sections (the training
+    attention shares its (batch row, head) pairs among them, whatever BLAS has). Both restored after.
+    None: the libraries' own choice. (train's --threads.)"""
+    if n is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        numba.set_num_threads(saved)
 
 
 # ---- decode steps --------------------------------------------------------------------------------
