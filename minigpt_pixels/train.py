@@ -35,7 +35,7 @@ from . import backprop, checkpoints, layers, limits, optim
 from .checkpoints import CheckpointError
 from .config import ImageGPTConfig
 from .datasets import DataError, encode, fit_processor, load_data, split
-from .kernels import threads
+from .kernels.threads import at_most as set_threads  # --threads (notebooks 5 and 8 use it too)
 from .model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
 from .processor import ImageGPTImageProcessor
 from .weights import non_finite_names
@@ -566,7 +566,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         mode = resolve(args)
-        with threads.at_most(args.threads):
+        with set_threads(args.threads):
             return run(args, mode)
     except KeyboardInterrupt:  # during set-up (nothing written yet), or a third signal while saving
         print("interrupted; stopped without saving", file=sys.stderr)

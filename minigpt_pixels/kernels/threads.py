@@ -5,7 +5,7 @@ pool they run on, and the clock that decides from timings whether a second threa
                                         among Python threads that each call BLAS single-threaded
     blas_controller                     threadpoolctl's handle on NumPy's BLAS (None without threadpoolctl)
     blas_threads_for                    BLAS held to one thread around a pass where our threads share the work
-    at_most                             every library's threads held to n (train's --threads)
+    at_most                             every library's threads held to n (train's --threads, train.set_threads)
     decode_threads / fused_step_threads a decode step's sections, and a whole fused step, on Numba's threads
                                         or on one
     StepClock                           1 thread or all, chosen by timing the steps themselves (decode steps
